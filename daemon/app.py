@@ -1,0 +1,221 @@
+"""The daemon's lifecycle: run -> serve -> startup / main_loop / shutdown; signals only set flags."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from daemon.config import Config, ConfigError, load_config
+from daemon.control.commands import dispatch
+from daemon.control.server import ControlServer
+from daemon.escalation.outbox import Outbox
+from daemon.journal.store import Journal
+from daemon.metrics import JournalCollector, Metrics
+from daemon.monitor import TargetMonitor
+from daemon.notify import Notifier, watchdog_interval
+from daemon.report import write_report
+from daemon.scheduler import ProbeScheduler
+
+log = logging.getLogger("rollbackd")
+
+SHUTDOWN_GRACE = 20.0
+"""Seconds a running rollback step gets to finish on SIGTERM before it is journaled interrupted."""
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.should_exit = False
+        self.force_exit = False
+        self.reload_requested = False
+        self.started_at = time.time()
+        self.monitors: dict[str, TargetMonitor] = {}
+        self.notifier = Notifier()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._metrics_server: Any = None
+        self._retired: list[TargetMonitor] = []
+        """Monitors replaced by a reload while their rollback still runs; shutdown waits for them."""
+
+    # -- signals: record, never act (the main loop acts) ---------------------------------------
+
+    def handle_exit(self, sig: int) -> None:
+        if self.should_exit:
+            self.force_exit = True  # a second signal: stop waiting for the running step
+        self.should_exit = True
+        self._wake.set()
+
+    def handle_reload(self) -> None:
+        self.reload_requested = True
+        self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        asyncio.run(self.serve())
+        return 0
+
+    async def serve(self, install_signals: bool = True) -> None:
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self.handle_exit, signal.SIGTERM)
+            loop.add_signal_handler(signal.SIGINT, self.handle_exit, signal.SIGINT)
+            loop.add_signal_handler(signal.SIGHUP, self.handle_reload)
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        cfg = self.config
+        cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.journal = Journal(cfg.journal_path)
+        self.outbox = Outbox(self.journal, cfg)
+        self.scheduler = ProbeScheduler(self.metrics)
+        self.metrics.registry.register(JournalCollector(self.open_incident_counts,
+                                                        self.journal.outbox_counts))
+        for incident, step in self.journal.recover_interrupted():
+            log.warning("incident=%d target=%s step=%s status=interrupted action=held",
+                        incident.id, incident.target, step.name)
+            write_report(self.journal, self.reports_dir, incident.id)
+            self.outbox.enqueue(
+                incident.id, f"held-{step.id}",
+                f"[rollbackd] {incident.target}: incident {incident.id} HELD for a person",
+                f"{incident.held_reason}\n\n`rollbackctl show {incident.id}` has the steps.\n")
+        self._build_monitors()
+        self.scheduler.start()
+        self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids)
+        await self.control.start()
+        self._start_metrics()
+        self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        interval = watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(self.notifier.watchdog(interval),
+                                                   name="watchdog"))
+        self.notifier.ready(self.summary())
+        log.info("daemon status=ready targets=%d socket=%s", len(self.monitors),
+                 cfg.daemon.socket)
+
+    async def main_loop(self) -> None:
+        while not self.should_exit:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 5.0)
+            self._wake.clear()
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            self.notifier.status(self.summary())
+
+    async def shutdown(self) -> None:
+        log.info("daemon status=stopping")
+        self.notifier.stopping()
+        self.scheduler.shutdown()
+        monitors = [*self.monitors.values(), *self._retired]
+        running = [m.task for m in monitors if m.task and not m.task.done()]
+        if running:
+            log.info("daemon status=stopping waiting_for=%d rollback(s) grace=%.0fs",
+                     len(running), SHUTDOWN_GRACE)
+            deadline = time.monotonic() + SHUTDOWN_GRACE
+            while running and not self.force_exit and time.monotonic() < deadline:
+                await asyncio.wait(running, timeout=0.2)
+                running = [t for t in running if not t.done()]
+            for task in running:  # the runner journals the cut-off step as interrupted
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        await self.control.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.outbox.flush(), 5.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.journal.close()
+        log.info("daemon status=stopped")
+
+    # -- parts -------------------------------------------------------------------------------
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.config.daemon.state_dir / "reports"
+
+    def _fault_hook(self) -> Any:
+        crash_at = os.environ.get("ROLLBACKD_CRASH_AT_STEP")
+        if not (self.config.daemon.test_hooks and crash_at):
+            return None
+
+        def hook(step: str) -> None:
+            if step == crash_at:  # test setting only: die as kill -9 would, mid-step
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return hook
+
+    def _build_monitors(self) -> None:
+        self.monitors = {
+            name: TargetMonitor(name, t, self.config.policy_for(name), self.journal,
+                                self.outbox, self.metrics, self.reports_dir, self._fault_hook())
+            for name, t in self.config.targets.items()
+        }
+        for monitor in self.monitors.values():
+            self.scheduler.schedule(monitor)
+
+    def _start_metrics(self) -> None:
+        addr = self.config.daemon.metrics_address
+        if not addr:
+            return
+        host, _, port = addr.rpartition(":")
+        try:
+            self._metrics_server, _ = start_http_server(int(port), host.strip("[]"),
+                                                        registry=self.metrics.registry)
+        except OSError as exc:  # metrics are not worth failing the daemon for
+            log.error("metrics status=disabled address=%s reason=%s", addr, exc.strerror)
+
+    def reload(self) -> bool:
+        if self.config_path is None:
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for line in exc.errors:
+                log.error("reload status=rejected file=%s error=%r", exc.path, line)
+            log.error("reload status=rejected keeping=previous config")
+            self.notifier.ready(self.summary())
+            return False
+        # Running rollbacks keep their monitor objects; the journal keeps one incident per target.
+        self.scheduler.unschedule_all()
+        self._retired = [m for m in (*self._retired, *self.monitors.values()) if m.busy]
+        self.config = new
+        self._build_monitors()
+        log.info("reload status=done targets=%d", len(self.monitors))
+        self.notifier.ready(self.summary())
+        return True
+
+    def open_incident_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for name in self.monitors:
+            inc = self.journal.open_incident_for(name)
+            if inc:
+                key = (name, inc.incident_class)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def summary(self) -> str:
+        failing = sum(1 for m in self.monitors.values() if any(h.failing for h in m.health.values()))
+        busy = sum(1 for m in self.monitors.values() if m.busy)
+        return f"{len(self.monitors)} targets, {failing} failing, {busy} rolling back"
+
+    async def _control(self, cmd: str, args: dict[str, Any], peer: Any) -> Any:
+        return await dispatch(self, cmd, args, peer)

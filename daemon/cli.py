@@ -1,0 +1,105 @@
+"""rollbackd's command line: run, check-config, probe, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from daemon.config import Config, ConfigError, load_config
+from daemon.logs import setup_logging
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{exc.path}: {line}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(ns: argparse.Namespace) -> int:
+    config = _load(ns.file)
+    if config is None:
+        return EXIT_CONFIG
+    probes = sum(len(t.probes) for t in config.targets.values())
+    print(f"{ns.file}: ok ({len(config.targets)} targets, {probes} probes)")
+    return 0
+
+
+async def _probe_all(config: Config, only: str | None) -> int:
+    from daemon.monitor import run_probe
+    from probes.registry import build_probe
+
+    failed = 0
+    for tname, target in config.targets.items():
+        if only and tname != only:
+            continue
+        for pname, settings in target.probes.items():
+            obs = await run_probe(build_probe(pname, settings), settings.timeout)
+            failed += not obs.ok
+            symptom = f" [{obs.symptom}]" if obs.symptom else ""
+            print(f"{tname}/{pname} ({obs.kind}): {obs.status}{symptom} {obs.detail} "
+                  f"in {obs.duration * 1000:.0f} ms")
+    return 1 if failed else 0
+
+
+def cmd_probe(ns: argparse.Namespace) -> int:
+    config = _load(ns.config)
+    if config is None:
+        return EXIT_CONFIG
+    if ns.target and ns.target not in config.targets:
+        print(f"{ns.config}: no target {ns.target!r} (have: {', '.join(config.targets)})",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(_probe_all(config, ns.target))
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    config = _load(ns.config)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(config.daemon.log_level)
+    from daemon.app import Daemon
+
+    return Daemon(config, Path(ns.config)).run()
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    return run_demo(keep=ns.keep, verbose=ns.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rollbackd", description="Self-healing monitoring daemon.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    run.add_argument("--config", required=True)
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 on errors")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    probe = sub.add_parser("probe", help="run every probe once; exit 1 if any fails")
+    probe.add_argument("--config", required=True)
+    probe.add_argument("target", nargs="?")
+    probe.set_defaults(func=cmd_probe)
+    demo = sub.add_parser("demo", help="deploy the sample app, break it, watch it roll back")
+    demo.add_argument("--keep", action="store_true", help="keep the workspace afterwards")
+    demo.add_argument("--verbose", action="store_true", help="show the daemon's log lines")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    result: int = ns.func(ns)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The one TOML config file, validated once into frozen models; errors name file and key path."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+
+from daemon.secrets import SecretValue, load_secret
+from policies.settings import PolicySettings
+from probes.base import PositiveDuration
+from probes.registry import PROBE_KINDS
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `errors` holds one line per problem, each with its key path."""
+
+    def __init__(self, path: Path | str, errors: list[str]) -> None:
+        self.path = str(path)
+        self.errors = errors
+        super().__init__("\n".join(f"{self.path}: {e}" for e in errors))
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+Secret = Annotated[SecretValue, PlainValidator(load_secret)]
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSettings(Frozen):
+    state_dir: ConfigPath = Path("/var/lib/rollbackd")
+    """Journal, reports and backups live here (mode 0700)."""
+    socket: ConfigPath = Path("/run/rollbackd/control.sock")
+    metrics_address: str = "127.0.0.1:9617"
+    """host:port of the Prometheus endpoint; empty turns it off."""
+    allowed_uids: list[int] = []
+    """Control-socket peers besides root and the daemon's own user."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    test_hooks: bool = False
+    """Enables fault-injection commands for the test suite; never in production."""
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}", v):
+            raise ValueError(f"expected host:port such as '127.0.0.1:9617', got {v!r}")
+        return v
+
+
+class SmtpSettings(Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = Field(default="rollbackd@localhost", alias="from")
+    starttls: bool = False
+    tls: bool = False
+    """Implicit TLS (port 465); exclusive with starttls."""
+    username: str | None = None
+    password_file: Secret | None = None
+    timeout: PositiveDuration = 10.0
+
+
+class Contact(Frozen):
+    emails: Annotated[list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)]
+
+
+class GitDeployment(Frozen):
+    kind: Literal["git"] = "git"
+    repo: ConfigPath
+    """The deployment's git work tree; rollback checks out a commit here, detached."""
+    restart: Argv
+    """argv that restarts the app (no shell), e.g. ["systemctl", "restart", "grading"]."""
+    install: Argv | None = None
+    """argv that reinstalls dependencies; run only when a requirements file differs."""
+    requirements: list[str] = ["requirements.txt"]
+    command_timeout: PositiveDuration = 120.0
+
+
+class DatabaseSettings(Frozen):
+    kind: Literal["sqlite", "postgres"]
+    path: ConfigPath | None = None
+    dsn_file: Secret | None = None
+
+
+def _optional(f: Any) -> Any:
+    typ = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+    return typ | None
+
+
+PolicyOverrides = create_model(  # type: ignore[call-overload]
+    "PolicyOverrides",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    # Same types and bounds as [policy], every key optional: a target names only what differs.
+    **{
+        name: (_optional(f), None)
+        for name, f in PolicySettings.model_fields.items()
+    },
+)
+
+_probe_models = tuple(model for model, _ in PROBE_KINDS.values())
+ProbeConfig = (
+    _probe_models[0]
+    if len(_probe_models) == 1
+    else Annotated[_probe_models, Field(discriminator="kind")]  # type: ignore[valid-type]
+)
+
+
+class TargetConfig(Frozen):
+    deployment: GitDeployment | None = None
+    database: DatabaseSettings | None = None
+    probes: Annotated[dict[str, ProbeConfig], Field(min_length=1)]  # type: ignore[valid-type]
+    policy: PolicyOverrides = PolicyOverrides()  # type: ignore[valid-type]
+
+
+class Config(Frozen):
+    daemon: DaemonSettings = DaemonSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    contacts: dict[str, Contact] = {}
+    policy: PolicySettings = PolicySettings()
+    targets: Annotated[dict[str, TargetConfig], Field(min_length=1)]
+    source: str = Field(default="", exclude=True)
+
+    def policy_for(self, target: str) -> PolicySettings:
+        overrides = self.targets[target].policy.model_dump(exclude_none=True)
+        return self.policy.model_copy(update=overrides)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.daemon.state_dir / "journal.sqlite3"
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "too_short": "must not be empty",
+    "string_pattern_mismatch": "does not have the expected form",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for i, el in enumerate(loc):
+        # Tagged unions put the tag into the location; the user never wrote it, so drop it.
+        if i >= 2 and loc[i - 2] == "probes" and el in PROBE_KINDS:
+            continue
+        parts.append(f"[{el}]" if isinstance(el, int) else str(el))
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    template = _MESSAGES.get(err["type"])
+    msg = template.format(**err.get("ctx", {})) if template else err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    shown = repr(err["input"])
+    if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict):
+        if shown not in msg:
+            msg += f" (got {shown})"
+    return f"{_key_path(err['loc'])}: {msg}"
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    text = str(exc)
+    m = re.match(r"Cannot declare \((.*)\) twice \(at (line \d+)", text)
+    if m:
+        keys = ".".join(k.strip(" '\"") for k in m.group(1).split(","))
+        what = "duplicate target" if keys.startswith("targets.") and keys.count(".") == 1 else "duplicate table"
+        return f"{keys}: {what}, declared twice ({m.group(2)})"
+    return f"invalid TOML: {text}"
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [_toml_error(exc)]) from None
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(dict(e)) for e in exc.errors()]) from None
+    smtp = config.smtp
+    if smtp.tls and smtp.starttls:
+        raise ConfigError(source, ["smtp.tls: cannot be combined with smtp.starttls"])
+    return config.model_copy(update={"source": source})
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read config file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, ["config file is not UTF-8 text"]) from None
+    return parse_config(text, str(path), path.resolve().parent)

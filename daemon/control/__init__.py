@@ -1,0 +1,1 @@
+"""Manual override: the control socket, its commands, and the rollbackctl client."""

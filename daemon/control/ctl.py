@@ -1,0 +1,123 @@
+"""rollbackctl: the operator's client for the control socket; tables for people, --json for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from daemon.control.protocol import PROTOCOL_VERSION
+
+DEFAULT_SOCKET = "/run/rollbackd/control.sock"
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Unreachable(Exception):
+    pass
+
+
+def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        raise Unreachable(f"no control socket at {path}: is rollbackd running? "
+                          "(--socket or $ROLLBACKCTL_SOCKET choose another)") from None
+    except PermissionError:
+        raise Unreachable(f"permission denied on {path}: join the socket's group "
+                          "(the 'rollbackd' group by default) or ask root") from None
+    except ConnectionRefusedError:
+        raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
+    with sock:
+        req = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise Unreachable(f"rollbackd closed the connection on {path} without a reply")
+    reply: dict[str, Any] = json.loads(data)
+    return reply
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "-") for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _human(cmd: str, result: Any) -> str:
+    if cmd == "status":
+        rows = [{**t, "probes": " ".join(f"{p}:{s}" for p, s in t["probes"].items()),
+                 "version": (t["version"] or "-")[:12]} for t in result["targets"]]
+        out = [f"rollbackd pid {result['pid']}, up {result['uptime']}s: {result['summary']}",
+               _table(rows, ["target", "state", "incident", "version", "probes"])]
+        if result["breakers"]:
+            out.append(_table(result["breakers"], ["target", "plan", "mode"]))
+        out.append(f"mail: {result['mail']['sent']} sent, {result['mail']['queued']} queued")
+        return "\n".join(out)
+    if cmd == "incidents":
+        return _table(result, ["id", "target", "class", "state", "detected", "reason"])
+    if cmd == "show" and "markdown" in result:
+        return str(result["markdown"])
+    if cmd == "show":
+        head = (f"incident {result['id']} {result['target']} {result['incident_class']} "
+                f"{result['state']}\n{result['reason']}")
+        steps = _table(result["steps"], ["name", "state", "duration", "detail"])
+        timeline = _table(result["timeline"], ["at", "event", "detail"])
+        return f"{head}\n\nsteps:\n{steps}\n\ntimeline:\n{timeline}"
+    if cmd == "help":
+        return "\n".join(f"{k:12} {v}" for k, v in result.items())
+    return json.dumps(result, indent=2, default=str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rollbackctl", description="Steer a running rollbackd.")
+    p.add_argument("--socket", default=os.environ.get("ROLLBACKCTL_SOCKET", DEFAULT_SOCKET))
+    p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="daemon, targets, open incidents, breakers")
+    inc = sub.add_parser("incidents", help="recent incidents")
+    inc.add_argument("--limit", type=int, default=20)
+    show = sub.add_parser("show", help="one incident")
+    show.add_argument("id", type=int)
+    show.add_argument("--report", action="store_true", help="the Markdown incident report")
+    ack = sub.add_parser("ack", help="acknowledge an incident")
+    ack.add_argument("id", type=int)
+    sub.add_parser("reload", help="re-read the config file")
+    sub.add_parser("help", help="the commands the daemon knows")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    args = {k: v for k, v in vars(ns).items() if k not in ("socket", "json", "cmd")}
+    try:
+        reply = request(ns.socket, ns.cmd, args)
+    except Unreachable as exc:
+        print(f"rollbackctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, ValueError) as exc:
+        print(f"rollbackctl: {ns.socket}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print(f"{ns.cmd}: ERROR ({reply.get('code')}) {reply.get('error')}", file=sys.stderr)
+        return EXIT_REFUSED
+    result = reply.get("result")
+    print(json.dumps(result, indent=2, default=str) if ns.json else _human(ns.cmd, result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

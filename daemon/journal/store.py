@@ -1,0 +1,375 @@
+"""The journal's store: incidents, steps, ledger, breakers, outbox and audit in SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.journal.schema import MIGRATIONS
+from policies.breaker import Breaker, BreakerMode
+from policies.ledger import LedgerEntry
+
+OPEN_STATES = ("open", "awaiting_approval", "remediating", "verifying", "held", "escalated", "dry_run")
+"""An incident in one of these still owns its target: no second incident opens beside it."""
+
+
+class JournalError(Exception):
+    pass
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds") if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: int
+    target: str
+    incident_class: str
+    state: str
+    reason: str
+    from_version: str | None
+    to_version: str | None
+    onset_at: datetime | None
+    detected_at: datetime
+    started_at: datetime | None
+    rolled_back_at: datetime | None
+    verified_at: datetime | None
+    closed_at: datetime | None
+    held_reason: str | None
+    evidence: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> Incident:
+        return cls(
+            id=r["id"], target=r["target"], incident_class=r["incident_class"], state=r["state"],
+            reason=r["reason"], from_version=r["from_version"], to_version=r["to_version"],
+            onset_at=_dt(r["onset_at"]), detected_at=_dt(r["detected_at"]) or now_utc(),
+            started_at=_dt(r["started_at"]), rolled_back_at=_dt(r["rolled_back_at"]),
+            verified_at=_dt(r["verified_at"]), closed_at=_dt(r["closed_at"]),
+            held_reason=r["held_reason"], evidence=json.loads(r["evidence"]),
+        )
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    id: int
+    incident_id: int
+    seq: int
+    name: str
+    state: str
+    idempotent: bool
+    started_at: datetime
+    duration: float | None
+    detail: str
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = not path.exists()
+        # isolation_level=None: we issue BEGIN ourselves so every write is one explicit commit.
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if fresh:
+            os.chmod(path, 0o600)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a step journaled as running must be on disk before the step starts.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise JournalError(
+                f"{self.path}: schema version {version} is newer than this rollbackd "
+                f"understands ({len(MIGRATIONS)}); upgrade rollbackd"
+            )
+        for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.tx():
+                for stmt in sql.split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version={i}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- incidents ---------------------------------------------------------------------------
+
+    def open_incident(
+        self, target: str, incident_class: str, reason: str, onset: datetime | None,
+        evidence: dict[str, Any], state: str = "open", automatic: bool = True,
+    ) -> int:
+        at = now_utc()
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO incidents (target, incident_class, state, reason, onset_at,"
+                " detected_at, evidence, automatic) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, incident_class, state, reason, _ts(onset), _ts(at),
+                 json.dumps(evidence, default=str), int(automatic)),
+            )
+            incident_id = int(cur.lastrowid or 0)
+            self._event(incident_id, "detected", reason, at)
+        return incident_id
+
+    def _event(self, incident_id: int, event: str, detail: str, at: datetime | None) -> None:
+        self.db.execute(
+            "INSERT INTO timeline (incident_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            (incident_id, _ts(at or now_utc()), event, detail),
+        )
+
+    def add_event(self, incident_id: int, event: str, detail: str = "") -> None:
+        with self.tx():
+            self._event(incident_id, event, detail, None)
+
+    _UPDATABLE = {"state", "reason", "plan_kind", "from_version", "to_version", "started_at",
+                  "rolled_back_at", "verified_at", "closed_at", "held_reason", "acked_at", "plan"}
+
+    def update_incident(self, incident_id: int, event: str | None = None, detail: str = "",
+                        **fields: Any) -> None:
+        bad = set(fields) - self._UPDATABLE
+        if bad:
+            raise JournalError(f"not updatable: {sorted(bad)}")
+        values = [_ts(v) if isinstance(v, datetime) else v for v in fields.values()]
+        with self.tx() as db:
+            if fields:
+                cols = ", ".join(f"{k} = ?" for k in fields)
+                db.execute(f"UPDATE incidents SET {cols} WHERE id = ?", (*values, incident_id))
+            if event:
+                self._event(incident_id, event, detail, None)
+
+    def set_evidence(self, incident_id: int, evidence: dict[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE incidents SET evidence = ? WHERE id = ?",
+                       (json.dumps(evidence, default=str), incident_id))
+            self._event(incident_id, "evidence", "evidence captured", None)
+
+    def incident(self, incident_id: int) -> Incident | None:
+        row = self.db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return Incident.from_row(row) if row else None
+
+    def open_incident_for(self, target: str) -> Incident | None:
+        marks = ",".join("?" * len(OPEN_STATES))
+        row = self.db.execute(
+            f"SELECT * FROM incidents WHERE target = ? AND state IN ({marks}) ORDER BY id DESC",
+            (target, *OPEN_STATES),
+        ).fetchone()
+        return Incident.from_row(row) if row else None
+
+    def incidents(self, limit: int = 50) -> list[Incident]:
+        rows = self.db.execute("SELECT * FROM incidents ORDER BY id DESC LIMIT ?", (limit,))
+        return [Incident.from_row(r) for r in rows]
+
+    def timeline(self, incident_id: int) -> list[tuple[datetime, str, str]]:
+        rows = self.db.execute(
+            "SELECT at, event, detail FROM timeline WHERE incident_id = ? ORDER BY id",
+            (incident_id,),
+        )
+        return [(_dt(r["at"]) or now_utc(), r["event"], r["detail"]) for r in rows]
+
+    def rollback_starts(self, target: str) -> tuple[datetime, ...]:
+        rows = self.db.execute(
+            "SELECT started_at FROM incidents WHERE target = ? AND automatic = 1"
+            " AND started_at IS NOT NULL ORDER BY started_at",
+            (target,),
+        )
+        return tuple(d for r in rows if (d := _dt(r[0])))
+
+    # -- steps: journaled `running` before, `done`/`failed` after ----------------------------
+
+    def step_started(self, incident_id: int, seq: int, name: str, idempotent: bool) -> int:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO steps (incident_id, seq, name, idempotent, state, started_at)"
+                " VALUES (?, ?, ?, ?, 'running', ?)",
+                (incident_id, seq, name, int(idempotent), _ts(now_utc())),
+            )
+        return int(cur.lastrowid or 0)
+
+    def step_finished(self, step_id: int, ok: bool, duration: float, detail: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE steps SET state = ?, finished_at = ?, duration = ?, detail = ?"
+                " WHERE id = ? AND state = 'running'",
+                ("done" if ok else "failed", _ts(now_utc()), duration, detail, step_id),
+            )
+
+    def step_interrupted(self, step_id: int, detail: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE steps SET state = 'interrupted', finished_at = ?, detail = ?"
+                " WHERE id = ? AND state = 'running'", (_ts(now_utc()), detail, step_id),
+            )
+
+    def steps(self, incident_id: int) -> list[StepRecord]:
+        rows = self.db.execute(
+            "SELECT * FROM steps WHERE incident_id = ? ORDER BY seq, id", (incident_id,)
+        )
+        return [
+            StepRecord(r["id"], r["incident_id"], r["seq"], r["name"], r["state"],
+                       bool(r["idempotent"]), _dt(r["started_at"]) or now_utc(), r["duration"],
+                       r["detail"])
+            for r in rows
+        ]
+
+    def recover_interrupted(self) -> list[tuple[Incident, StepRecord]]:
+        """Steps left `running` by a crash become `interrupted`; their incidents are held."""
+        found = self.db.execute("SELECT id, incident_id FROM steps WHERE state = 'running'")
+        held: list[tuple[Incident, StepRecord]] = []
+        for step_id, incident_id in found.fetchall():
+            with self.tx() as db:
+                db.execute(
+                    "UPDATE steps SET state = 'interrupted', finished_at = ? WHERE id = ?",
+                    (_ts(now_utc()), step_id),
+                )
+            step = next(s for s in self.steps(incident_id) if s.id == step_id)
+            why = (f"step {step.name} was interrupted (daemon stopped while it ran); "
+                   "not run again automatically: a person must decide")
+            self.update_incident(incident_id, "held", why, state="held", held_reason=why)
+            inc = self.incident(incident_id)
+            assert inc is not None
+            held.append((inc, step))
+        return held
+
+    # -- known-good ledger -------------------------------------------------------------------
+
+    def ledger(self, target: str) -> list[LedgerEntry]:
+        rows = self.db.execute("SELECT * FROM ledger WHERE target = ? ORDER BY first_seen",
+                               (target,))
+        return [
+            LedgerEntry(r["version"], _dt(r["first_seen"]) or now_utc(), _dt(r["healthy_since"]),
+                        _dt(r["known_good_at"]), _dt(r["bad_at"]))
+            for r in rows
+        ]
+
+    def save_ledger(self, target: str, e: LedgerEntry) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO ledger (target, version, first_seen, healthy_since, known_good_at,"
+                " bad_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, version) DO UPDATE SET"
+                " healthy_since = excluded.healthy_since, known_good_at = excluded.known_good_at,"
+                " bad_at = excluded.bad_at",
+                (target, e.version, _ts(e.first_seen), _ts(e.healthy_since),
+                 _ts(e.known_good_at), _ts(e.bad_at)),
+            )
+
+    def mark_bad(self, target: str, version: str, reason: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO ledger (target, version, first_seen, bad_at, bad_reason)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (target, version) DO UPDATE SET"
+                " bad_at = excluded.bad_at, bad_reason = excluded.bad_reason",
+                (target, version, _ts(now_utc()), _ts(now_utc()), reason),
+            )
+
+    # -- circuit breakers ----------------------------------------------------------------------
+
+    def breaker(self, target: str, plan_kind: str) -> Breaker:
+        r = self.db.execute("SELECT * FROM breakers WHERE target = ? AND plan_kind = ?",
+                            (target, plan_kind)).fetchone()
+        if r is None:
+            return Breaker()
+        failures = tuple(d for x in json.loads(r["failures"]) if (d := _dt(x)))
+        return Breaker(BreakerMode(r["mode"]), failures, _dt(r["opened_at"]))
+
+    def save_breaker(self, target: str, plan_kind: str, b: Breaker) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO breakers (target, plan_kind, mode, failures, opened_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, plan_kind) DO UPDATE SET"
+                " mode = excluded.mode, failures = excluded.failures,"
+                " opened_at = excluded.opened_at, updated_at = excluded.updated_at",
+                (target, plan_kind, b.mode.value, json.dumps([_ts(t) for t in b.failures]),
+                 _ts(b.opened_at), _ts(now_utc())),
+            )
+
+    def breakers(self) -> list[tuple[str, str, Breaker]]:
+        rows = self.db.execute("SELECT target, plan_kind FROM breakers ORDER BY target").fetchall()
+        return [(t, k, self.breaker(t, k)) for t, k in rows]
+
+    # -- email outbox ----------------------------------------------------------------------------
+
+    def enqueue_mail(self, message_id: str, incident_id: int | None, recipients: list[str],
+                     subject: str, body: str) -> None:
+        at = _ts(now_utc())
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO outbox (message_id, incident_id, recipients, subject, body,"
+                " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (message_id, incident_id, json.dumps(recipients), subject, body, at, at),
+            )
+
+    def due_mail(self, now: datetime, limit: int = 20) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= ?"
+            " ORDER BY id LIMIT ?", (_ts(now), limit),
+        ).fetchall()
+
+    def mail_sent(self, outbox_id: int) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+                       (_ts(now_utc()), outbox_id))
+
+    def mail_failed(self, outbox_id: int, error: str, next_attempt: datetime) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                " WHERE id = ?", (error, _ts(next_attempt), outbox_id),
+            )
+
+    def outbox_counts(self) -> dict[str, int]:
+        row = self.db.execute(
+            "SELECT SUM(sent_at IS NOT NULL), SUM(sent_at IS NULL) FROM outbox").fetchone()
+        return {"sent": row[0] or 0, "queued": row[1] or 0}
+
+    # -- audit log: each entry chained to the previous by hash ---------------------------------
+
+    def audit(self, uid: int | None, pid: int | None, cmd: str, args: dict[str, Any],
+              outcome: str) -> None:
+        at = _ts(now_utc())
+        with self.tx() as db:
+            prev = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+            prev_hash = prev[0] if prev else ""
+            args_json = json.dumps(args, sort_keys=True, default=str)
+            digest = hashlib.sha256(
+                json.dumps([prev_hash, at, uid, pid, cmd, args_json, outcome]).encode()
+            ).hexdigest()
+            db.execute(
+                "INSERT INTO audit (at, uid, pid, cmd, args, outcome, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, uid, pid, cmd, args_json, outcome, prev_hash, digest),
+            )

@@ -1,0 +1,1 @@
+"""Executors: the runbook's rollback procedures as journaled, time-bounded steps."""

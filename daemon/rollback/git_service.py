@@ -1,0 +1,84 @@
+"""git + service rollback: check out a known-good commit detached, reinstall if needed, restart."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from daemon.config import GitDeployment
+from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.commands import run_argv
+from policies.plans import StepSpec
+
+
+class GitServiceExecutor:
+    backend: ClassVar[str] = "git"
+
+    def __init__(self, settings: GitDeployment) -> None:
+        self.settings = settings
+        t = settings.command_timeout
+        self.steps: tuple[StepSpec, ...] = (
+            StepSpec("git_checkout", idempotent=True, timeout=60),
+            StepSpec("install_dependencies", idempotent=True, timeout=t),
+            # Not idempotent: a restart cut off halfway leaves the service in an unknown state,
+            # so an interrupted one waits for a person instead of running again.
+            StepSpec("restart_service", idempotent=False, timeout=t),
+        )
+
+    async def _git(self, *args: str, check: bool = True) -> str:
+        res = await run_argv(["git", "-C", str(self.settings.repo), *args], timeout=30, check=check)
+        return res.output.strip() if res.returncode == 0 else ""
+
+    async def current_version(self) -> str | None:
+        return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
+
+    async def version_exists(self, version: str) -> bool:
+        res = await run_argv(
+            ["git", "-C", str(self.settings.repo), "cat-file", "-e", f"{version}^{{commit}}"],
+            timeout=30, check=False,
+        )
+        return res.returncode == 0
+
+    async def evidence(self) -> dict[str, Any]:
+        return {
+            "commit": await self.current_version(),
+            "branch": await self._git("symbolic-ref", "-q", "--short", "HEAD", check=False)
+            or "(detached)",
+            "last_commit": await self._git("log", "-1", "--format=%h %s (%an, %cr)", check=False),
+            "repo": str(self.settings.repo),
+        }
+
+    async def run_step(self, name: str, ctx: StepContext) -> str:
+        if name == "git_checkout":
+            return await self._checkout(ctx.plan.target_version)
+        if name == "install_dependencies":
+            return await self._install(ctx.plan.current_version, ctx.plan.target_version)
+        if name == "restart_service":
+            res = await run_argv(self.settings.restart, self.settings.command_timeout)
+            return f"restarted with {self.settings.restart[0]} (exit {res.returncode})"
+        raise StepFailed(f"git executor has no step {name!r}")
+
+    async def _checkout(self, target: str) -> str:
+        # Detached: the branch keeps pointing at the bad commit; moving it is a person's call.
+        await self._git("checkout", "--detach", "--quiet", target)
+        head = await self.current_version()
+        if head != target:
+            raise StepFailed(f"HEAD is {head} after checkout, expected {target}")
+        return f"checked out {target[:12]} (detached)"
+
+    async def _install(self, current: str | None, target: str) -> str:
+        if current is None:
+            changed = True
+        else:
+            res = await run_argv(
+                ["git", "-C", str(self.settings.repo), "diff", "--quiet", current, target, "--",
+                 *self.settings.requirements],
+                timeout=30, check=False,
+            )
+            changed = res.returncode != 0
+        if not changed:
+            return "requirements unchanged: nothing to install"
+        if self.settings.install is None:
+            return "requirements differ but no install command is configured: skipped"
+        await run_argv(self.settings.install, self.settings.command_timeout,
+                       cwd=self.settings.repo)
+        return "requirements differ: dependencies reinstalled"

@@ -1,0 +1,1 @@
+"""Policies: pure decisions from observations, history and time; no I/O here."""

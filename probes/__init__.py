@@ -1,0 +1,1 @@
+"""Probes: observe a target and return an Observation; never raise, never hang."""
