@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import cast
 
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import setup_logging
@@ -33,6 +34,7 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
 
 async def _probe_all(config: Config, only: str | None) -> int:
     from daemon.monitor import run_probe
+    from probes.base import ProbeSettings
     from probes.registry import build_probe
 
     failed = 0
@@ -40,6 +42,7 @@ async def _probe_all(config: Config, only: str | None) -> int:
         if only and tname != only:
             continue
         for pname, settings in target.probes.items():
+            settings = cast(ProbeSettings, settings)
             obs = await run_probe(build_probe(pname, settings), settings.timeout)
             failed += not obs.ok
             symptom = f" [{obs.symptom}]" if obs.symptom else ""

@@ -141,7 +141,7 @@ class Config(Frozen):
     source: str = Field(default="", exclude=True)
 
     def policy_for(self, target: str) -> PolicySettings:
-        overrides = self.targets[target].policy.model_dump(exclude_none=True)
+        overrides = self.targets[target].policy.model_dump(exclude_none=True)  # type: ignore[attr-defined]
         return self.policy.model_copy(update=overrides)
 
     @property
@@ -196,7 +196,8 @@ def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
     m = re.match(r"Cannot declare \((.*)\) twice \(at (line \d+)", text)
     if m:
         keys = ".".join(k.strip(" '\"") for k in m.group(1).split(","))
-        what = "duplicate target" if keys.startswith("targets.") and keys.count(".") == 1 else "duplicate table"
+        is_target = keys.startswith("targets.") and keys.count(".") == 1
+        what = "duplicate target" if is_target else "duplicate table"
         return f"{keys}: {what}, declared twice ({m.group(2)})"
     return f"invalid TOML: {text}"
 

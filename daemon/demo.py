@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,9 +60,9 @@ def _after(onset: float, at: datetime | None) -> float | None:
     return at.timestamp() - onset if at else None
 
 
-async def _wait(cond: object, timeout: float, what: str) -> None:
+async def _wait(cond: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up waiting for {what} after {timeout:g}s")
         await asyncio.sleep(0.1)
@@ -75,7 +76,8 @@ async def _healthy(url: str) -> bool:
         return False
 
 
-async def scenario_app_down(ws: Workspace, sink: MailSink, say: object) -> ScenarioResult:
+async def scenario_app_down(ws: Workspace, sink: MailSink, say: Callable[[str], None]
+                            ) -> ScenarioResult:
     from daemon.app import Daemon
 
     config_path = ws.root / "rollbackd.toml"
@@ -93,7 +95,7 @@ async def scenario_app_down(ws: Workspace, sink: MailSink, say: object) -> Scena
         onset = time.time()
         bad = ws.deploy_broken()
         say(f"v2 {bad[:7]} deployed; the daemon should detect, roll back and verify")
-        await _wait(lambda: (i := daemon.journal.open_incident_for("grading")) is None
+        await _wait(lambda: daemon.journal.open_incident_for("grading") is None
                     and daemon.journal.incidents(1)
                     and daemon.journal.incidents(1)[0].closed_at is not None, 90, "resolution")
         inc = daemon.journal.incidents(1)[0]

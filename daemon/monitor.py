@@ -1,4 +1,4 @@
-"""One target's monitor: runs its probes, debounces, keeps the ledger, decides, starts the runner."""
+"""One target's monitor: runs probes, debounces, keeps the ledger, decides, starts the runner."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,8 @@ class TargetMonitor:
         incident_class, probes = found
         evidence = "; ".join(f"{p} {self.health[p].last.detail}" for p in probes  # type: ignore[union-attr]
                              if self.health[p].last)
-        onset = min((self.health[p].onset for p in probes if self.health[p].onset),
-                    default=None)
+        onsets = [o for p in probes if (o := self.health[p].onset) is not None]
+        onset = min(onsets, default=None)
         history = History(self.journal.rollback_starts(self.name),
                           self.journal.breaker(self.name, "deployment_rollback"))
         if self.executor is None:
@@ -160,7 +161,7 @@ class TargetMonitor:
                               history, now_utc(), self.policy, self.executor.steps)
         self._open(decision, onset, version)
 
-    def _open(self, decision: Decision, onset: Any, version: str | None) -> None:
+    def _open(self, decision: Decision, onset: datetime | None, version: str | None) -> None:
         state = {Action.EXECUTE: "open", Action.DRY_RUN: "dry_run",
                  Action.ESCALATE: "escalated"}[decision.action]
         incident_id = self.journal.open_incident(

@@ -19,7 +19,9 @@ class LedgerEntry:
         return self.known_good_at is not None and self.bad_at is None
 
 
-def observe(entry: LedgerEntry, all_passing: bool, now: datetime, stable_after: float) -> LedgerEntry:
+def observe(
+    entry: LedgerEntry, all_passing: bool, now: datetime, stable_after: float
+) -> LedgerEntry:
     """Advance one version's entry by one evaluation of the target's probes."""
     if not all_passing:
         # Stability must be continuous: any failure restarts the clock (known-good stays earned).

@@ -17,7 +17,9 @@ from daemon.journal.schema import MIGRATIONS
 from policies.breaker import Breaker, BreakerMode
 from policies.ledger import LedgerEntry
 
-OPEN_STATES = ("open", "awaiting_approval", "remediating", "verifying", "held", "escalated", "dry_run")
+OPEN_STATES = (
+    "open", "awaiting_approval", "remediating", "verifying", "held", "escalated", "dry_run",
+)
 """An incident in one of these still owns its target: no second incident opens beside it."""
 
 
