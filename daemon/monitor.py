@@ -116,8 +116,8 @@ class TargetMonitor:
             self._version = (time.monotonic(), version)
         return version
 
-    async def _update_ledger(self, passing: bool) -> str | None:
-        version = await self.current_version()
+    async def _update_ledger(self, passing: bool, max_age: float) -> str | None:
+        version = await self.current_version(max_age)
         if version is None:
             return None
         now = now_utc()
@@ -136,7 +136,8 @@ class TargetMonitor:
         health = self.target_health()
         found = classify(health)
         passing = all_passing(health)
-        version = await self._update_ledger(passing)
+        # A failure may follow a deploy seconds ago: decide on the version deployed now.
+        version = await self._update_ledger(passing, max_age=2.0 if found is None else 0.0)
         incident = self.journal.open_incident_for(self.name)
         if found is None:
             if passing and incident and incident.state in SELF_CLOSING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -108,10 +109,11 @@ class Workspace:
         self.restart()
         return self.head()
 
-    def config_toml(self, smtp_port: int, state_dir: Path | None = None,
-                    extra: str = "") -> str:
+    def config_toml(self, smtp_port: int, state_dir: Path | None = None, extra: str = "",
+                    restart_argv: list[str] | None = None, targets_extra: str = "") -> str:
+        """A complete config for this workspace; `extra` lands in [daemon]."""
         state = state_dir or self.root / "state"
-        argv = ", ".join(f'"{a}"' for a in self.restart_argv())
+        argv = ", ".join(json.dumps(a) for a in restart_argv or self.restart_argv())
         return f"""\
 [daemon]
 state_dir = "{state}"
@@ -146,4 +148,4 @@ url = "{self.url}/health"
 interval = "500ms"
 timeout = "1s"
 failure_threshold = 3
-"""
+{targets_extra}"""

@@ -106,6 +106,8 @@ def stop(pidfile: Path, timeout: float = STOP_TIMEOUT) -> bool:
             if not is_app_process(pid):
                 break
     pidfile.unlink(missing_ok=True)
+    for child in list(_children):  # also reap apps that exited on their own (a broken deploy)
+        _reap(child)
     return stopped
 
 
