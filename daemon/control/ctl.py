@@ -20,19 +20,18 @@ class Unreachable(Exception):
 
 
 def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except FileNotFoundError:
-        raise Unreachable(f"no control socket at {path}: is rollbackd running? "
-                          "(--socket or $ROLLBACKCTL_SOCKET choose another)") from None
-    except PermissionError:
-        raise Unreachable(f"permission denied on {path}: join the socket's group "
-                          "(the 'rollbackd' group by default) or ask root") from None
-    except ConnectionRefusedError:
-        raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
-    with sock:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise Unreachable(f"no control socket at {path}: is rollbackd running? "
+                              "(--socket or $ROLLBACKCTL_SOCKET choose another)") from None
+        except PermissionError:
+            raise Unreachable(f"permission denied on {path}: join the socket's group "
+                              "(the 'rollbackd' group by default) or ask root") from None
+        except ConnectionRefusedError:
+            raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
         req = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
         sock.sendall(json.dumps(req).encode() + b"\n")
         data = b""
