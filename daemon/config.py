@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -12,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     ValidationError,
     ValidationInfo,
@@ -40,7 +43,7 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
 
 
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
-Secret = Annotated[SecretValue, PlainValidator(load_secret)]
+Secret = Annotated[SecretValue, PlainValidator(load_secret), PlainSerializer(str)]
 Argv = Annotated[list[str], Field(min_length=1)]
 
 
@@ -78,6 +81,14 @@ class SmtpSettings(Frozen):
     username: str | None = None
     password_file: Secret | None = None
     timeout: PositiveDuration = 10.0
+
+    @field_validator("tls")
+    @classmethod
+    def _one_tls_mode(cls, tls: bool, info: ValidationInfo) -> bool:
+        # A field validator, not a model one, so this error is reported beside any others.
+        if tls and info.data.get("starttls"):
+            raise ValueError("cannot be combined with smtp.starttls")
+        return tls
 
 
 class Contact(Frozen):
@@ -174,7 +185,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for i, el in enumerate(loc):
         # Tagged unions put the tag into the location; the user never wrote it, so drop it.
-        if i >= 2 and loc[i - 2] == "probes" and el in PROBE_KINDS:
+        if i == 4 and loc[0] == "targets" and loc[2] == "probes" and el in PROBE_KINDS:
             continue
         parts.append(f"[{el}]" if isinstance(el, int) else str(el))
     return ".".join(parts).replace(".[", "[") or "(top level)"
@@ -193,10 +204,11 @@ def _describe(err: dict[str, Any]) -> str:
 
 def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
     text = str(exc)
-    m = re.match(r"Cannot declare \((.*)\) twice \(at (line \d+)", text)
+    m = re.match(r"Cannot declare (\(.*\)) twice \(at (line \d+)", text)
     if m:
-        keys = ".".join(k.strip(" '\"") for k in m.group(1).split(","))
-        is_target = keys.startswith("targets.") and keys.count(".") == 1
+        parts = ast.literal_eval(m.group(1))
+        keys = ".".join(k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k) for k in parts)
+        is_target = len(parts) == 2 and parts[0] == "targets"
         what = "duplicate target" if is_target else "duplicate table"
         return f"{keys}: {what}, declared twice ({m.group(2)})"
     return f"invalid TOML: {text}"
@@ -211,9 +223,6 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
         config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(source, [_describe(dict(e)) for e in exc.errors()]) from None
-    smtp = config.smtp
-    if smtp.tls and smtp.starttls:
-        raise ConfigError(source, ["smtp.tls: cannot be combined with smtp.starttls"])
     return config.model_copy(update={"source": source})
 
 

@@ -151,7 +151,8 @@ class Runner:
             self.journal.mark_bad(self.target, plan.current_version,
                                   f"rolled back by incident {incident_id}")
         breaker = self.journal.breaker(self.target, plan.kind)
-        self.journal.save_breaker(self.target, plan.kind, record_success(breaker))
+        self.journal.save_breaker(self.target, plan.kind,
+                                  record_success(breaker, now, self.policy.breaker_reset))
         self.metrics.rollbacks.labels(self.target, plan.incident_class, self.executor.backend,
                                       "success").inc()
         write_report(self.journal, self.reports_dir, incident_id)
@@ -167,7 +168,7 @@ class Runner:
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
         breaker = self.journal.breaker(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
-                                 self.policy.window)
+                                 self.policy.window, self.policy.breaker_reset)
         self.journal.save_breaker(self.target, plan.kind, breaker)
         self.journal.update_incident(incident_id, "escalated", why, state="escalated")
         self.metrics.rollbacks.labels(self.target, plan.incident_class, self.executor.backend,

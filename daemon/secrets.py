@@ -22,6 +22,9 @@ def resolve_secret_path(name: str) -> Path:
     path = Path(name)
     if path.is_absolute():
         return path
+    if "/" in name or name in (".", ".."):
+        raise ValueError(f"{name!r} is neither an absolute path nor a credential name "
+                         "(credential names contain no '/')")
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if not cred_dir:
         raise ValueError(

@@ -28,12 +28,20 @@ def current(b: Breaker, now: datetime, reset_after: float) -> Breaker:
     return b
 
 
-def record_failure(b: Breaker, now: datetime, threshold: int, window: float) -> Breaker:
+# Both take the breaker as the journal stored it and bring it up to `now` first: the stored mode
+# says "open" long after the reset time made it half-open, and the trial's outcome must count.
+
+
+def record_failure(
+    b: Breaker, now: datetime, threshold: int, window: float, reset_after: float
+) -> Breaker:
+    b = current(b, now, reset_after)
     recent = tuple(t for t in b.failures if now - t < timedelta(seconds=window)) + (now,)
     if b.mode is BreakerMode.HALF_OPEN or len(recent) >= threshold:
         return Breaker(BreakerMode.OPEN, recent, now)
     return replace(b, failures=recent)
 
 
-def record_success(b: Breaker) -> Breaker:
+def record_success(b: Breaker, now: datetime, reset_after: float) -> Breaker:
+    b = current(b, now, reset_after)
     return Breaker() if b.mode is BreakerMode.HALF_OPEN else b

@@ -40,7 +40,8 @@ def debounce(
             last=obs,
         )
     failures = health.failures + 1
-    onset = health.onset if health.failures else obs.at
+    # A success below the threshold does not end an outage: its onset stays.
+    onset = health.onset if (health.failures or health.failing) and health.onset else obs.at
     failing = health.failing or failures >= failure_threshold
     return ProbeHealth(
         failing=failing,

@@ -74,8 +74,9 @@ def decide(
             f"{len(recent)} automatic rollbacks in the last {policy.window:g}s "
             f"(limit {policy.max_rollbacks}): not rolling back"
         )
-    if recent and now - max(recent) < timedelta(seconds=policy.cooldown):
-        return escalate(f"in cooldown after the rollback at {_fmt(max(recent))}")
+    last = max(history.rollbacks, default=None)  # the cooldown may be longer than the window
+    if last is not None and now - last < timedelta(seconds=policy.cooldown):
+        return escalate(f"in cooldown after the rollback at {_fmt(last)}")
     plan = deployment_rollback(
         incident_class, current_version, target.version, backend_steps, policy.verify_timeout
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -14,10 +15,13 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '30s'")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"bad duration {value!r}: must be a finite number of seconds")
         return float(value)
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a duration such as '30s', '5m' or a number of seconds")
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    bad = f"bad duration {value!r}: use forms like '500ms', '30s', '5m', '1h'"
     text, total, number = value.strip().lower(), 0.0, ""
     i = 0
     while i < len(text):
@@ -28,13 +32,22 @@ def parse_duration(value: object) -> float:
             continue
         unit = "ms" if text.startswith("ms", i) else ch
         if unit not in units or not number:
-            raise ValueError(f"bad duration {value!r}: use forms like '500ms', '30s', '5m', '1h'")
-        total += float(number) * units[unit]
+            raise ValueError(bad)
+        total += _number(number, bad) * units[unit]
         number = ""
         i += len(unit)
     if number:  # a trailing bare number means seconds
-        total += float(number)
+        total += _number(number, bad)
+    if not math.isfinite(total):
+        raise ValueError(bad)
     return total
+
+
+def _number(text: str, bad: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(bad) from None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

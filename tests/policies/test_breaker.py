@@ -34,9 +34,9 @@ def apply(
     """One event as the daemon should apply it: first bring the breaker up to `at`."""
     b = current(b, at, reset)
     if event == "fail":
-        return record_failure(b, at, threshold, window)
+        return record_failure(b, at, threshold, window, reset)
     if event == "ok":
-        return record_success(b)
+        return record_success(b, at, reset)
     assert event == "tick"
     return b
 
@@ -134,20 +134,13 @@ def test_current_does_not_touch_closed_or_half_open() -> None:
     assert current(half, t(10**6), RESET) == half
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: record_failure() on a breaker stored OPEN whose reset time has passed (how "
-    "the journal returns it; nothing stores HALF_OPEN) keeps the old opened_at when the "
-    "earlier failures have left the window, so right after the failed attempt the breaker is "
-    "half-open again instead of open",
-)
 def test_failure_recorded_on_stored_open_breaker_reopens_it() -> None:
     # Opened at T0 by two failures; 4000 s later (past reset_after=1800 and window=3600, the
     # defaults) the breaker is half-open, the one allowed attempt fails, and the runner records
     # the failure on the breaker as loaded from the journal.
     stored = Breaker(OPEN, (t(-10), t(0)), t(0))
     assert current(stored, t(4000), RESET).mode is HALF
-    after = record_failure(stored, t(4000), threshold=2, window=3600)
+    after = record_failure(stored, t(4000), threshold=2, window=3600, reset_after=RESET)
     assert current(after, t(4000), RESET).mode is OPEN
 
 

@@ -65,8 +65,7 @@ CASES = [
     pytest.param("FFFO", 3, 2, True, False, 0, id="one-ok-below-success-threshold-stays-failing"),
     pytest.param("FFFOO", 3, 2, False, True, None, id="recovers-at-success-threshold-2"),
     pytest.param("FFFOOO", 3, 3, False, True, None, id="recovers-at-success-threshold-3"),
-    # onset of this row is covered by the xfail rows below (same bug)
-    pytest.param("FFFOOFO", 3, 3, True, False, ANY, id="interrupted-recovery-stays-failing"),
+    pytest.param("FFFOOFO", 3, 3, True, False, 0, id="interrupted-recovery-stays-failing"),
     pytest.param("FFFOOF", 3, 2, False, False, ANY, id="after-recovery-one-fail-not-failing"),
     pytest.param("FFFOOFFF", 3, 2, True, False, 5, id="after-recovery-new-onset"),
     pytest.param("FEF", 2, 1, True, False, 0, id="error-does-not-break-failure-streak"),
@@ -84,12 +83,6 @@ CASES = [
         False,
         0,
         id="blip-of-ok-while-failing-keeps-onset",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: debounce() restarts onset on the first failure after a success even "
-            "when the probe never stopped failing (onset moves from the first failure to the "
-            "failure after the blip)",
-        ),
     ),
     pytest.param(
         "FFFOEF",
@@ -99,9 +92,6 @@ CASES = [
         False,
         0,
         id="blip-of-ok-and-error-while-failing-keeps-onset",
-        marks=pytest.mark.xfail(
-            strict=True, reason="bug: same onset reset as blip-of-ok-while-failing-keeps-onset"
-        ),
     ),
 ]
 
