@@ -241,12 +241,29 @@ def test_unreadable_secret_directory_from_tmp(tmp_path: Path) -> None:
     assert errors == [f"smtp.password_file: cannot read secret file '{tmp_path}': Is a directory"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file anyway")
-def test_unreadable_secret_mode_000(tmp_path: Path) -> None:  # pragma: no cover - non-root only
+def test_unreadable_secret_is_named_with_permission_denied(tmp_path: Path) -> None:
+    """A secret the daemon's user may not read; as root, a forked child drops to uid 65534."""
     secret = tmp_path / "pw"
     secret.write_text(SECRET)
-    secret.chmod(0)
-    errors = errors_of(f'[smtp]\npassword_file = "{secret}"\n' + PROBE)
+    secret.chmod(0o600 if os.geteuid() == 0 else 0)
+    tmp_path.chmod(0o755)
+    text = f'[smtp]\npassword_file = "{secret}"\n' + PROBE
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            os.write(write_end, "\n".join(errors_of(text)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        errors = pipe.read().splitlines()
+    os.waitpid(pid, 0)
     assert errors == [f"smtp.password_file: cannot read secret file '{secret}': Permission denied"]
 
 
