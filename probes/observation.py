@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +21,18 @@ class Symptom(StrEnum):
     TIMEOUT = "timeout"
     SERVER_ERROR = "server_error"  # 5xx
     BAD_RESPONSE = "bad_response"  # unexpected status or body
+    SLOW = "slow"  # answered, but latency is above its limit
+    WRONG_CREDENTIALS = "wrong_credentials"  # 401/403 for the known-good probe account
+    ACCOUNT_LOCKED = "account_locked"  # 423 for the probe account
+    CONTAINER_DOWN = "container_down"  # exited, restarting, crash-looping, unhealthy
+    INTEGRITY = "integrity"  # integrity_check / quick_check / amcheck found corruption
+    MISSING_TABLE = "missing_table"
+    BAD_REVISION = "bad_revision"  # alembic_version not on the known list
+    ROWS_COLLAPSED = "rows_collapsed"  # a row count fell too far below its known-good value
+    KEY_INVALID = "key_invalid"  # encryption key unreadable, malformed, or cannot decrypt
+    LOG_ERRORS = "log_errors"  # too many error lines in the log per interval
+    BACKUP_STALE = "backup_stale"
+    DEPENDENCY_DOWN = "dependency_down"  # a service the app needs (database, Redis) is down
     PROBE_ERROR = "probe_error"  # the probe crashed: not evidence about the target
 
 
@@ -32,6 +45,9 @@ class Observation:
     duration: float
     symptom: Symptom | None = None
     version: str | None = None
+    """The version the probe saw (image digest, revision, alembic revision), if any."""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """Figures for baselines and reports (latency_seconds, rows.users, error_lines, ...)."""
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
