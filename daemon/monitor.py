@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -12,24 +14,33 @@ from typing import Any
 
 from daemon.config import TargetConfig
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Incident, Journal, now_utc
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor
-from daemon.rollback.git_service import GitServiceExecutor
+from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
-from policies.classify import all_passing, classify
+from policies.classify import IncidentClass, all_passing, classify
 from policies.debounce import ProbeHealth, debounce
 from policies.decision import Action, Decision, History, decide
-from policies.ledger import LedgerEntry, observe
+from policies.ledger import LedgerEntry, observe, redeployed_bad
+from policies.lifecycle import SELF_CLOSING, State
+from policies.overrides import OverrideKind, active
+from policies.plans import Capabilities, Component, Plan, plan_from_dict, plan_to_dict
 from policies.settings import PolicySettings
+from policies.targets import Facts
 from probes.base import Probe, ProbeSettings
 from probes.observation import Observation, Status, Symptom
 from probes.registry import build_probe
 
 log = logging.getLogger("rollbackd.monitor")
 
-# An incident in one of these states closes by itself once every probe passes again.
-SELF_CLOSING = ("escalated", "dry_run")
+# Probe kinds whose Observation.version tells the schema revision or the key fingerprint.
+REVISION_KINDS = ("sqlite_integrity", "postgres_integrity")
+KEY_KINDS = ("fernet_key",)
+
+_STATE_OF = {Action.EXECUTE: State.OPEN, Action.DRY_RUN: State.DRY_RUN,
+             Action.ESCALATE: State.ESCALATED, Action.AWAIT_APPROVAL: State.AWAITING_APPROVAL,
+             Action.HOLD: State.HELD}
 
 
 async def run_probe(probe: Probe, timeout: float) -> Observation:
@@ -59,21 +70,30 @@ class TargetMonitor:
         self.settings: dict[str, ProbeSettings] = dict(config.probes)
         self.probes: dict[str, Probe] = {p: build_probe(p, s) for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
-        self.executor: Executor | None = (
-            GitServiceExecutor(config.deployment) if config.deployment else None
-        )
-        self.runner = (
-            Runner(name, journal, self.executor, outbox, metrics, policy, self.verify,
-                   self.probe_evidence, reports_dir, fault_hook)
-            if self.executor else None
-        )
+        self.components: dict[Component, Executor] = build_executors(config)
+        self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
+                             self.verify, self.probe_evidence, reports_dir, fault_hook)
         self.task: asyncio.Task[bool] | None = None
+        self.transitions: deque[datetime] = deque(maxlen=64)
+        self._was_failing = False
         self._version: tuple[float, str | None] = (0.0, None)
         self._eval_lock = asyncio.Lock()
+        self._warned_bad: str | None = None
+        self._last_suppressed: str | None = None
+
+    @property
+    def executor(self) -> Executor | None:
+        return self.components.get(Component.DEPLOYMENT)
 
     @property
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    def capabilities(self) -> Capabilities:
+        caps: dict[Any, Any] = {}
+        for executor in self.components.values():
+            caps.update(executor.capabilities())
+        return caps
 
     def target_health(self) -> dict[str, tuple[str, ProbeHealth]]:
         return {p: (self.settings[p].kind, h) for p, h in self.health.items()}
@@ -85,6 +105,12 @@ class TargetMonitor:
             for p, h in self.health.items() if h.last is not None
         }
 
+    def _seen(self, kinds: tuple[str, ...]) -> str | None:
+        for p, h in self.health.items():
+            if self.settings[p].kind in kinds and h.last is not None and h.last.version:
+                return h.last.version
+        return None
+
     def _record(self, obs: Observation) -> None:
         s = self.settings[obs.probe]
         before = self.health[obs.probe]
@@ -93,10 +119,13 @@ class TargetMonitor:
         self.metrics.probe_success.labels(self.name, obs.probe).set(1 if obs.ok else 0)
         self.metrics.probe_duration.labels(self.name, obs.probe).observe(obs.duration)
         self.metrics.probe_runs.labels(self.name, obs.probe, obs.status.value).inc()
-        if after.failing != before.failing or (obs.status is not Status.OK and log.isEnabledFor(
-                logging.DEBUG)):
+        if after.failing != before.failing:
             log.info("target=%s probe=%s status=%s failing=%s detail=%r", self.name, obs.probe,
                      obs.status, after.failing, obs.detail)
+        failing = any(h.failing for h in self.health.values())
+        if failing != self._was_failing:
+            self._was_failing = failing
+            self.transitions.append(now_utc())
 
     async def run_scheduled(self, probe_name: str) -> None:
         obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
@@ -123,12 +152,49 @@ class TargetMonitor:
         now = now_utc()
         entries = {e.version: e for e in self.journal.ledger(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
-        updated = observe(entry, passing, now, self.policy.stable_after)
+        updated = observe(entry, passing, now, self.policy.stable_after,
+                          self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
             self.journal.save_ledger(self.name, updated)
             if updated.known_good and not entry.known_good:
                 log.info("target=%s version=%s status=known-good", self.name, version[:12])
+        self._report_bad_redeploy(list(entries.values()), version)
         return version
+
+    def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
+        bad = redeployed_bad(entries, version)
+        if bad is None or self._warned_bad == version or self.busy:
+            return
+        if self.journal.open_incident_for(self.name) is not None:
+            return  # the version is bad because this very incident rolled it back
+        self._warned_bad = version
+        log.warning("target=%s version=%s status=bad-version-redeployed earlier=%r", self.name,
+                    version[:12], bad.bad_reason)
+        self.outbox.enqueue(None, f"redeploy-{self.name}-{version[:12]}-{time.time():.0f}",
+                            f"[rollbackd] {self.name}: bad version {version[:12]} redeployed",
+                            f"{version[:12]} was deployed again on {self.name}; it is marked bad: "
+                            f"{bad.bad_reason}.\n`rollbackctl known-good list {self.name}` and "
+                            "the earlier incident's report have the details.\n")
+
+    def facts(self, version: str | None, onset: datetime | None) -> Facts:
+        return Facts(
+            current_version=version,
+            current_revision=self._seen(REVISION_KINDS),
+            current_key=self._seen(KEY_KINDS),
+            ledger=tuple(self.journal.ledger(self.name)),
+            backups=self.journal.backup_entries(self.name, "database"),
+            key_backups=self.journal.backup_entries(self.name, "key"),
+            capabilities=self.capabilities(),
+            onset=onset,
+        )
+
+    def history(self) -> History:
+        return History(
+            rollbacks=self.journal.rollback_starts(self.name),
+            breakers={k: b for t, k, b in self.journal.breakers() if t == self.name},
+            transitions=tuple(self.transitions),
+            overrides=self.journal.overrides(),
+        )
 
     async def evaluate(self) -> None:
         if self.busy:
@@ -141,52 +207,91 @@ class TargetMonitor:
         incident = self.journal.open_incident_for(self.name)
         if found is None:
             if passing and incident and incident.state in SELF_CLOSING:
-                self.journal.update_incident(incident.id, "recovered", "every probe passes again",
-                                             state="resolved", closed_at=now_utc())
-                log.info("target=%s incident=%d status=recovered", self.name, incident.id)
+                self._close_recovered(incident)
             return
         if incident is not None:
+            self._join(incident, found[1])
             return  # one open incident per target; it already owns these symptoms
         incident_class, probes = found
-        evidence = "; ".join(f"{p} {self.health[p].last.detail}" for p in probes  # type: ignore[union-attr]
-                             if self.health[p].last)
-        onsets = [o for p in probes if (o := self.health[p].onset) is not None]
-        onset = min(onsets, default=None)
-        history = History(self.journal.rollback_starts(self.name),
-                          self.journal.breaker(self.name, "deployment_rollback"))
-        if self.executor is None:
-            decision = Decision(Action.ESCALATE, incident_class,
-                                f"{incident_class}: {evidence}; no deployment configured")
-        else:
-            decision = decide(incident_class, evidence, version, self.journal.ledger(self.name),
-                              history, now_utc(), self.policy, self.executor.steps)
-        self._open(decision, onset, version)
+        evidence = "; ".join(f"{p} {h.last.detail}" for p in probes
+                             if (h := self.health[p]).last is not None)
+        onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
+        decision = decide(incident_class, evidence, self.facts(version, onset), self.history(),
+                          now_utc(), self.policy, self.name)
+        if decision.action in (Action.SUPPRESS, Action.IGNORE):
+            if self._last_suppressed != decision.reason:  # say it once, not every run
+                self._last_suppressed = decision.reason
+                log.info("target=%s action=%s reason=%r", self.name, decision.action,
+                         decision.reason)
+            return
+        self._open(decision, onset, version, probes)
 
-    def _open(self, decision: Decision, onset: datetime | None, version: str | None) -> None:
-        state = {Action.EXECUTE: "open", Action.DRY_RUN: "dry_run",
-                 Action.ESCALATE: "escalated"}[decision.action]
+    def _close_recovered(self, incident: Incident) -> None:
+        acted = bool(self.journal.steps(incident.id))
+        state = State.RESOLVED if acted else State.TRANSIENT
+        self.journal.update_incident(incident.id, "recovered", "every probe passes again",
+                                     state=state.value, closed_at=now_utc())
+        log.info("target=%s incident=%d status=%s", self.name, incident.id, state)
+
+    def _join(self, incident: Incident, probes: list[str]) -> None:
+        known = set(incident.evidence.get("failing", []))
+        new = [p for p in probes if p not in known]
+        if new:
+            evidence = {**incident.evidence, "failing": sorted(known | set(new))}
+            self.journal.set_evidence(incident.id, evidence)
+            self.journal.add_event(incident.id, "joined", "new failing probes: " + ", ".join(
+                f"{p} ({self.health[p].symptom})" for p in new))
+
+    def _silenced(self) -> bool:
+        return active(self.journal.overrides(), self.name, now_utc(), OverrideKind.SILENCE) \
+            is not None
+
+    def _open(self, decision: Decision, onset: datetime | None, version: str | None,
+              probes: list[str]) -> None:
+        state = _STATE_OF[decision.action]
         incident_id = self.journal.open_incident(
             self.name, decision.incident_class, decision.reason, onset,
-            {"probes": self.probe_evidence(), "version": version}, state=state,
+            {"probes": self.probe_evidence(), "version": version, "failing": sorted(probes)},
+            state=state.value,
         )
         self.metrics.incidents.labels(self.name, decision.incident_class).inc()
         log.info("target=%s incident=%d class=%s action=%s reason=%r", self.name, incident_id,
                  decision.incident_class, decision.action, decision.reason)
         if decision.plan is not None:
             self.journal.update_incident(incident_id, "planned", ", ".join(
-                decision.plan.step_names), plan=",".join(decision.plan.step_names))
-        if decision.action is Action.EXECUTE and self.runner and decision.plan:
-            self.task = asyncio.create_task(self.runner.execute(incident_id, decision.plan),
-                                            name=f"rollback-{self.name}-{incident_id}")
-            # The rollback changes the deployed version: forget the cached one when it ends.
-            self.task.add_done_callback(lambda _: setattr(self, "_version", (0.0, None)))
+                decision.plan.step_names), plan=json.dumps(plan_to_dict(decision.plan)))
+        if decision.action is Action.EXECUTE and decision.plan:
+            self.start(incident_id, decision.plan)
             return
-        what = "would roll back (dry run)" if decision.action is Action.DRY_RUN else "escalated"
-        self.outbox.enqueue(
-            incident_id, "opened", f"[rollbackd] {self.name}: {decision.incident_class}, {what}",
-            f"{decision.reason}\n\nNothing was changed. `rollbackctl show {incident_id}` has the "
-            "evidence.\n",
-        )
+        self._tell(incident_id, decision)
+
+    def _tell(self, incident_id: int, decision: Decision) -> None:
+        if self._silenced():
+            self.journal.add_event(incident_id, "silenced", "no mail: silenced by an operator")
+            return
+        if decision.action is Action.AWAIT_APPROVAL:
+            what = "waiting for approval"
+            body = (f"{decision.reason}\n\nNothing has been changed. To run the plan:\n\n"
+                    f"    rollbackctl approve {incident_id}\n\nTo refuse it:\n\n"
+                    f"    rollbackctl deny {incident_id}\n")
+        else:
+            what = {Action.DRY_RUN: "would act (dry run)", Action.HOLD: "held for a person",
+                    Action.ESCALATE: "escalated"}.get(decision.action, str(decision.action))
+            body = (f"{decision.reason}\n\nNothing was changed. `rollbackctl show {incident_id}` "
+                    "has the evidence.\n")
+        self.outbox.enqueue(incident_id, "opened",
+                            f"[rollbackd] {self.name}: {decision.incident_class}, {what}", body)
+
+    def start(self, incident_id: int, plan: Plan) -> None:
+        self.task = asyncio.create_task(self.runner.execute(incident_id, plan),
+                                        name=f"rollback-{self.name}-{incident_id}")
+        # The rollback changes the deployed version: forget the cached one when it ends.
+        self.task.add_done_callback(lambda _: setattr(self, "_version", (0.0, None)))
+
+    def stored_plan(self, incident: Incident) -> Plan | None:
+        row = self.journal.db.execute("SELECT plan FROM incidents WHERE id = ?",
+                                      (incident.id,)).fetchone()
+        return plan_from_dict(json.loads(row[0])) if row and row[0] else None
 
     async def verify(self, timeout: float) -> tuple[bool, str]:
         """Run every probe until each passes its success threshold in a row, within timeout."""
@@ -209,3 +314,6 @@ class TargetMonitor:
         failing = ", ".join(f"{p} ({last.get(p, 'no answer')})" for p in needed
                             if streak[p] < needed[p])
         return False, f"still failing after {timeout:g}s: {failing}"
+
+
+__all__ = ["IncidentClass", "TargetMonitor", "run_probe"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,20 +16,21 @@ from daemon.metrics import Metrics
 from daemon.report import write_report
 from daemon.rollback.base import Executor, StepContext, StepFailed
 from policies.breaker import record_failure, record_success
-from policies.plans import CHECKLIST, Plan, StepSpec
+from policies.plans import Component, Plan, StepSpec
 from policies.settings import PolicySettings
 
 log = logging.getLogger("rollbackd.runner")
 
 Verifier = Callable[[float], Awaitable[tuple[bool, str]]]
 EvidenceSource = Callable[[], dict[str, Any]]
+RUNNER_COMPONENTS = (Component.CHECKLIST, Component.VERIFY)
 
 
 @dataclass
 class Runner:
     target: str
     journal: Journal
-    executor: Executor
+    components: Mapping[Component, Executor]
     outbox: Outbox
     metrics: Metrics
     policy: PolicySettings
@@ -39,27 +40,37 @@ class Runner:
     fault_hook: Callable[[str], None] | None = None
     """Test-only: called with each step's name right after it is journaled as running."""
 
+    def involved(self, plan: Plan) -> list[Executor]:
+        seen = dict.fromkeys(s.component for s in plan.steps if s.component in self.components)
+        return [self.components[c] for c in seen]
+
+    @property
+    def backend(self) -> str:
+        dep = self.components.get(Component.DEPLOYMENT)
+        return dep.backend if dep else "none"
+
     async def execute(self, incident_id: int, plan: Plan) -> bool:
         ctx = StepContext(incident_id, self.target, plan)
-        backend = {s.name for s in self.executor.steps}
-        first_backend = next((s.name for s in plan.steps if s.name in backend), None)
-        last_backend = next((s.name for s in reversed(plan.steps) if s.name in backend), None)
+        body = [s for s in plan.steps if s.component not in RUNNER_COMPONENTS]
+        first, last = (body[0].name, body[-1].name) if body else (None, None)
         self.journal.update_incident(
-            incident_id, state="remediating", plan_kind=plan.kind,
-            from_version=plan.current_version, to_version=plan.target_version,
+            incident_id, state="remediating", plan_kind=plan.kind.value,
+            from_version=plan.current_version, to_version=plan.target_version or None,
         )
+        done = {s.name for s in self.journal.steps(incident_id) if s.state == "done"}
         for seq, spec in enumerate(plan.steps):
-            if spec.name == first_backend:
-                self.journal.update_incident(incident_id, "started", f"rollback to "
-                                             f"{plan.target_version[:12]} started",
+            if spec.name in done:
+                continue  # resumed by a person after a hold: what completed stays done
+            if spec.name == first:
+                self.journal.update_incident(incident_id, "started", f"{plan.kind} started",
                                              started_at=now_utc())
-            if spec.name == "verify":
+            if spec.component is Component.VERIFY:
                 self.journal.update_incident(incident_id, state="verifying")
             ok, detail = await self._run_step(seq, spec, ctx)
             if not ok:
                 await self._failed(incident_id, plan, f"step {spec.name} failed: {detail}")
                 return False
-            if spec.name == last_backend:
+            if spec.name == last:
                 self.journal.update_incident(incident_id, "rolled_back", detail,
                                              rolled_back_at=now_utc())
         await self._resolved(incident_id, plan)
@@ -71,7 +82,7 @@ class Runner:
             self.fault_hook(spec.name)
         started = time.monotonic()
         try:
-            detail = await asyncio.wait_for(self._dispatch(spec.name, ctx), spec.timeout)
+            detail = await asyncio.wait_for(self._dispatch(spec, ctx), spec.timeout)
             ok = True
         except StepFailed as exc:
             ok, detail = False, str(exc)
@@ -91,51 +102,61 @@ class Runner:
                  duration, detail)
         return ok, detail
 
-    async def _dispatch(self, name: str, ctx: StepContext) -> str:
-        handler = {
-            "capture_evidence": self._capture_evidence,
-            "notify": self._notify,
-            "backup_current": self._backup_current,
-            "record_incident": self._record_incident,
-            "verify_target": self._verify_target,
-            "verify": self._verify,
-        }.get(name)
-        if handler is not None:
+    async def _dispatch(self, spec: StepSpec, ctx: StepContext) -> str:
+        if spec.component is Component.VERIFY:
+            return await self._verify(ctx)
+        if spec.component is Component.CHECKLIST:
+            handler = {
+                "capture_evidence": self._capture_evidence,
+                "notify": self._notify,
+                "backup_current": self._backup_current,
+                "record_incident": self._record_incident,
+                "verify_target": self._verify_target,
+            }[spec.name]
             return await handler(ctx)
-        return await self.executor.run_step(name, ctx)
+        executor = self.components.get(spec.component)
+        if executor is None:
+            raise StepFailed(f"no {spec.component} executor is configured for {self.target}")
+        return await executor.run_step(spec.name, ctx)
 
     async def _capture_evidence(self, ctx: StepContext) -> str:
-        evidence = {"probes": self.probe_evidence(), "deployment": await self.executor.evidence()}
+        evidence: dict[str, Any] = {"probes": self.probe_evidence()}
+        for executor in self.involved(ctx.plan):
+            evidence[executor.component.value] = await executor.evidence()
         self.journal.set_evidence(ctx.incident_id, evidence)
-        return f"current version {evidence['deployment'].get('commit') or '?'}"
+        return f"evidence from {len(evidence) - 1} components and {len(evidence['probes'])} probes"
 
     async def _notify(self, ctx: StepContext) -> str:
         inc = self.journal.incident(ctx.incident_id)
         assert inc is not None
-        steps = ", ".join(s.name for s in ctx.plan.steps if s not in CHECKLIST)
+        steps = ", ".join(s.name for s in ctx.plan.steps
+                          if s.component not in RUNNER_COMPONENTS)
         body = (f"{inc.reason}\n\nTarget: {self.target}\nIncident: {inc.id}\n"
                 f"Detected: {inc.detected_at:%Y-%m-%d %H:%M:%S} UTC\n"
-                f"Plan ({ctx.plan.kind}): {steps}\n\nrollbackd is rolling back now; "
+                f"Plan ({ctx.plan.kind}): {steps}\n\nrollbackd is acting now; "
                 f"`rollbackctl show {inc.id}` follows it.\n")
         self.outbox.enqueue(inc.id, "opened",
-                            f"[rollbackd] {self.target}: {inc.incident_class}, rolling back", body)
+                            f"[rollbackd] {self.target}: {inc.incident_class}, {ctx.plan.kind}",
+                            body)
         return f"{len(self.outbox.recipients())} recipients queued"
 
     async def _backup_current(self, ctx: StepContext) -> str:
-        # A deployment's current state is its commit, which git keeps; databases add copies later.
-        return f"current deployment {ctx.plan.current_version or '?'} is kept in the repository"
+        details = [await e.backup_current(ctx) for e in self.involved(ctx.plan)]
+        return "; ".join(details) or "nothing to back up"
 
     async def _record_incident(self, ctx: StepContext) -> str:
         return f"report at {write_report(self.journal, self.reports_dir, ctx.incident_id)}"
 
     async def _verify_target(self, ctx: StepContext) -> str:
-        version = ctx.plan.target_version
-        if not await self.executor.version_exists(version):
-            raise StepFailed(f"rollback target {version[:12]} no longer exists")
-        entry = next((e for e in self.journal.ledger(self.target) if e.version == version), None)
-        if entry is None or not entry.known_good:
-            raise StepFailed(f"rollback target {version[:12]} is not known-good in the ledger")
-        return f"{version[:12]} exists and is known-good since {entry.known_good_at:%H:%M:%S}"
+        details = [await e.verify_target(ctx) for e in self.involved(ctx.plan)]
+        version = ctx.plan.targets.get(Component.DEPLOYMENT)
+        if version:
+            entry = next((e for e in self.journal.ledger(self.target) if e.version == version),
+                         None)
+            if entry is None or not entry.known_good:
+                raise StepFailed(f"rollback target {version[:12]} is not known-good in the ledger")
+            details.append(f"{version[:12]} known-good since {entry.known_good_at:%H:%M:%S}")
+        return "; ".join(details)
 
     async def _verify(self, ctx: StepContext) -> str:
         ok, detail = await self.verify(self.policy.verify_timeout)
@@ -147,35 +168,40 @@ class Runner:
         now = now_utc()
         self.journal.update_incident(incident_id, "verified", "all probes pass",
                                      state="resolved", verified_at=now, closed_at=now)
-        if plan.current_version:
+        if plan.current_version and Component.DEPLOYMENT in plan.targets:
             self.journal.mark_bad(self.target, plan.current_version,
                                   f"rolled back by incident {incident_id}")
         breaker = self.journal.breaker(self.target, plan.kind)
         self.journal.save_breaker(self.target, plan.kind,
                                   record_success(breaker, now, self.policy.breaker_reset))
-        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.executor.backend,
+        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
                                       "success").inc()
         write_report(self.journal, self.reports_dir, incident_id)
         inc = self.journal.incident(incident_id)
         assert inc is not None
-        body = (f"{self.target} is healthy again on {plan.target_version[:12]}.\n\n"
+        to = ", ".join(f"{k} {v[:12]}" for k, v in plan.targets.items())
+        body = (f"{self.target} is healthy again ({plan.kind} to {to}).\n\n"
                 f"Detected {inc.detected_at:%H:%M:%S}, rollback started "
                 f"{inc.started_at:%H:%M:%S}, verified {now:%H:%M:%S} UTC.\n"
-                f"{plan.current_version and plan.current_version[:12]} is marked bad.\n")
+                + (f"{plan.current_version[:12]} is marked bad.\n"
+                   if plan.current_version and Component.DEPLOYMENT in plan.targets else ""))
         self.outbox.enqueue(incident_id, "resolved",
-                            f"[rollbackd] {self.target}: resolved by rollback", body)
+                            f"[rollbackd] {self.target}: resolved by {plan.kind}", body)
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
         breaker = self.journal.breaker(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
                                  self.policy.window, self.policy.breaker_reset)
         self.journal.save_breaker(self.target, plan.kind, breaker)
-        self.journal.update_incident(incident_id, "escalated", why, state="escalated")
-        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.executor.backend,
+        self.journal.update_incident(incident_id, "failed", why, state="failed")
+        self.journal.update_incident(incident_id, "escalated", "a person must take over",
+                                     state="escalated")
+        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
                                       "failure").inc()
         write_report(self.journal, self.reports_dir, incident_id)
-        body = (f"The automatic rollback of {self.target} failed: {why}.\n"
-                f"Circuit breaker: {breaker.mode}. A person must take over.\n"
+        body = (f"The automatic {plan.kind} of {self.target} failed: {why}.\n"
+                f"Circuit breaker: {breaker.mode}. A person must take over; rollbackd will not "
+                f"try another version.\n"
                 f"`rollbackctl show {incident_id} --report` has the steps and evidence.\n")
         self.outbox.enqueue(incident_id, "failed",
                             f"[rollbackd] {self.target}: ROLLBACK FAILED, escalating", body)

@@ -6,37 +6,82 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 
 from policies.debounce import ProbeHealth
+from probes.observation import Symptom
 
 
 class IncidentClass(StrEnum):
     DATA_CORRUPTION = "data_corruption"
+    DEPENDENCY_DOWN = "dependency_down"
     APP_DOWN = "app_down"
+    KEY_INVALID = "key_invalid"
     AUTH_BROKEN = "auth_broken"
     PERF_DEGRADED = "perf_degraded"
-    KEY_INVALID = "key_invalid"
 
 
 # probe name -> (probe kind, its debounced health)
 TargetHealth = Mapping[str, tuple[str, ProbeHealth]]
 
+INTEGRITY_KINDS = {"sqlite_integrity", "postgres_integrity"}
+CORRUPTION = {Symptom.INTEGRITY, Symptom.MISSING_TABLE, Symptom.BAD_REVISION,
+              Symptom.ROWS_COLLAPSED}
+HEALTH_KINDS = {"http_health", "docker_container", "k8s_deployment"}
+DEPENDENCY_KINDS = {"redis", "postgres_integrity"}
+DOWN = {Symptom.UNREACHABLE, Symptom.TIMEOUT}
 
-def _failing_kinds(health: TargetHealth, kinds: set[str]) -> list[str]:
-    return [name for name, (kind, h) in health.items() if kind in kinds and h.failing]
+
+def _failing(health: TargetHealth, kinds: set[str],
+             symptoms: set[Symptom] | None = None) -> list[str]:
+    return [
+        name for name, (kind, h) in health.items()
+        if kind in kinds and h.failing and (symptoms is None or h.symptom in symptoms)
+    ]
+
+
+def _data_corruption(health: TargetHealth) -> list[str]:
+    return _failing(health, INTEGRITY_KINDS, CORRUPTION)
+
+
+def _dependency_down(health: TargetHealth) -> list[str]:
+    # The app's database or Redis itself cannot be reached: the deployment is not to blame.
+    return _failing(health, DEPENDENCY_KINDS, DOWN | {Symptom.DEPENDENCY_DOWN})
 
 
 def _app_down(health: TargetHealth) -> list[str]:
-    return _failing_kinds(health, {"http_health"})
+    return [p for p in _failing(health, HEALTH_KINDS) if health[p][1].symptom is not Symptom.SLOW]
 
 
-# Precedence order of DESIGN.md: the first class whose rule matches wins, because a dead app
-# also fails every other check and must not be taken for, say, an auth incident.
+def _key_invalid(health: TargetHealth) -> list[str]:
+    return _failing(health, {"fernet_key"})
+
+
+def _auth_broken(health: TargetHealth) -> list[str]:
+    return _failing(health, {"login"}, {Symptom.SERVER_ERROR, Symptom.WRONG_CREDENTIALS,
+                                        Symptom.BAD_RESPONSE})
+
+
+def _perf_degraded(health: TargetHealth) -> list[str]:
+    return _failing(health, HEALTH_KINDS | {"login", "prometheus_query"}, {Symptom.SLOW})
+
+
+# Precedence of DESIGN.md: the first class whose rule matches wins, because a dead app also
+# fails login, and a dead database also takes the app down: neither is an auth incident, and
+# the second is not the deployment's fault.
 RULES: list[tuple[IncidentClass, Callable[[TargetHealth], list[str]]]] = [
+    (IncidentClass.DATA_CORRUPTION, _data_corruption),
+    (IncidentClass.DEPENDENCY_DOWN, _dependency_down),
     (IncidentClass.APP_DOWN, _app_down),
+    (IncidentClass.KEY_INVALID, _key_invalid),
+    (IncidentClass.AUTH_BROKEN, _auth_broken),
+    (IncidentClass.PERF_DEGRADED, _perf_degraded),
 ]
 
 
 def classify(health: TargetHealth) -> tuple[IncidentClass, list[str]] | None:
-    """The incident class and the probes that justify it, or None when nothing is wrong."""
+    """The incident class and the probes that justify it, or None when nothing is wrong.
+
+    A class disabled by policy is still classified here, so that it keeps the classes below it
+    from claiming its symptoms; the decision then ignores it.
+    """
     for incident_class, rule in RULES:
         probes = rule(health)
         if probes:

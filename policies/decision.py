@@ -1,7 +1,8 @@
-"""The decision tree's second half: incident class + history + time -> a Decision with a reason."""
+"""The decision tree's second half: class + facts + history + time -> a Decision with a reason."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -9,15 +10,41 @@ from enum import StrEnum
 from policies.breaker import Breaker, BreakerMode
 from policies.breaker import current as breaker_now
 from policies.classify import IncidentClass
-from policies.ledger import LedgerEntry, rollback_target
-from policies.plans import Plan, StepSpec, deployment_rollback
+from policies.ledger import LedgerEntry
+from policies.overrides import Override, OverrideKind, active, in_maintenance
+from policies.plans import Capability, Component, Plan, PlanKind, StepSpec, build_plan
 from policies.settings import PolicySettings
+from policies.targets import (
+    Facts,
+    can,
+    deployment_target,
+    downgrade_revision,
+    key_backup,
+    restore_backup,
+)
 
 
 class Action(StrEnum):
     EXECUTE = "execute"  # run the plan now
-    DRY_RUN = "dry_run"  # record the plan, run nothing
+    AWAIT_APPROVAL = "await_approval"  # destructive: wait for `rollbackctl approve`
+    DRY_RUN = "dry_run"  # dry run or shadow: record the plan, run nothing
     ESCALATE = "escalate"  # tell people; act no more
+    HOLD = "hold"  # flapping: hold the target for a person
+    SUPPRESS = "suppress"  # paused or in maintenance: observe only, open nothing
+    IGNORE = "ignore"  # the class is disabled for this target
+
+
+DEFAULT_PLANS: dict[IncidentClass, PlanKind] = {
+    IncidentClass.DATA_CORRUPTION: PlanKind.DATA_RECOVERY,
+    IncidentClass.DEPENDENCY_DOWN: PlanKind.ESCALATE,
+    IncidentClass.APP_DOWN: PlanKind.DEPLOYMENT_ROLLBACK,
+    IncidentClass.KEY_INVALID: PlanKind.KEY_RESTORE,
+    IncidentClass.AUTH_BROKEN: PlanKind.DATABASE_ROLLBACK,
+    IncidentClass.PERF_DEGRADED: PlanKind.DEPLOYMENT_ROLLBACK,
+}
+
+KEY_DISASTER = ("no valid backup of the encryption key: encrypted data cannot be recovered "
+                "without the key; encrypted fields are never cleared automatically")
 
 
 @dataclass(frozen=True)
@@ -27,6 +54,11 @@ class History:
     rollbacks: tuple[datetime, ...] = ()
     """Start times of earlier automatic rollbacks of this target."""
     breaker: Breaker = field(default_factory=Breaker)
+    """The breaker of a plan kind missing from `breakers`."""
+    breakers: Mapping[str, Breaker] = field(default_factory=dict)
+    transitions: tuple[datetime, ...] = ()
+    """When the target changed between healthy and failing: flapping detection."""
+    overrides: tuple[Override, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,55 +69,173 @@ class Decision:
     plan: Plan | None = None
 
 
-def _fmt(ts: datetime) -> str:
-    return ts.strftime("%H:%M")
+def _fmt(ts: datetime | None) -> str:
+    return ts.strftime("%H:%M") if ts else "?"
 
 
-def _short(version: str) -> str:
+def short(version: str) -> str:
     return version[:7] if len(version) == 40 else version
+
+
+def _steps(f: Facts, cap: Capability) -> tuple[StepSpec, ...]:
+    return tuple(f.capabilities.get(cap, ()))
+
+
+def _deployment_actions(
+    f: Facts, cls: IncidentClass
+) -> tuple[list[tuple[Capability, tuple[StepSpec, ...]]], dict[Component | str, str], str] | str:
+    target: LedgerEntry | None = deployment_target(f)
+    if target is None:
+        return "no known-good version older than the current one"
+    if not can(f, Capability.DEPLOYMENT_ROLLBACK):
+        return "no deployment executor is configured"
+    cap = Capability.DEPLOYMENT_ROLLBACK
+    if cls is IncidentClass.PERF_DEGRADED and can(f, Capability.DEPLOYMENT_TEST_FIRST):
+        cap = Capability.DEPLOYMENT_TEST_FIRST  # a slow version is replaced only by a tested one
+    actions = [(cap, _steps(f, cap))]
+    targets: dict[Component | str, str] = {Component.DEPLOYMENT: target.version}
+    phrase = f"rolling back to {short(target.version)} (known-good since {_fmt(target.known_good_at)})"
+    rev = target.alembic_revision
+    if rev and f.current_revision and rev != f.current_revision:
+        if not can(f, Capability.DATABASE_DOWNGRADE):
+            return (f"schema is at {f.current_revision} but {short(target.version)} ran on {rev} "
+                    "and no downgrade is configured")
+        # Downgrade first, while the newer code that holds the migration scripts is checked out.
+        actions.insert(0, (Capability.DATABASE_DOWNGRADE, _steps(f, Capability.DATABASE_DOWNGRADE)))
+        targets["revision"] = rev
+        phrase += f", schema downgraded {f.current_revision} -> {rev} first"
+    return actions, targets, phrase
+
+
+def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
+          policy: PolicySettings) -> tuple[Plan, str] | str:
+    """The plan and its phrase for the reason, or why there is none."""
+    current: dict[Component | str, str | None] = {
+        Component.DEPLOYMENT: f.current_version, "revision": f.current_revision,
+        Component.KEY: f.current_key,
+    }
+    actions: list[tuple[Capability, tuple[StepSpec, ...]]] = []
+    targets: dict[Component | str, str] = {}
+    phrase = ""
+    if kind is PlanKind.ESCALATE:
+        return "escalate-only by policy" if cls is not IncidentClass.DEPENDENCY_DOWN else (
+            "a dependency is down: not rolling back the deployment")
+    if kind is PlanKind.DEPLOYMENT_ROLLBACK:
+        found = _deployment_actions(f, cls)
+        if isinstance(found, str):
+            return found
+        actions, targets, phrase = found
+    elif kind is PlanKind.DATABASE_ROLLBACK:
+        rev = downgrade_revision(f)
+        backup = restore_backup(f)
+        if rev and can(f, Capability.DATABASE_DOWNGRADE):
+            actions = [(Capability.DATABASE_DOWNGRADE, _steps(f, Capability.DATABASE_DOWNGRADE))]
+            targets = {"revision": rev}
+            phrase = f"downgrading the schema {f.current_revision} -> {rev}"
+        elif backup and can(f, Capability.DATABASE_RESTORE):
+            actions = [(Capability.DATABASE_RESTORE, _steps(f, Capability.DATABASE_RESTORE))]
+            targets = {Component.DATABASE: str(backup.id)}
+            phrase = f"restoring backup #{backup.id} from {_fmt(backup.created_at)}"
+        else:
+            return ("no migration ran since the known-good version and no verified backup "
+                    "older than the onset can be restored")
+    elif kind is PlanKind.DATA_RECOVERY:
+        backup = restore_backup(f)
+        if backup is None or not can(f, Capability.DATABASE_RESTORE):
+            return "no verified backup older than the onset can be restored"
+        actions = [(Capability.DATABASE_RESTORE, _steps(f, Capability.DATABASE_RESTORE))]
+        targets = {Component.DATABASE: str(backup.id)}
+        phrase = f"restoring backup #{backup.id} from {_fmt(backup.created_at)}"
+        cur = next((e for e in f.ledger if e.version == f.current_version), None)
+        if cur is not None and not cur.known_good:  # a deploy since the last good state
+            dep = _deployment_actions(f, cls)
+            if not isinstance(dep, str):
+                actions += dep[0]
+                targets.update(dep[1])
+                phrase += f", then {dep[2]}"
+    elif kind is PlanKind.KEY_RESTORE:
+        kb = key_backup(f)
+        if kb is None:
+            return KEY_DISASTER
+        if not can(f, Capability.KEY_RESTORE):
+            return "no key executor is configured"
+        actions = [(Capability.KEY_RESTORE, _steps(f, Capability.KEY_RESTORE))]
+        targets = {Component.KEY: str(kb.id)}
+        phrase = f"restoring the key from backup #{kb.id} ({_fmt(kb.created_at)})"
+    plan = build_plan(kind, cls, actions, targets, current, policy.verify_timeout)
+    return plan, phrase
+
+
+def _loss(f: Facts, plan: Plan) -> int | None:
+    backup_id = plan.targets.get(Component.DATABASE)
+    b = next((b for b in f.backups if str(b.id) == backup_id), None)
+    return b.writes_since if b else None
 
 
 def decide(
     incident_class: IncidentClass,
     evidence: str,
-    current_version: str | None,
-    ledger: list[LedgerEntry],
+    facts: Facts,
     history: History,
     now: datetime,
     policy: PolicySettings,
-    backend_steps: tuple[StepSpec, ...],
+    target: str = "",
 ) -> Decision:
     """Whether and how to remediate; every answer carries one sentence with its figures."""
+    cls = incident_class
 
-    def escalate(why: str) -> Decision:
-        return Decision(Action.ESCALATE, incident_class, f"{incident_class}: {evidence}; {why}")
+    def verdict(action: Action, why: str, plan: Plan | None = None) -> Decision:
+        return Decision(action, cls, f"{cls}: {evidence}; {why}", plan)
 
-    target = rollback_target(ledger, current_version)
-    if target is None:
-        return escalate("no known-good version older than the current one: not rolling back")
-    breaker = breaker_now(history.breaker, now, policy.breaker_reset)
+    class_policy = policy.classes.get(cls.value)
+    if class_policy is not None and not class_policy.enabled:
+        return verdict(Action.IGNORE, "class disabled for this target")
+    for okind in (OverrideKind.PAUSE, OverrideKind.MAINTENANCE):
+        o = active(history.overrides, target, now, okind)
+        if o is not None:
+            return verdict(Action.SUPPRESS, f"{okind} until {_fmt(o.until)} ({o.reason}): "
+                           "observing only")
+    window = in_maintenance(policy.maintenance, now)
+    if window is not None:
+        return verdict(Action.SUPPRESS, f"in the maintenance window {','.join(window.days)} "
+                       f"{window.start}: observing only")
+    flaps = [t for t in history.transitions if now - t < timedelta(seconds=policy.flap_window)]
+    if len(flaps) >= policy.flap_changes:
+        return verdict(Action.HOLD, f"flapping: {len(flaps)} state changes in "
+                       f"{policy.flap_window:g}s (limit {policy.flap_changes}): holding for a person")
+    kind = PlanKind(class_policy.plan) if class_policy and class_policy.plan else DEFAULT_PLANS[cls]
+    if class_policy is not None and class_policy.escalate_only:
+        kind = PlanKind.ESCALATE
+    found = _plan(kind, cls, facts, policy)
+    if isinstance(found, str):
+        return verdict(Action.ESCALATE, found + ": escalating")
+    plan, phrase = found
+    breaker = breaker_now(history.breakers.get(plan.kind, history.breaker), now,
+                          policy.breaker_reset)
     if breaker.mode is BreakerMode.OPEN:
-        return escalate("circuit breaker open after failed remediations: acting no more")
+        return verdict(Action.ESCALATE, f"circuit breaker for {plan.kind} open since "
+                       f"{_fmt(breaker.opened_at)} after failed remediations: acting no more", plan)
     if not policy.auto_rollback:
-        return escalate("automatic rollback is off for this target")
+        return verdict(Action.ESCALATE, f"would be {phrase}, but automatic rollback is off", plan)
     recent = [t for t in history.rollbacks if now - t < timedelta(seconds=policy.window)]
     if len(recent) >= policy.max_rollbacks:
-        return escalate(
-            f"{len(recent)} automatic rollbacks in the last {policy.window:g}s "
-            f"(limit {policy.max_rollbacks}): not rolling back"
-        )
+        return verdict(Action.ESCALATE, f"{len(recent)} automatic rollbacks in the last "
+                       f"{policy.window:g}s (limit {policy.max_rollbacks}): not rolling back", plan)
     last = max(history.rollbacks, default=None)  # the cooldown may be longer than the window
     if last is not None and now - last < timedelta(seconds=policy.cooldown):
-        return escalate(f"in cooldown after the rollback at {_fmt(last)}")
-    plan = deployment_rollback(
-        incident_class, current_version, target.version, backend_steps, policy.verify_timeout
-    )
-    since = _fmt(target.known_good_at) if target.known_good_at else "?"
-    reason = (
-        f"{incident_class}: {evidence}; rolling back to {_short(target.version)} "
-        f"(known-good since {since})"
-    )
+        return verdict(Action.ESCALATE, f"in cooldown after the rollback at {_fmt(last)}", plan)
     if breaker.mode is BreakerMode.HALF_OPEN:
-        reason += "; breaker half-open: one attempt allowed"
-    action = Action.DRY_RUN if policy.dry_run else Action.EXECUTE
-    return Decision(action, incident_class, reason, plan)
+        phrase += "; breaker half-open: one attempt allowed"
+    if policy.shadow or policy.dry_run:
+        mode = "shadow" if policy.shadow else "dry run"
+        return verdict(Action.DRY_RUN, f"{mode}: would be {phrase} at {now:%H:%M:%S}", plan)
+    loss = _loss(facts, plan)
+    if loss is not None:
+        phrase += f"; the restore would lose {loss} writes"
+    needs_approval = plan.destructive_steps and not policy.auto_destructive
+    too_lossy = loss is not None and loss > policy.restore_loss_threshold
+    if needs_approval or too_lossy:
+        steps = ", ".join(plan.destructive_steps) or "restore"
+        return verdict(Action.AWAIT_APPROVAL, f"{phrase}; destructive ({steps}): waiting for "
+                       "approval", plan)
+    return verdict(Action.EXECUTE, phrase, plan)

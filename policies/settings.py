@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from probes.base import PositiveDuration
+
+PlanName = Literal["deployment_rollback", "database_rollback", "data_recovery", "key_restore",
+                   "escalate"]
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ClassPolicy(BaseModel):
+    """How one incident class is handled for a target: [policy.classes.<class>]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """False: the class is recognised (so it keeps its symptoms) but nothing is done or sent."""
+    escalate_only: bool = False
+    plan: PlanName | None = None
+    """Replace the tree's default plan for this class."""
+
+
+class MaintenanceWindow(BaseModel):
+    """A weekly window (UTC) in which the daemon observes but does not act."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    start: str
+    """HH:MM, UTC."""
+    duration: PositiveDuration
+
+    @field_validator("start")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})", v)
+        if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+            raise ValueError(f"expected HH:MM, got {v!r}")
+        return v
 
 
 class PolicySettings(BaseModel):
@@ -14,6 +52,8 @@ class PolicySettings(BaseModel):
     """False: detect, record and escalate, never act without a person."""
     dry_run: bool = False
     """Plan and record what would run; execute nothing."""
+    shadow: bool = False
+    """Classify live and record "would have rolled back to X because ..."; never act."""
     stable_after: PositiveDuration = 600.0
     """A version passing every probe this long becomes known-good."""
     max_rollbacks: int = Field(default=3, ge=0)
@@ -27,3 +67,16 @@ class PolicySettings(BaseModel):
     """An open breaker turns half-open (one attempt allowed) after this long."""
     verify_timeout: PositiveDuration = 60.0
     """How long the probes get to pass again after a rollback."""
+    flap_changes: int = Field(default=6, ge=2)
+    """Healthy/failing changes within `flap_window` that mark a target flapping: hold, escalate."""
+    flap_window: PositiveDuration = 600.0
+    auto_destructive: bool = False
+    """Destructive steps (database restore, session flush, lockout) run without approval."""
+    restore_loss_threshold: int = Field(default=0, ge=0)
+    """A restore that would lose more writes than this needs approval, even if auto_destructive."""
+    maintenance: list[MaintenanceWindow] = []
+    classes: dict[
+        Literal["data_corruption", "dependency_down", "app_down", "key_invalid", "auth_broken",
+                "perf_degraded"],
+        ClassPolicy,
+    ] = {}

@@ -1,24 +1,168 @@
-"""http_health: GET a URL and judge status code, optional body match, and latency."""
+"""http_health: GET a URL and judge status code, body, JSON fields and latency."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import ssl
 import time
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field
+from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
-from probes.base import ProbeSettings
+from probes.base import PositiveDuration, ProbeSettings
 from probes.observation import Observation, Status, Symptom
 
+MAX_BODY = 1 << 20
+"""Bytes of a response body a probe reads at most; a health answer is small, a flood is not."""
 
-class HttpHealthSettings(ProbeSettings):
-    kind: Literal["http_health"] = "http_health"
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"{str(path)!r} must be an absolute path")
+    return path
+
+
+# Shared by every kind that names a file; its natural home is probes/base.py.
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
+class HttpSettings(ProbeSettings):
+    """What every probe that speaks HTTP(S) to the target needs: where, and how to trust it."""
+
     url: str = Field(pattern=r"^https?://")
+    """The http:// or https:// URL to request; credentials never go into it."""
+    verify_tls: bool = True
+    """Check the server certificate and host name (https only)."""
+    ca_file: AbsolutePath | None = None
+    """PEM file of the CA(s) to trust instead of the system store, e.g. for a private CA."""
+    client_cert: AbsolutePath | None = None
+    """PEM client certificate for mutual TLS (may also hold the key)."""
+    client_key: AbsolutePath | None = None
+    """PEM private key of client_cert when it is a separate file; only the path is kept."""
+
+    @field_validator("url")
+    @classmethod
+    def _no_userinfo(cls, url: str) -> str:
+        if "@" in urlsplit(url).netloc:
+            raise ValueError("must not contain user:password@; probes keep secrets in files")
+        return url
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> HttpSettings:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key is set but client_cert is not")
+        return self
+
+
+def _no_passphrase() -> str:
+    raise ValueError("the client key is encrypted; give the probe an unencrypted key file")
+
+
+def ssl_context(s: HttpSettings) -> ssl.SSLContext | bool:
+    """The TLS context for one check; blocking (reads CA and key files), so run it in a thread."""
+    if not s.url.startswith("https:"):
+        return False  # plain HTTP: skip loading a CA store nobody uses
+    ctx = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    if not s.verify_tls:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if s.client_cert is not None:
+        # A callable password: OpenSSL must never prompt on the daemon's terminal for one.
+        ctx.load_cert_chain(s.client_cert, s.client_key, password=_no_passphrase)
+    return ctx
+
+
+def http_client(s: HttpSettings, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
+    # trust_env=False: an HTTP(S)_PROXY in the daemon's environment must not reroute probes.
+    return httpx.AsyncClient(timeout=s.timeout, verify=verify, follow_redirects=False,
+                             trust_env=False)
+
+
+async def read_capped(resp: httpx.Response, limit: int = MAX_BODY) -> bytes:
+    """At most `limit` bytes of a streamed body (a larger body is cut, not read to its end)."""
+    chunks, size = [], 0
+    async for chunk in resp.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def transport_failure(exc: httpx.TransportError, url: str, timeout: float) -> tuple[Symptom, str]:
+    """The symptom and a sentence for a request that got no usable HTTP answer."""
+    where = urlsplit(url).netloc
+    if isinstance(exc, httpx.TimeoutException):
+        return Symptom.TIMEOUT, f"{where} gave no answer within {timeout:g}s."
+    reason = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, httpx.ProtocolError | httpx.DecodingError) and "disconnected" not in reason:
+        return Symptom.BAD_RESPONSE, f"{where} sent a malformed HTTP answer: {reason[:200]}."
+    return Symptom.UNREACHABLE, f"cannot connect to {where}: {reason[:200]}."
+
+
+def body_text(resp: httpx.Response, body: bytes) -> str:
+    try:
+        return body.decode(resp.encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
+
+
+_MISSING = object()
+
+
+def json_field(doc: object, path: str) -> object:
+    """The value at a dotted path ("checks.db.status", "items.0.id"), or _MISSING."""
+    for part in path.split("."):
+        if isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            return _MISSING
+    return doc
+
+
+def json_equal(got: object, want: object) -> bool:
+    """JSON equality: true is not 1, but 1 is 1.0."""
+    if isinstance(got, bool) or isinstance(want, bool):
+        return type(got) is type(want) and got == want
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(json_equal(got[k], want[k]) for k in got)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(json_equal(a, b) for a, b in zip(got, want, strict=True))
+    if isinstance(got, int | float) and isinstance(want, int | float):
+        return got == want
+    return type(got) is type(want) and got == want
+
+
+def short(value: object, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if value is not _MISSING else "missing"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class HttpHealthSettings(HttpSettings):
+    kind: Literal["http_health"] = "http_health"
     expect_status: int = Field(default=200, ge=100, le=599)
+    """The status code a healthy target answers with; any other is a failure."""
     expect_body: str | None = None
     """A substring the body must contain, when set."""
-    verify_tls: bool = True
+    expect_json: dict[str, JsonValue] | None = None
+    """Dotted JSON field path -> the value it must have, e.g. {"status": "ok"}."""
+    version_field: str | None = None
+    """Dotted JSON field path whose value is reported as the observed version."""
+    max_latency: PositiveDuration | None = None
+    """An answer slower than this fails with symptom slow (perf_degraded, not app_down)."""
+
+    @model_validator(mode="after")
+    def _latency_below_timeout(self) -> HttpHealthSettings:
+        if self.max_latency is not None and self.max_latency >= self.timeout:
+            raise ValueError(f"max_latency ({self.max_latency:g}s) must be below timeout "
+                             f"({self.timeout:g}s), or a slow answer is only ever a timeout")
+        return self
 
 
 class HttpHealthProbe:
@@ -28,40 +172,71 @@ class HttpHealthProbe:
         self.name = name
         self.settings = settings
 
-    def _obs(self, status: Status, detail: str, started: float, **kw: object) -> Observation:
-        return Observation(
-            probe=self.name,
-            kind=self.kind,
-            status=status,
-            detail=detail,
-            duration=time.monotonic() - started,
-            **kw,  # type: ignore[arg-type]
-        )
+    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
+             version: str | None = None, metrics: dict[str, float] | None = None) -> Observation:
+        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
+                           duration=time.monotonic() - started, symptom=symptom,
+                           version=version, metrics=metrics or {})
 
     async def check(self) -> Observation:
-        s = self.settings
         started = time.monotonic()
         try:
-            async with httpx.AsyncClient(
-                timeout=s.timeout, verify=s.verify_tls, follow_redirects=False
-            ) as client:
-                resp = await client.get(s.url)
-        except httpx.TimeoutException:
-            return self._obs(Status.FAIL, f"no answer within {s.timeout:g}s", started,
-                             symptom=Symptom.TIMEOUT)
-        except httpx.TransportError as exc:
-            return self._obs(Status.FAIL, f"cannot connect: {type(exc).__name__}", started,
-                             symptom=Symptom.UNREACHABLE)
+            return await self._check(started)
         except Exception as exc:  # a probe never raises: a crash is a probe error
             return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             symptom=Symptom.PROBE_ERROR)
-        if resp.status_code >= 500:
-            return self._obs(Status.FAIL, f"HTTP {resp.status_code}", started,
-                             symptom=Symptom.SERVER_ERROR)
-        if resp.status_code != s.expect_status:
-            return self._obs(Status.FAIL, f"HTTP {resp.status_code}, expected {s.expect_status}",
-                             started, symptom=Symptom.BAD_RESPONSE)
-        if s.expect_body is not None and s.expect_body not in resp.text:
-            return self._obs(Status.FAIL, f"body lacks {s.expect_body!r}", started,
-                             symptom=Symptom.BAD_RESPONSE)
-        return self._obs(Status.OK, f"HTTP {resp.status_code}", started)
+                             Symptom.PROBE_ERROR)
+
+    async def _check(self, started: float) -> Observation:
+        s = self.settings
+        verify = await asyncio.to_thread(ssl_context, s)
+        sent = time.monotonic()
+        try:
+            async with http_client(s, verify) as client, client.stream("GET", s.url) as resp:
+                body = await read_capped(resp)
+        except httpx.TransportError as exc:
+            symptom, detail = transport_failure(exc, s.url, s.timeout)
+            return self._obs(Status.FAIL, detail, started, symptom)
+        latency = time.monotonic() - sent
+        metrics = {"latency_seconds": latency, "http_status": float(resp.status_code)}
+        return self._judge(resp, body, latency, metrics, started)
+
+    def _judge(self, resp: httpx.Response, body: bytes, latency: float,
+               metrics: dict[str, float], started: float) -> Observation:
+        s, code = self.settings, resp.status_code
+        said = f"HTTP {code} in {latency * 1000:.0f} ms"
+        if code >= 500:
+            return self._obs(Status.FAIL, f"{said}.", started, Symptom.SERVER_ERROR, None, metrics)
+        if code != s.expect_status:
+            return self._obs(Status.FAIL, f"{said}, expected {s.expect_status}.", started,
+                             Symptom.BAD_RESPONSE, None, metrics)
+        if s.expect_body is not None and s.expect_body not in body_text(resp, body):
+            return self._obs(Status.FAIL, f"{said}, but the body lacks {s.expect_body!r}.", started,
+                             Symptom.BAD_RESPONSE, None, metrics)
+        version, problem = self._json(body)
+        if problem is not None:
+            return self._obs(Status.FAIL, f"{said}, but {problem}.", started, Symptom.BAD_RESPONSE,
+                             version, metrics)
+        if s.max_latency is not None and latency > s.max_latency:
+            return self._obs(Status.FAIL, f"{said}, slower than the {s.max_latency * 1000:.0f} ms "
+                             "limit.", started, Symptom.SLOW, version, metrics)
+        return self._obs(Status.OK, f"{said}.", started, None, version, metrics)
+
+    def _json(self, body: bytes) -> tuple[str | None, str | None]:
+        """(version, what is wrong with the JSON body or None); only parses when asked to."""
+        s = self.settings
+        if not s.expect_json and s.version_field is None:
+            return None, None
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return None, f"the body is not JSON ({len(body)} bytes)" if s.expect_json else None
+        version = None
+        if s.version_field is not None:
+            found = json_field(doc, s.version_field)
+            if isinstance(found, str | int | float) and not isinstance(found, bool):
+                version = str(found)[:200]
+        for path, want in (s.expect_json or {}).items():
+            got = json_field(doc, path)
+            if got is _MISSING or not json_equal(got, want):
+                return version, f"JSON field {path!r} is {short(got)}, expected {short(want)}"
+        return version, None

@@ -104,4 +104,21 @@ MIGRATIONS: list[str] = [
         hash TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN alembic_revision TEXT;
+    ALTER TABLE ledger ADD COLUMN key_fingerprint TEXT;
+    ALTER TABLE ledger ADD COLUMN config_hash TEXT;
+    CREATE TABLE overrides (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        target TEXT,
+        created_at TEXT NOT NULL,
+        until TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        by TEXT NOT NULL DEFAULT '',
+        ended_at TEXT
+    );
+    ALTER TABLE backups ADD COLUMN verify_error TEXT;
+    ALTER TABLE backups ADD COLUMN duration REAL;
+    """,
 ]

@@ -16,11 +16,9 @@ from typing import Any
 from daemon.journal.schema import MIGRATIONS
 from policies.breaker import Breaker, BreakerMode
 from policies.ledger import LedgerEntry
-
-OPEN_STATES = (
-    "open", "awaiting_approval", "remediating", "verifying", "held", "escalated", "dry_run",
-)
-"""An incident in one of these still owns its target: no second incident opens beside it."""
+from policies.lifecycle import OPEN_STATES, check_transition
+from policies.overrides import Override, OverrideKind
+from policies.targets import BackupEntry
 
 
 class JournalError(Exception):
@@ -168,6 +166,12 @@ class Journal:
             raise JournalError(f"not updatable: {sorted(bad)}")
         values = [_ts(v) if isinstance(v, datetime) else v for v in fields.values()]
         with self.tx() as db:
+            if "state" in fields:
+                row = db.execute("SELECT state FROM incidents WHERE id = ?",
+                                 (incident_id,)).fetchone()
+                if row is None:
+                    raise JournalError(f"no incident {incident_id}")
+                check_transition(row[0], fields["state"])
             if fields:
                 cols = ", ".join(f"{k} = ?" for k in fields)
                 db.execute(f"UPDATE incidents SET {cols} WHERE id = ?", (*values, incident_id))
@@ -188,7 +192,7 @@ class Journal:
         marks = ",".join("?" * len(OPEN_STATES))
         row = self.db.execute(
             f"SELECT * FROM incidents WHERE target = ? AND state IN ({marks}) ORDER BY id DESC",
-            (target, *OPEN_STATES),
+            (target, *sorted(OPEN_STATES)),
         ).fetchone()
         return Incident.from_row(row) if row else None
 
@@ -274,7 +278,8 @@ class Journal:
                                (target,))
         return [
             LedgerEntry(r["version"], _dt(r["first_seen"]) or now_utc(), _dt(r["healthy_since"]),
-                        _dt(r["known_good_at"]), _dt(r["bad_at"]))
+                        _dt(r["known_good_at"]), _dt(r["bad_at"]), r["alembic_revision"],
+                        r["key_fingerprint"], r["config_hash"], r["bad_reason"])
             for r in rows
         ]
 
@@ -282,12 +287,21 @@ class Journal:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO ledger (target, version, first_seen, healthy_since, known_good_at,"
-                " bad_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, version) DO UPDATE SET"
+                " bad_at, alembic_revision, key_fingerprint, config_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target, version) DO UPDATE SET"
                 " healthy_since = excluded.healthy_since, known_good_at = excluded.known_good_at,"
-                " bad_at = excluded.bad_at",
+                " bad_at = excluded.bad_at, alembic_revision = excluded.alembic_revision,"
+                " key_fingerprint = excluded.key_fingerprint, config_hash = excluded.config_hash",
                 (target, e.version, _ts(e.first_seen), _ts(e.healthy_since),
-                 _ts(e.known_good_at), _ts(e.bad_at)),
+                 _ts(e.known_good_at), _ts(e.bad_at), e.alembic_revision, e.key_fingerprint,
+                 e.config_hash),
             )
+
+    def unmark_bad(self, target: str, version: str) -> bool:
+        with self.tx() as db:
+            cur = db.execute("UPDATE ledger SET bad_at = NULL, bad_reason = NULL"
+                             " WHERE target = ? AND version = ?", (target, version))
+        return cur.rowcount > 0
 
     def mark_bad(self, target: str, version: str, reason: str) -> None:
         with self.tx() as db:
@@ -297,6 +311,40 @@ class Journal:
                 " bad_at = excluded.bad_at, bad_reason = excluded.bad_reason",
                 (target, version, _ts(now_utc()), _ts(now_utc()), reason),
             )
+
+    # -- backup catalog ----------------------------------------------------------------------
+
+    def catalog_backup(self, target: str, kind: str, path: str, size: int, sha256: str,
+                       duration: float, versions: dict[str, Any], verified: bool,
+                       verify_error: str | None = None) -> int:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO backups (target, kind, path, created_at, size, sha256, verified_at,"
+                " versions, verify_error, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, kind, path, _ts(now_utc()), size, sha256,
+                 _ts(now_utc()) if verified else None, json.dumps(versions), verify_error,
+                 duration),
+            )
+        return int(cur.lastrowid or 0)
+
+    def backup_rows(self, target: str, kind: str | None = None) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM backups WHERE target = ?"
+        args: list[Any] = [target]
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind)
+        return self.db.execute(sql + " ORDER BY created_at", args).fetchall()
+
+    def backup_entries(self, target: str, kind: str) -> tuple[BackupEntry, ...]:
+        return tuple(
+            BackupEntry(r["id"], _dt(r["created_at"]) or now_utc(), r["verified_at"] is not None,
+                        True, json.loads(r["versions"]).get("alembic_revision"))
+            for r in self.backup_rows(target, kind)
+        )
+
+    def forget_backup(self, backup_id: int) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
 
     # -- circuit breakers ----------------------------------------------------------------------
 
@@ -322,6 +370,40 @@ class Journal:
     def breakers(self) -> list[tuple[str, str, Breaker]]:
         rows = self.db.execute("SELECT target, plan_kind FROM breakers ORDER BY target").fetchall()
         return [(t, k, self.breaker(t, k)) for t, k in rows]
+
+    # -- operator overrides: pause, silence, maintenance; each with a reason and an expiry ------
+
+    def add_override(self, o: Override) -> int:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO overrides (kind, target, created_at, until, reason, by)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (o.kind.value, o.target, _ts(now_utc()), _ts(o.until), o.reason, o.by),
+            )
+        return int(cur.lastrowid or 0)
+
+    def end_overrides(self, kind: str | None, target: str | None) -> int:
+        """End overrides now (all kinds when kind is None; target None: the global ones)."""
+        sql = "UPDATE overrides SET ended_at = ? WHERE ended_at IS NULL AND until > ?"
+        args: list[Any] = [_ts(now_utc()), _ts(now_utc())]
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind)
+        sql += " AND target IS ?"
+        args.append(target)
+        with self.tx() as db:
+            return db.execute(sql, args).rowcount
+
+    def overrides(self, now: datetime | None = None) -> tuple[Override, ...]:
+        rows = self.db.execute(
+            "SELECT * FROM overrides WHERE ended_at IS NULL AND until > ? ORDER BY id",
+            (_ts(now or now_utc()),),
+        )
+        return tuple(
+            Override(OverrideKind(r["kind"]), r["target"], _dt(r["until"]) or now_utc(),
+                     r["reason"], r["by"])
+            for r in rows
+        )
 
     # -- email outbox ----------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
-"""The executor shape every deployment backend has, and the errors that steer the runner."""
+"""The executor shape every backend has, and the errors that steer the runner."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from policies.plans import Plan, StepSpec
+from policies.plans import Capabilities, Component, Plan
 
 
 class StepFailed(Exception):
@@ -18,20 +18,35 @@ class StepContext:
     target: str
     plan: Plan
 
+    def target_of(self, component: Component | str) -> str:
+        value = self.plan.targets.get(component)
+        if not value:
+            raise StepFailed(f"the plan names no {component} target")
+        return value
+
 
 class Executor(Protocol):
+    component: ClassVar[Component]
     backend: ClassVar[str]
-    steps: tuple[StepSpec, ...]
-    """The backend's rollback steps, in order; the plan puts them between checklist and verify."""
+
+    def capabilities(self) -> Capabilities:
+        """The steps this executor runs for each capability it has, in order."""
+        ...
 
     async def current_version(self) -> str | None: ...
 
-    async def version_exists(self, version: str) -> bool: ...
-
     async def evidence(self) -> dict[str, Any]:
-        """What a person needs to see of the current deployment; never secrets."""
+        """What a person needs to see of the current state; never secrets."""
+        ...
+
+    async def backup_current(self, ctx: StepContext) -> str:
+        """Keep the current state before anything changes (the checklist's backup step)."""
+        ...
+
+    async def verify_target(self, ctx: StepContext) -> str:
+        """Check the rollback target is there and sound; raise StepFailed if not."""
         ...
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
-        """Run one of `steps`; return a one-line detail, raise StepFailed when it failed."""
+        """Run one of its steps; return a one-line detail, raise StepFailed when it failed."""
         ...

@@ -7,22 +7,27 @@ from typing import Any, ClassVar
 from daemon.config import GitDeployment
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
-from policies.plans import StepSpec
+from policies.plans import Capabilities, Capability, Component, StepSpec
 
 
 class GitServiceExecutor:
+    component: ClassVar[Component] = Component.DEPLOYMENT
     backend: ClassVar[str] = "git"
 
     def __init__(self, settings: GitDeployment) -> None:
         self.settings = settings
         t = settings.command_timeout
         self.steps: tuple[StepSpec, ...] = (
-            StepSpec("git_checkout", idempotent=True, timeout=60),
-            StepSpec("install_dependencies", idempotent=True, timeout=t),
+            StepSpec("git_checkout", idempotent=True, timeout=60, component=self.component),
+            StepSpec("install_dependencies", idempotent=True, timeout=t,
+                     component=self.component),
             # Not idempotent: a restart cut off halfway leaves the service in an unknown state,
             # so an interrupted one waits for a person instead of running again.
-            StepSpec("restart_service", idempotent=False, timeout=t),
+            StepSpec("restart_service", idempotent=False, timeout=t, component=self.component),
         )
+
+    def capabilities(self) -> Capabilities:
+        return {Capability.DEPLOYMENT_ROLLBACK: self.steps}
 
     async def _git(self, *args: str, check: bool = True) -> str:
         res = await run_argv(["git", "-C", str(self.settings.repo), *args], timeout=30, check=check)
@@ -46,6 +51,16 @@ class GitServiceExecutor:
             "last_commit": await self._git("log", "-1", "--format=%h %s (%an, %cr)", check=False),
             "repo": str(self.settings.repo),
         }
+
+    async def backup_current(self, ctx: StepContext) -> str:
+        # A deployment's current state is its commit, which git keeps: nothing to copy.
+        return f"current commit {ctx.plan.current_version or '?'} stays in the repository"
+
+    async def verify_target(self, ctx: StepContext) -> str:
+        version = ctx.target_of(Component.DEPLOYMENT)
+        if not await self.version_exists(version):
+            raise StepFailed(f"rollback target {version[:12]} is not in the repository")
+        return f"commit {version[:12]} exists"
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         if name == "git_checkout":

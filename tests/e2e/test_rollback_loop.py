@@ -60,7 +60,7 @@ def test_broken_deploy_is_detected_rolled_back_and_verified(
     # People heard about it in one thread: opened, then resolved.
     wait_for(lambda: len(smtp.messages) >= 2, 15, "two mails")
     (to_open, opened), (_, done) = smtp.messages[:2]
-    assert "rolling back" in str(opened["Subject"]) and "resolved" in str(done["Subject"])
+    assert "deployment_rollback" in str(opened["Subject"]) and "resolved" in str(done["Subject"])
     assert sorted(to_open) == ["devops-lead@example.com", "oncall@example.com"]
     assert done["In-Reply-To"] == opened["Message-ID"]
 

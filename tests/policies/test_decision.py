@@ -13,7 +13,8 @@ from policies.breaker import Breaker, BreakerMode
 from policies.classify import IncidentClass
 from policies.decision import Action, Decision, History, decide
 from policies.ledger import LedgerEntry
-from policies.plans import CHECKLIST, VERIFICATION, StepSpec
+from policies.plans import CHECKLIST, VERIFICATION, Capability, StepSpec
+from policies.targets import Facts
 from policies.settings import PolicySettings
 
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
@@ -62,16 +63,12 @@ def run(
     now: datetime = NOW,
     backend: tuple[StepSpec, ...] = BACKEND,
 ) -> Decision:
-    return decide(
-        IncidentClass.APP_DOWN,
-        EVIDENCE,
-        current,
-        LEDGER if ledger is None else ledger,
-        history or History(),
-        now,
-        policy,
-        backend,
+    facts = Facts(
+        current_version=current,
+        ledger=tuple(LEDGER if ledger is None else ledger),
+        capabilities={Capability.DEPLOYMENT_ROLLBACK: backend} if backend else {},
     )
+    return decide(IncidentClass.APP_DOWN, EVIDENCE, facts, history or History(), now, policy)
 
 
 def pol(**kw: Any) -> PolicySettings:
@@ -93,11 +90,11 @@ GATES = [
     ),
     pytest.param(
         DEFAULT, History(breaker=breaker_opened(60)), LEDGER, Action.ESCALATE,
-        ["circuit breaker open"], id="breaker-open",
+        ["open since"], id="breaker-open",
     ),
     pytest.param(
         DEFAULT, History(breaker=breaker_opened(1799)), LEDGER, Action.ESCALATE,
-        ["circuit breaker open"], id="breaker-open-one-second-before-reset",
+        ["open since"], id="breaker-open-one-second-before-reset",
     ),
     pytest.param(
         DEFAULT, History(breaker=breaker_opened(1800)), LEDGER, Action.EXECUTE,
@@ -176,7 +173,7 @@ GATES = [
     ),
     pytest.param(
         pol(dry_run=True, auto_rollback=False), History(breaker=breaker_opened(60)), LEDGER,
-        Action.ESCALATE, ["circuit breaker open"], id="breaker-before-auto-rollback",
+        Action.ESCALATE, ["open since"], id="breaker-before-auto-rollback",
     ),
     pytest.param(
         pol(dry_run=True, auto_rollback=False), History(rollbacks=(ago(1),)), LEDGER,
@@ -209,7 +206,8 @@ def test_gates(
     assert d.reason.startswith(f"app_down: {EVIDENCE}; ")
     assert "\n" not in d.reason
     if action is Action.ESCALATE:
-        assert d.plan is None
+        # An escalation may carry the plan that would have run (for the mail), never more.
+        assert d.plan is None or d.plan.target_version == GOOD
     else:
         assert d.plan is not None
         assert d.plan.target_version == GOOD
@@ -227,7 +225,10 @@ def test_normal_execute_plan_and_reason() -> None:
     assert names[-1] == "verify"
     assert d.plan.kind == "deployment_rollback"
     assert d.plan.incident_class is IncidentClass.APP_DOWN
-    assert d.plan.steps[len(CHECKLIST) : -len(VERIFICATION)] == BACKEND
+    body = d.plan.steps[len(CHECKLIST) : -len(VERIFICATION)]
+    assert [(s.name, s.idempotent, s.timeout) for s in body] == [
+        (s.name, s.idempotent, s.timeout) for s in BACKEND]
+    assert all(s.component == "deployment" for s in body)
     # verification gets at least the configured time for the probes to pass again
     assert d.plan.steps[-1].timeout >= DEFAULT.verify_timeout
     assert "3f5e2c1" in d.reason and GOOD not in d.reason
@@ -366,7 +367,6 @@ def test_open_breaker_within_reset_never_acts(
     breaker = Breaker(BreakerMode.OPEN, history.breaker.failures, ago(opened))
     d = run(policy, History(history.rollbacks, breaker), ledger, backend=backend)
     assert d.action is Action.ESCALATE
-    assert d.plan is None
 
 
 @FAST
@@ -392,13 +392,14 @@ def test_every_plan_starts_with_checklist_and_ends_with_verification(
     backend: tuple[StepSpec, ...],
 ) -> None:
     d = run(policy, history, ledger, backend=backend)
-    assert (d.plan is None) is (d.action is Action.ESCALATE)
     if d.plan is None:
+        assert d.action is Action.ESCALATE
         return
     steps = d.plan.steps
     assert steps[: len(CHECKLIST)] == CHECKLIST
     tail = steps[len(steps) - len(VERIFICATION) :]
     assert [s.name for s in tail] == [s.name for s in VERIFICATION]
-    assert steps[len(CHECKLIST) : len(steps) - len(VERIFICATION)] == backend
+    body = steps[len(CHECKLIST) : len(steps) - len(VERIFICATION)]
+    assert [s.name for s in body] == [s.name for s in backend]
     assert d.plan.target_version != CURRENT
     assert any(e.version == d.plan.target_version and e.known_good for e in ledger)

@@ -1,0 +1,63 @@
+"""What each component rolls back to: a known-good version, a verified backup, a revision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from policies.ledger import LedgerEntry, rollback_target
+from policies.plans import Capabilities, Capability
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    id: int
+    created_at: datetime
+    verified: bool
+    checksum_ok: bool = True
+    alembic_revision: str | None = None
+    writes_since: int | None = None
+    """Writes made since this backup (what a restore would lose), when it could be counted."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the daemon knows about a target at decision time; gathered by I/O, used purely."""
+
+    current_version: str | None = None
+    current_revision: str | None = None
+    current_key: str | None = None
+    ledger: tuple[LedgerEntry, ...] = ()
+    backups: tuple[BackupEntry, ...] = ()
+    key_backups: tuple[BackupEntry, ...] = ()
+    capabilities: Capabilities = field(default_factory=dict)
+    onset: datetime | None = None
+
+
+def deployment_target(f: Facts) -> LedgerEntry | None:
+    return rollback_target(list(f.ledger), f.current_version, f.current_key)
+
+
+def downgrade_revision(f: Facts) -> str | None:
+    """The known-good schema revision when a migration ran since, else None."""
+    good = [e for e in f.ledger if e.known_good and e.alembic_revision]
+    if not good or f.current_revision is None:
+        return None
+    newest = max(good, key=lambda e: e.known_good_at or e.first_seen)
+    return newest.alembic_revision if newest.alembic_revision != f.current_revision else None
+
+
+def restore_backup(f: Facts) -> BackupEntry | None:
+    """The newest verified backup taken before the incident's onset whose checksum holds."""
+    usable = [b for b in f.backups if b.verified and b.checksum_ok
+              and (f.onset is None or b.created_at < f.onset)]
+    return max(usable, key=lambda b: b.created_at, default=None)
+
+
+def key_backup(f: Facts) -> BackupEntry | None:
+    usable = [b for b in f.key_backups if b.verified and b.checksum_ok]
+    return max(usable, key=lambda b: b.created_at, default=None)
+
+
+def can(f: Facts, capability: Capability) -> bool:
+    return bool(f.capabilities.get(capability))
