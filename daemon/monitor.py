@@ -57,6 +57,17 @@ async def run_probe(probe: Probe, timeout: float) -> Observation:
                            time.monotonic() - started, Symptom.PROBE_ERROR)
 
 
+def journal_history(journal: Journal, target: str,
+                    transitions: tuple[datetime, ...] = ()) -> History:
+    """Everything the journal keeps that a decision depends on: it survives restarts."""
+    return History(
+        rollbacks=journal.rollback_starts(target),
+        breakers={k: b for t, k, b in journal.breakers() if t == target},
+        transitions=transitions,
+        overrides=journal.overrides(),
+    )
+
+
 class TargetMonitor:
     def __init__(self, name: str, config: TargetConfig, policy: PolicySettings, journal: Journal,
                  outbox: Outbox, metrics: Metrics, reports_dir: Path,
@@ -189,12 +200,7 @@ class TargetMonitor:
         )
 
     def history(self) -> History:
-        return History(
-            rollbacks=self.journal.rollback_starts(self.name),
-            breakers={k: b for t, k, b in self.journal.breakers() if t == self.name},
-            transitions=tuple(self.transitions),
-            overrides=self.journal.overrides(),
-        )
+        return journal_history(self.journal, self.name, tuple(self.transitions))
 
     async def evaluate(self) -> None:
         if self.busy:

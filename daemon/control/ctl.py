@@ -76,6 +76,8 @@ def _human(cmd: str, result: Any) -> str:
         steps = _table(result["steps"], ["name", "state", "duration", "detail"])
         timeline = _table(result["timeline"], ["at", "event", "detail"])
         return f"{head}\n\nsteps:\n{steps}\n\ntimeline:\n{timeline}"
+    if cmd == "breaker" and isinstance(result, list):
+        return _table(result, ["target", "plan", "mode", "failures", "opened_at"])
     if cmd == "help":
         return "\n".join(f"{k:12} {v}" for k, v in result.items())
     return json.dumps(result, indent=2, default=str)
@@ -94,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--report", action="store_true", help="the Markdown incident report")
     ack = sub.add_parser("ack", help="acknowledge an incident")
     ack.add_argument("id", type=int)
+    for name, what in (("pause", "observe only, act on nothing"),
+                       ("silence", "act as usual, send no mail")):
+        o = sub.add_parser(name, help=f"{what} (a target, or every target)")
+        o.add_argument("target", nargs="?")
+        o.add_argument("--for", dest="for", default="1h", metavar="DURATION")
+        o.add_argument("--reason", required=True)
+    resume = sub.add_parser("resume", help="end pause and silence")
+    resume.add_argument("target", nargs="?")
+    for name, what in (("approve", "run the plan of a waiting incident, or resume a held one"),
+                       ("deny", "refuse the plan of a waiting incident")):
+        a = sub.add_parser(name, help=what)
+        a.add_argument("id", type=int)
+    br = sub.add_parser("breaker", help="circuit breakers: list, or reset TARGET [PLAN]")
+    br.add_argument("action", choices=("list", "reset"), nargs="?", default="list")
+    br.add_argument("target", nargs="?")
+    br.add_argument("plan", nargs="?", default="deployment_rollback")
     sub.add_parser("reload", help="re-read the config file")
     sub.add_parser("help", help="the commands the daemon knows")
     return p
@@ -101,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    args = {k: v for k, v in vars(ns).items() if k not in ("socket", "json", "cmd")}
+    args = {k: v for k, v in vars(ns).items()
+            if k not in ("socket", "json", "cmd") and v is not None}
     try:
         reply = request(ns.socket, ns.cmd, args)
     except Unreachable as exc:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 
-from tenacity import wait_exponential_jitter
+from tenacity import wait_exponential, wait_random
 
 from daemon.config import Config
 from daemon.journal.store import Journal, now_utc
@@ -20,7 +20,7 @@ from daemon.journal.store import Journal, now_utc
 log = logging.getLogger("rollbackd.mail")
 
 # Backoff between attempts of one message: 2 s doubling to 5 min, with jitter against herds.
-_BACKOFF = wait_exponential_jitter(initial=2, max=300, jitter=1)
+_BACKOFF = wait_exponential(multiplier=1, exp_base=2, min=2, max=300) + wait_random(0, 1)
 
 
 def _retry_delay(attempts: int) -> float:
