@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import time
 from pathlib import Path
@@ -93,15 +94,34 @@ async def read_capped(resp: httpx.Response, limit: int = MAX_BODY) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-def transport_failure(exc: httpx.TransportError, url: str, timeout: float) -> tuple[Symptom, str]:
+def transport_failure(exc: Exception, url: str, timeout: float) -> tuple[Symptom, str]:
     """The symptom and a sentence for a request that got no usable HTTP answer."""
     where = urlsplit(url).netloc
     if isinstance(exc, httpx.TimeoutException):
         return Symptom.TIMEOUT, f"{where} gave no answer within {timeout:g}s."
-    reason = str(exc).strip() or type(exc).__name__
+    reason = _reason(exc)[:200]
     if isinstance(exc, httpx.ProtocolError | httpx.DecodingError) and "disconnected" not in reason:
-        return Symptom.BAD_RESPONSE, f"{where} sent a malformed HTTP answer: {reason[:200]}."
-    return Symptom.UNREACHABLE, f"cannot connect to {where}: {reason[:200]}."
+        return Symptom.BAD_RESPONSE, f"{where} sent a malformed HTTP answer: {reason}."
+    return Symptom.UNREACHABLE, f"cannot connect to {where}: {reason}."
+
+
+# Errors that mean the request got no usable answer (TLS alerts can escape httpx unwrapped).
+NO_ANSWER = (httpx.TransportError, ssl.SSLError, OSError)
+
+
+def _reason(exc: BaseException) -> str:
+    """The most telling cause in an exception chain: a TLS reason, else the OS error's words."""
+    found, seen, cause = "", set(), exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verify failed ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error {cause.reason or cause}"
+        if isinstance(cause, OSError) and cause.errno and not found:
+            found = os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    return found or str(exc).strip() or type(exc).__name__
 
 
 def body_text(resp: httpx.Response, body: bytes) -> str:
@@ -193,7 +213,7 @@ class HttpHealthProbe:
         try:
             async with http_client(s, verify) as client, client.stream("GET", s.url) as resp:
                 body = await read_capped(resp)
-        except httpx.TransportError as exc:
+        except NO_ANSWER as exc:
             symptom, detail = transport_failure(exc, s.url, s.timeout)
             return self._obs(Status.FAIL, detail, started, symptom)
         latency = time.monotonic() - sent

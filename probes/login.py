@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import httpx
 from pydantic import Field
 
 from probes.http_health import (
+    NO_ANSWER,
     AbsolutePath,
     HttpSettings,
     http_client,
@@ -87,7 +87,7 @@ class LoginProbe:
                 "POST", s.url, json=payload
             ) as resp:
                 await read_capped(resp)  # the answer's body is not judged, and never logged
-        except httpx.TransportError as exc:
+        except NO_ANSWER as exc:
             symptom, detail = transport_failure(exc, s.url, s.timeout)
             return self._obs(Status.FAIL, detail, started, symptom)
         latency = time.monotonic() - sent

@@ -52,7 +52,10 @@ RAW_AS_NOBODY = _DROP + """\
 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
     s.settimeout(10)
     s.connect(sys.argv[1])
-    s.sendall(b'{"cmd": "status", "args": {}}\\n')
+    try:  # the daemon may refuse and close before reading: its reply is queued all the same
+        s.sendall(b'{"cmd": "status", "args": {}}\\n')
+    except (BrokenPipeError, ConnectionResetError):
+        pass
     data = b""
     while not data.endswith(b"\\n"):
         chunk = s.recv(65536)
@@ -112,7 +115,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlEnv]:
     text = ws.config_toml(smtp.port, state_dir=state)
     assert 'metrics_address = ""' in text
     config = root / "rollbackd.toml"
-    config.write_text(text.replace('metrics_address = ""', f'metrics_address = "{metrics}"'))
+    # Metrics on: rollbackd_probe_runs_total shows the probe loop is still going.
+    # test_hooks: `freeze` blocks the daemon's loop to fill its listen backlog on purpose.
+    text = text.replace('metrics_address = ""', f'metrics_address = "{metrics}"\ntest_hooks = true')
+    config.write_text(text)
     d = DaemonProcess(config, state / "control.sock", state, root / "daemon.log")
     try:
         d.start()
@@ -295,13 +301,24 @@ def test_idle_clients_time_out_without_blocking_others(env: ControlEnv) -> None:
     env.assert_healthy()
 
 
+def request_waiting_for_accept(path: str, cmd: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Like ctl.request, but connects in blocking mode: a full listen backlog makes a Unix
+    connect wait for the daemon instead of failing at once with EAGAIN."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.settimeout(timeout)
+        s.sendall(json.dumps({"cmd": cmd, "args": {}}).encode() + b"\n")
+        reply: dict[str, Any] = json.loads(_read_line(s))
+    return reply
+
+
 def test_200_concurrent_status_clients(env: ControlEnv) -> None:
     n = 200
     barrier = threading.Barrier(n, timeout=30)
 
     def one(_: int) -> dict[str, Any]:
         barrier.wait()
-        return request(env.socket, "status", {}, timeout=30)
+        return request_waiting_for_accept(env.socket, "status")
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         replies = list(pool.map(one, range(n)))
@@ -311,6 +328,41 @@ def test_200_concurrent_status_clients(env: ControlEnv) -> None:
     assert {r["result"]["pid"] for r in replies} == {env.daemon.proc.pid}
     env.expected_audit.extend([("status", os.getuid(), os.getpid(), "ok")] * n)
     env.assert_healthy()
+
+
+@pytest.mark.xfail(strict=True, raises=BlockingIOError, reason=(
+    "bug: ctl.request sets a timeout before connect(), which makes the Unix connect "
+    "non-blocking: when the daemon's listen backlog (asyncio's default 100) is full because "
+    "its loop is busy for a moment, rollbackctl fails at once with EAGAIN ('Resource "
+    "temporarily unavailable', exit 3) instead of waiting up to its 30 s timeout; seen with "
+    "200 concurrent ctl.request('status') callers"))
+def test_rollbackctl_client_waits_while_the_daemon_is_briefly_busy(env: ControlEnv) -> None:
+    freezer = ThreadPoolExecutor(max_workers=1)
+    frozen = freezer.submit(request, env.socket, "freeze", {"seconds": 3})
+    fillers: list[socket.socket] = []
+    try:
+        # Queue connections until the kernel refuses one: the loop is frozen, backlog full.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(env.socket)
+            except BlockingIOError:
+                s.close()
+                break
+            fillers.append(s)
+        else:
+            pytest.fail("the listen backlog never filled up")
+        reply = request(env.socket, "status", {}, timeout=30)
+        assert reply["ok"], reply
+    finally:
+        for s in fillers:
+            s.close()
+        assert frozen.result(timeout=30)["ok"]
+        freezer.shutdown()
+        env.expected_audit.append(("freeze", os.getuid(), os.getpid(), "ok"))
+        env.assert_healthy()
 
 
 # -- peer credentials ----------------------------------------------------------------------------
@@ -331,10 +383,6 @@ def test_a_peer_whose_uid_is_not_allowed_is_forbidden(env: ControlEnv) -> None:
         assert reply["ok"] is False
         assert reply["code"] == "forbidden"
         assert str(NOBODY) in reply["error"]
-
-        ctl = _as_nobody(CTL_AS_NOBODY, "--socket", env.socket, "status")
-        assert ctl.returncode == 1, (ctl.stdout, ctl.stderr)
-        assert "forbidden" in ctl.stderr
     finally:
         os.chmod(env.socket, 0o660)
     with closing(env.daemon.db()) as db:
@@ -342,6 +390,34 @@ def test_a_peer_whose_uid_is_not_allowed_is_forbidden(env: ControlEnv) -> None:
                          (NOBODY,)).fetchone()[0]
     assert ran == 0
     env.assert_healthy()
+
+
+# rollbackctl as a client that is a little slow between connect() and send(): the daemon has
+# already answered "forbidden" and closed, so sendall() fails with EPIPE.
+SLOW_CTL_AS_NOBODY = CTL_AS_NOBODY.replace("sys.exit(ctl.main())", """\
+import time
+_connect = socket.socket.connect
+def _slow_connect(self, address):
+    _connect(self, address)
+    time.sleep(0.3)
+socket.socket.connect = _slow_connect
+sys.exit(ctl.main())""")
+
+
+@needs_root
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: the server answers a forbidden peer and closes without reading its request, and "
+    "ctl.request lets the EPIPE from sendall() escape before reading the queued reply: "
+    "rollbackctl then says '[Errno 32] Broken pipe' (exit 3) instead of the forbidden error "
+    "(exit 1); it depends on timing (seen with a plain run too), a short pause makes it certain"))
+def test_rollbackctl_of_a_forbidden_uid_reports_forbidden(env: ControlEnv) -> None:
+    os.chmod(env.socket, 0o666)
+    try:
+        out = _as_nobody(SLOW_CTL_AS_NOBODY, "--socket", env.socket, "status")
+    finally:
+        os.chmod(env.socket, 0o660)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "forbidden" in out.stderr
 
 
 @needs_root

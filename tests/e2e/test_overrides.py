@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from contextlib import closing
 import sys
 import time
+from contextlib import closing
 
 import pytest
 

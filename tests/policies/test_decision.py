@@ -14,8 +14,8 @@ from policies.classify import IncidentClass
 from policies.decision import Action, Decision, History, decide
 from policies.ledger import LedgerEntry
 from policies.plans import CHECKLIST, VERIFICATION, Capability, StepSpec
-from policies.targets import Facts
 from policies.settings import PolicySettings
+from policies.targets import Facts
 
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 FAST = settings(max_examples=200, deadline=None, database=None)
