@@ -44,10 +44,13 @@ def _incident_row(i: Incident) -> dict[str, Any]:
 
 
 def _incident_arg(d: Daemon, args: dict[str, Any]) -> Incident:
-    try:
-        incident_id = int(args["id"])
-    except (KeyError, TypeError, ValueError):
-        raise CommandError("bad_args", "an incident id (a number) is required") from None
+    incident_id = args.get("id")
+    # bool is an int subclass and 1.5 would truncate: only a real integer names an incident.
+    if isinstance(incident_id, str) and incident_id.isdigit():
+        incident_id = int(incident_id)
+    if not isinstance(incident_id, int) or isinstance(incident_id, bool) \
+            or not 0 < incident_id < 2**63:
+        raise CommandError("bad_args", "an incident id (a positive whole number) is required")
     inc = d.journal.incident(incident_id)
     if inc is None:
         raise CommandError("not_found", f"no incident {incident_id}")
@@ -223,6 +226,9 @@ async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any
         result = await found.func(d, args, peer)
     except CommandError as exc:
         d.journal.audit(peer.uid, peer.pid, cmd, args, f"error:{exc.code}")
+        raise
+    except Exception as exc:  # audited too: every command leaves a row, crashed or not
+        d.journal.audit(peer.uid, peer.pid, cmd, args, f"error:internal:{type(exc).__name__}")
         raise
     d.journal.audit(peer.uid, peer.pid, cmd, args, "ok")
     return result

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from daemon.control.protocol import PROTOCOL_VERSION
@@ -21,9 +22,8 @@ class Unreachable(Exception):
 
 def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            _connect(sock, path, timeout)
         except FileNotFoundError:
             raise Unreachable(f"no control socket at {path}: is rollbackd running? "
                               "(--socket or $ROLLBACKCTL_SOCKET choose another)") from None
@@ -32,8 +32,12 @@ def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) ->
                               "(the 'rollbackd' group by default) or ask root") from None
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
+        sock.settimeout(timeout)
         req = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
-        sock.sendall(json.dumps(req).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+        except BrokenPipeError:
+            pass  # the daemon answered and closed early (a refusal): its reply is still there
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -44,6 +48,21 @@ def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) ->
         raise Unreachable(f"rollbackd closed the connection on {path} without a reply")
     reply: dict[str, Any] = json.loads(data)
     return reply
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect, waiting while a busy daemon's listen backlog is full (EAGAIN), up to timeout."""
+    deadline = time.monotonic() + timeout
+    sock.setblocking(False)
+    while True:
+        try:
+            sock.connect(path)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path}: rollbackd did not accept within {timeout:g}s") from None
+            time.sleep(0.05)
+    sock.setblocking(True)
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:

@@ -80,25 +80,27 @@ class ControlServer:
     async def _one_request(self, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> Reply:
         peer = peer_of(writer)
-        if peer.uid not in self.allowed:
-            log.warning("control status=refused uid=%d pid=%d", peer.uid, peer.pid)
-            return {"ok": False, "code": "forbidden",
-                    "error": f"uid {peer.uid} may not use this socket"}
         try:
+            # Read before refusing a peer, so its write never meets a closed socket (EPIPE)
+            # and it always gets to read the refusal.
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
         except TimeoutError:
             return {"ok": False, "code": "timeout", "error": "no complete request line in time"}
         except ValueError:  # the StreamReader's limit: longer than MAX_REQUEST_BYTES
             return {"ok": False, "code": "too_large",
                     "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
+        if peer.uid not in self.allowed:
+            log.warning("control status=refused uid=%d pid=%d", peer.uid, peer.pid)
+            return {"ok": False, "code": "forbidden",
+                    "error": f"uid {peer.uid} may not use this socket"}
         try:
             req = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or absurdly deep nesting
             return {"ok": False, "code": "bad_request", "error": "request is not one JSON line"}
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "code": "bad_request",
                     "error": 'expected {"cmd": "...", "args": {...}}'}
-        args = req.get("args") or {}
+        args = req.get("args", {})
         if not isinstance(args, dict):
             return {"ok": False, "code": "bad_request", "error": "args must be an object"}
         try:

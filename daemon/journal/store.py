@@ -418,9 +418,12 @@ class Journal:
             )
 
     def due_mail(self, now: datetime, limit: int = 20) -> list[sqlite3.Row]:
+        # An incident's mails go out in order: one waiting for its retry holds back the rest.
         return self.db.execute(
-            "SELECT * FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= ?"
-            " ORDER BY id LIMIT ?", (_ts(now), limit),
+            "SELECT * FROM outbox o WHERE sent_at IS NULL AND next_attempt_at <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.sent_at IS NULL"
+            " AND e.incident_id = o.incident_id AND e.id < o.id AND e.next_attempt_at > ?)"
+            " ORDER BY id LIMIT ?", (_ts(now), _ts(now), limit),
         ).fetchall()
 
     def mail_sent(self, outbox_id: int) -> None:

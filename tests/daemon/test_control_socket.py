@@ -202,8 +202,6 @@ FALSY_ARGS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="bug: server.py `args = req.get('args') or {}` accepts "
-                   "falsy non-objects ([], 0, \"\", false) as {} instead of bad_request")
 @pytest.mark.parametrize("data", FALSY_ARGS.values(), ids=FALSY_ARGS.keys())
 def test_falsy_args_that_are_not_an_object_are_refused(env: ControlEnv, data: bytes) -> None:
     reply = raw_request(env.socket, data)
@@ -212,9 +210,6 @@ def test_falsy_args_that_are_not_an_object_are_refused(env: ControlEnv, data: by
     assert reply == {"ok": False, "code": "bad_request", "error": "args must be an object"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: server.py catches only JSONDecodeError/"
-                   "UnicodeDecodeError; a deeply nested line raises RecursionError in json.loads "
-                   "and the client gets no reply at all instead of bad_request")
 def test_deeply_nested_json_gets_a_bad_request_reply(env: ControlEnv) -> None:
     try:
         buf = raw_exchange(env.socket, b"[" * 50_000 + b"\n")
@@ -247,10 +242,6 @@ def test_show_bad_id_is_bad_args(env: ControlEnv) -> None:
         env.expected_audit.append(("show", os.getuid(), os.getpid(), "error:bad_args"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `show`/`ack` with an id beyond SQLite's 64-bit "
-                   "range crash with OverflowError -> code 'internal' (not bad_args/not_found), and "
-                   "commands.dispatch audits only CommandError, so the crashed command leaves no "
-                   "audit row")
 def test_show_huge_id_is_refused_cleanly_and_audited(env: ControlEnv) -> None:
     reply = env.daemon.ctl("show", id=10**20)
     with closing(env.daemon.db()) as db:
@@ -330,12 +321,6 @@ def test_200_concurrent_status_clients(env: ControlEnv) -> None:
     env.assert_healthy()
 
 
-@pytest.mark.xfail(strict=True, raises=BlockingIOError, reason=(
-    "bug: ctl.request sets a timeout before connect(), which makes the Unix connect "
-    "non-blocking: when the daemon's listen backlog (asyncio's default 100) is full because "
-    "its loop is busy for a moment, rollbackctl fails at once with EAGAIN ('Resource "
-    "temporarily unavailable', exit 3) instead of waiting up to its 30 s timeout; seen with "
-    "200 concurrent ctl.request('status') callers"))
 def test_rollbackctl_client_waits_while_the_daemon_is_briefly_busy(env: ControlEnv) -> None:
     freezer = ThreadPoolExecutor(max_workers=1)
     frozen = freezer.submit(request, env.socket, "freeze", {"seconds": 3})
@@ -405,11 +390,6 @@ sys.exit(ctl.main())""")
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the server answers a forbidden peer and closes without reading its request, and "
-    "ctl.request lets the EPIPE from sendall() escape before reading the queued reply: "
-    "rollbackctl then says '[Errno 32] Broken pipe' (exit 3) instead of the forbidden error "
-    "(exit 1); it depends on timing (seen with a plain run too), a short pause makes it certain"))
 def test_rollbackctl_of_a_forbidden_uid_reports_forbidden(env: ControlEnv) -> None:
     os.chmod(env.socket, 0o666)
     try:
