@@ -21,6 +21,8 @@ import pytest
 from daemon.control.ctl import request
 from daemon.workspace import Workspace, free_port
 
+pytest_plugins = ["tests.infra.fixtures"]
+
 
 class SmtpSink:
     """A real aiosmtpd server on loopback that keeps every message it accepts."""
