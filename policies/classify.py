@@ -46,7 +46,21 @@ def _dependency_down(health: TargetHealth) -> list[str]:
     return _failing(health, DEPENDENCY_KINDS, DOWN | {Symptom.DEPENDENCY_DOWN})
 
 
+def _failures_started(health: TargetHealth, kinds: set[str],
+                      symptoms: set[Symptom] | None = None) -> bool:
+    """Some probe of these kinds is failing or on its way there (below its threshold)."""
+    return any(
+        kind in kinds and (h.failing or h.failures > 0)
+        and (symptoms is None or h.symptom in symptoms)
+        for kind, h in health.values()
+    )
+
+
 def _app_down(health: TargetHealth) -> list[str]:
+    # A dependency on its way to failing may be what took the app down: wait for its verdict
+    # rather than roll back a deployment that is not to blame.
+    if _failures_started(health, DEPENDENCY_KINDS, DOWN | {Symptom.DEPENDENCY_DOWN}):
+        return []
     return [p for p in _failing(health, HEALTH_KINDS) if health[p][1].symptom is not Symptom.SLOW]
 
 
@@ -55,6 +69,10 @@ def _key_invalid(health: TargetHealth) -> list[str]:
 
 
 def _auth_broken(health: TargetHealth) -> list[str]:
+    # "Health passes but login fails": a health probe that has begun failing means a dying app,
+    # which fails login too; that is app_down once the health probe reaches its threshold.
+    if _failures_started(health, HEALTH_KINDS, set(Symptom) - {Symptom.SLOW}):
+        return []
     return _failing(health, {"login"}, {Symptom.SERVER_ERROR, Symptom.WRONG_CREDENTIALS,
                                         Symptom.BAD_RESPONSE})
 

@@ -204,7 +204,8 @@ def decide(
         return verdict(Action.HOLD, f"flapping: {len(flaps)} state changes in "
                        f"{policy.flap_window:g}s (limit {policy.flap_changes}): holding for a person")
     kind = PlanKind(class_policy.plan) if class_policy and class_policy.plan else DEFAULT_PLANS[cls]
-    if class_policy is not None and class_policy.escalate_only:
+    if (class_policy is not None and class_policy.escalate_only) \
+            or cls is IncidentClass.DEPENDENCY_DOWN:  # never blame a deployment, whatever the config
         kind = PlanKind.ESCALATE
     found = _plan(kind, cls, facts, policy)
     if isinstance(found, str):
@@ -233,7 +234,9 @@ def decide(
     if loss is not None:
         phrase += f"; the restore would lose {loss} writes"
     needs_approval = plan.destructive_steps and not policy.auto_destructive
-    too_lossy = loss is not None and loss > policy.restore_loss_threshold
+    restores = Component.DATABASE in plan.targets
+    # A restore whose loss could not be counted is treated as losing too much: ask a person.
+    too_lossy = restores and (loss is None or loss > policy.restore_loss_threshold)
     if needs_approval or too_lossy:
         steps = ", ".join(plan.destructive_steps) or "restore"
         return verdict(Action.AWAIT_APPROVAL, f"{phrase}; destructive ({steps}): waiting for "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from policies.settings import DAYS, MaintenanceWindow
@@ -37,6 +37,7 @@ def active(overrides: tuple[Override, ...], target: str, now: datetime,
 
 def in_maintenance(windows: list[MaintenanceWindow], now: datetime) -> MaintenanceWindow | None:
     """The weekly window (UTC) that contains `now`, including one that began yesterday."""
+    now = now.astimezone(UTC)  # windows are written in UTC, whatever zone `now` carries
     for w in windows:
         hh, mm = (int(x) for x in w.start.split(":"))
         for back in (0, 1, 2, 3, 4, 5, 6, 7):

@@ -40,11 +40,14 @@ def deployment_target(f: Facts) -> LedgerEntry | None:
 
 def downgrade_revision(f: Facts) -> str | None:
     """The known-good schema revision when a migration ran since, else None."""
-    good = [e for e in f.ledger if e.known_good and e.alembic_revision]
+    good = [e for e in f.ledger if e.known_good]
     if not good or f.current_revision is None:
         return None
+    # The newest known-good state decides; if its revision is unknown, nothing shows that a
+    # migration ran since, and an older entry's revision would downgrade too far.
     newest = max(good, key=lambda e: e.known_good_at or e.first_seen)
-    return newest.alembic_revision if newest.alembic_revision != f.current_revision else None
+    rev = newest.alembic_revision
+    return rev if rev is not None and rev != f.current_revision else None
 
 
 def restore_backup(f: Facts) -> BackupEntry | None:
