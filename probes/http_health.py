@@ -12,7 +12,15 @@ from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
 
 from probes.base import PositiveDuration, ProbeSettings
 from probes.observation import Observation, Status, Symptom
@@ -59,6 +67,12 @@ class HttpSettings(ProbeSettings):
         return self
 
 
+def latency_below_timeout(max_latency: float | None, timeout: float) -> None:
+    if max_latency is not None and max_latency >= timeout:
+        raise ValueError(f"max_latency ({max_latency:g}s) must be below timeout ({timeout:g}s), "
+                         "or a slow answer is only ever a timeout")
+
+
 def _no_passphrase() -> str:
     raise ValueError("the client key is encrypted; give the probe an unencrypted key file")
 
@@ -83,6 +97,10 @@ def http_client(s: HttpSettings, verify: ssl.SSLContext | bool) -> httpx.AsyncCl
                              trust_env=False)
 
 
+# Errors that mean the request got no usable answer (TLS alerts can escape httpx unwrapped).
+NO_ANSWER = (httpx.TransportError, ssl.SSLError)
+
+
 async def read_capped(resp: httpx.Response, limit: int = MAX_BODY) -> bytes:
     """At most `limit` bytes of a streamed body (a larger body is cut, not read to its end)."""
     chunks, size = [], 0
@@ -105,13 +123,10 @@ def transport_failure(exc: Exception, url: str, timeout: float) -> tuple[Symptom
     return Symptom.UNREACHABLE, f"cannot connect to {where}: {reason}."
 
 
-# Errors that mean the request got no usable answer (TLS alerts can escape httpx unwrapped).
-NO_ANSWER = (httpx.TransportError, ssl.SSLError, OSError)
-
-
 def _reason(exc: BaseException) -> str:
     """The most telling cause in an exception chain: a TLS reason, else the OS error's words."""
-    found, seen, cause = "", set(), exc
+    found, seen = "", set()
+    cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -164,6 +179,36 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class LatencySettings(BaseModel):
+    """The latency baseline of an HTTP probe (judged by policies/latency.py; defined here because
+    probes never import policies): perf_degraded when the p95 of `windows` windows in a row is
+    above both the baseline p95 times `factor` and `floor`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factor: float = Field(default=2.0, gt=1.0)
+    """A window is slow when its p95 exceeds the baseline p95 times this."""
+    floor: PositiveDuration = 0.25
+    """Seconds a window's p95 must also exceed to be slow: a fast app is never degraded."""
+    window: PositiveDuration = 60.0
+    """Seconds per window; each window's p95 is judged when it ends."""
+    windows: int = Field(default=3, ge=1)
+    """Slow windows in a row before the probe reports perf_degraded (symptom slow)."""
+    min_samples: int = Field(default=3, ge=1)
+    """OK answers a window needs to be judged; a window with fewer breaks the streak."""
+    baseline_samples: int = Field(default=500, ge=1)
+    """Latencies the rolling baseline keeps: the newest, from good windows while all is healthy."""
+    baseline_min: int = Field(default=20, ge=1)
+    """Latencies the baseline needs before any window is judged."""
+
+    @model_validator(mode="after")
+    def _enough_room(self) -> LatencySettings:
+        if self.baseline_min > self.baseline_samples:
+            raise ValueError(f"baseline_min ({self.baseline_min}) must not exceed "
+                             f"baseline_samples ({self.baseline_samples})")
+        return self
+
+
 class HttpHealthSettings(HttpSettings):
     kind: Literal["http_health"] = "http_health"
     expect_status: int = Field(default=200, ge=100, le=599)
@@ -175,13 +220,13 @@ class HttpHealthSettings(HttpSettings):
     version_field: str | None = None
     """Dotted JSON field path whose value is reported as the observed version."""
     max_latency: PositiveDuration | None = None
-    """An answer slower than this fails with symptom slow (perf_degraded, not app_down)."""
+    """A good answer slower than this fails with symptom slow (perf_degraded, not app_down)."""
+    latency: LatencySettings | None = None
+    """Baseline latency watch (factor, floor, window, windows, ...); unset: not watched."""
 
     @model_validator(mode="after")
-    def _latency_below_timeout(self) -> HttpHealthSettings:
-        if self.max_latency is not None and self.max_latency >= self.timeout:
-            raise ValueError(f"max_latency ({self.max_latency:g}s) must be below timeout "
-                             f"({self.timeout:g}s), or a slow answer is only ever a timeout")
+    def _latency(self) -> HttpHealthSettings:
+        latency_below_timeout(self.max_latency, self.timeout)
         return self
 
 
