@@ -13,15 +13,17 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from daemon.alerts.service import AlertReceiver, start_alerts
 from daemon.config import Config, ConfigError, load_config
 from daemon.control.commands import dispatch
 from daemon.control.server import ControlServer
 from daemon.escalation.outbox import Outbox
+from daemon.escalation.tiers import TierChecker
 from daemon.journal.store import Journal
-from daemon.metrics import JournalCollector, Metrics
+from daemon.metrics import JournalCollector, Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
-from daemon.report import write_report
+from daemon.report import keep_reports, write_report
 from daemon.scheduler import ProbeScheduler
 
 log = logging.getLogger("rollbackd")
@@ -45,6 +47,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
+        self.alerts: AlertReceiver | None = None
         self._retired: list[TargetMonitor] = []
         """Monitors replaced by a reload while their rollback still runs; shutdown waits for them."""
 
@@ -84,8 +87,9 @@ class Daemon:
         self.journal = Journal(cfg.journal_path)
         self.outbox = Outbox(self.journal, cfg)
         self.scheduler = ProbeScheduler(self.metrics)
-        self.metrics.registry.register(JournalCollector(self.open_incident_counts,
-                                                        self.journal.outbox_counts))
+        self.metrics.registry.register(JournalCollector(cfg.journal_path, lambda: {
+            t: self.config.policy_for(t) for t in self.config.targets}))
+        self.metrics.registry.register(MonitorCollector(lambda: self.monitors))
         for incident, step in self.journal.recover_interrupted():
             log.warning("incident=%d target=%s step=%s status=interrupted action=held",
                         incident.id, incident.target, step.name)
@@ -96,10 +100,18 @@ class Daemon:
                 f"{incident.held_reason}\n\n`rollbackctl show {incident.id}` has the steps.\n")
         self._build_monitors()
         self.scheduler.start()
-        self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids)
+        self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
+                                     cfg.daemon.socket_group, cfg.daemon.allowed_groups)
         await self.control.start()
         self._start_metrics()
+        self.alerts = await start_alerts(cfg.alerts, lambda: self.monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        # Unacknowledged escalations page the next tier; cancelled with the other tasks.
+        self._tasks.append(asyncio.create_task(TierChecker(self.journal, self.outbox).run(),
+                                               name="escalation-tiers"))
+        # Every incident gets its report, also those that only escalated or recovered alone.
+        self._tasks.append(asyncio.create_task(keep_reports(self.journal, self.reports_dir),
+                                               name="reports"))
         interval = watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self.notifier.watchdog(interval),
@@ -122,6 +134,8 @@ class Daemon:
         log.info("daemon status=stopping")
         self.notifier.stopping()
         self.scheduler.shutdown()
+        if self.alerts is not None:  # no alert may start a rollback while we wind down
+            await self.alerts.stop()
         monitors = [*self.monitors.values(), *self._retired]
         running = [m.task for m in monitors if m.task and not m.task.done()]
         if running:
@@ -198,7 +212,10 @@ class Daemon:
         self.scheduler.unschedule_all()
         self._retired = [m for m in (*self._retired, *self.monitors.values()) if m.busy]
         self.config = new
+        self.outbox.config = new  # new contacts, routes and SMTP settings for queued mail too
         self._build_monitors()
+        if self.alerts is not None:
+            self.alerts.replay()
         log.info("reload status=done targets=%d", len(self.monitors))
         self.notifier.ready(self.summary())
         return True

@@ -72,6 +72,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return Daemon(config, Path(ns.config)).run()
 
 
+def cmd_rules(ns: argparse.Namespace) -> int:
+    from daemon.alerts.rules import rules_text
+
+    sys.stdout.write(rules_text())
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -91,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--config", required=True)
     probe.add_argument("target", nargs="?")
     probe.set_defaults(func=cmd_probe)
+    rules = sub.add_parser("rules", help="print the Prometheus alerting rules for rollbackd")
+    rules.set_defaults(func=cmd_rules)
     demo = sub.add_parser("demo", help="deploy the sample app, break it, watch it roll back")
     demo.add_argument("--keep", action="store_true", help="keep the workspace afterwards")
     demo.add_argument("--verbose", action="store_true", help="show the daemon's log lines")

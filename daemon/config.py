@@ -7,7 +7,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -16,12 +16,22 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    Tag,
     ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
 )
 
+from daemon.alerts.settings import AlertsSettings
+from daemon.escalation.settings import Contact, EscalationSettings
+from daemon.rollback.data_settings import BackupSettings, DatabaseSettings, KeySettings
+from daemon.rollback.deploy_settings import (
+    DEPLOYMENT_KINDS,
+    DockerDeployment,
+    KubernetesDeployment,
+    deployment_discriminator,
+)
 from daemon.secrets import SecretValue, load_secret
 from policies.settings import PolicySettings
 from probes.base import PositiveDuration
@@ -59,6 +69,10 @@ class DaemonSettings(Frozen):
     """host:port of the Prometheus endpoint; empty turns it off."""
     allowed_uids: list[int] = []
     """Control-socket peers besides root and the daemon's own user."""
+    socket_group: str | None = None
+    """Group that owns the control socket (mode 0660); unset: the daemon's own group."""
+    allowed_groups: list[str] = []
+    """Control-socket peers in one of these groups (primary or supplementary) are allowed too."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     test_hooks: bool = False
     """Enables fault-injection commands for the test suite; never in production."""
@@ -68,6 +82,19 @@ class DaemonSettings(Frozen):
     def _host_port(cls, v: str) -> str:
         if v and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}", v):
             raise ValueError(f"expected host:port such as '127.0.0.1:9617', got {v!r}")
+        return v
+
+    @field_validator("socket_group", "allowed_groups")
+    @classmethod
+    def _groups_exist(cls, v: str | list[str] | None) -> str | list[str] | None:
+        import grp  # checked here so that check-config and the start both name the bad group
+
+        for name in [v] if isinstance(v, str) else v or []:
+            try:
+                grp.getgrnam(name)
+            except KeyError:
+                raise ValueError(f"no group named {name!r} on this host (create it, e.g. with "
+                                 "systemd-sysusers, or change the setting)") from None
         return v
 
 
@@ -81,6 +108,8 @@ class SmtpSettings(Frozen):
     username: str | None = None
     password_file: Secret | None = None
     timeout: PositiveDuration = 10.0
+    ca_file: ConfigPath | None = None
+    """PEM file of the CA that signed the server's certificate (a private CA), for tls/starttls."""
 
     @field_validator("tls")
     @classmethod
@@ -90,9 +119,6 @@ class SmtpSettings(Frozen):
             raise ValueError("cannot be combined with smtp.starttls")
         return tls
 
-
-class Contact(Frozen):
-    emails: Annotated[list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)]
 
 
 class GitDeployment(Frozen):
@@ -107,10 +133,12 @@ class GitDeployment(Frozen):
     command_timeout: PositiveDuration = 120.0
 
 
-class DatabaseSettings(Frozen):
-    kind: Literal["sqlite", "postgres"]
-    path: ConfigPath | None = None
-    dsn_file: Secret | None = None
+# [targets.<name>.deployment], tagged by `kind` (git when left out).
+Deployment = Annotated[
+    Annotated[GitDeployment, Tag("git")] | Annotated[DockerDeployment, Tag("docker")]
+    | Annotated[KubernetesDeployment, Tag("kubernetes")],
+    deployment_discriminator(),
+]
 
 
 def _optional(f: Any) -> Any:
@@ -132,22 +160,66 @@ _probe_models = tuple(model for model, _ in PROBE_KINDS.values())
 ProbeConfig = (
     _probe_models[0]
     if len(_probe_models) == 1
-    else Annotated[_probe_models, Field(discriminator="kind")]  # type: ignore[valid-type]
+    # Union[tuple] spreads the tuple; `A | B` cannot be built from a runtime tuple.
+    else Annotated[Union[_probe_models], Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007
 )
 
 
+SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class AccountsSettings(Frozen):
+    """[targets.<name>.accounts]: the app's own user table, for the emergency-access commands."""
+
+    path: ConfigPath | None = None
+    """The SQLite database file; unset with no dsn_file: [targets.<name>.database]."""
+    dsn_file: Secret | None = None
+    """Secret file holding the database URL (postgresql://... or sqlite:///...)."""
+    table: SqlName = "users"
+    email_column: SqlName = "email"
+    password_column: SqlName = "password_hash"
+    """bcrypt hashes."""
+    admin_column: SqlName = "is_admin"
+    locked_column: SqlName = "locked_until"
+    failed_column: SqlName = "failed_login_attempts"
+    expires_column: SqlName = "expires_at"
+    """Naive UTC time after which the app refuses the account; the emergency admin needs it."""
+    emergency_email: str = Field(default="rollbackd-emergency@localhost",
+                                 pattern=r"^[^@\s]+@[^@\s]+$")
+    emergency_ttl: PositiveDuration = 3600.0
+    """How long an emergency admin's password works."""
+    redis_url_file: Secret | None = None
+    """Secret file holding the Redis URL of the app's sessions and reset tokens (lockdown)."""
+    session_keys: list[str] = ["session:*"]
+    """Redis key patterns (SCAN MATCH) of sessions, deleted by a lockdown."""
+    reset_keys: list[str] = ["password_reset:*", "reset:*"]
+    """Redis key patterns of password-reset tokens, deleted by a lockdown."""
+
+    @field_validator("dsn_file")
+    @classmethod
+    def _one_source(cls, v: SecretValue | None, info: ValidationInfo) -> SecretValue | None:
+        if v is not None and info.data.get("path") is not None:
+            raise ValueError("cannot be combined with accounts.path: name one database")
+        return v
+
+
 class TargetConfig(Frozen):
-    deployment: GitDeployment | None = None
+    deployment: Deployment | None = None
     database: DatabaseSettings | None = None
+    key: KeySettings | None = None
+    backups: BackupSettings = BackupSettings()
     probes: Annotated[dict[str, ProbeConfig], Field(min_length=1)]  # type: ignore[valid-type]
     policy: PolicyOverrides = PolicyOverrides()  # type: ignore[valid-type]
+    accounts: AccountsSettings | None = None
 
 
 class Config(Frozen):
     daemon: DaemonSettings = DaemonSettings()
     smtp: SmtpSettings = SmtpSettings()
     contacts: dict[str, Contact] = {}
+    escalation: EscalationSettings = EscalationSettings()
     policy: PolicySettings = PolicySettings()
+    alerts: AlertsSettings | None = None
     targets: Annotated[dict[str, TargetConfig], Field(min_length=1)]
     source: str = Field(default="", exclude=True)
 
@@ -178,6 +250,8 @@ _MESSAGES = {
     "dict_type": "must be a table",
     "model_type": "must be a table",
     "literal_error": "must be one of {expected}",
+    "union_tag_invalid": "must be one of {expected_tags}",
+    "union_tag_not_found": "required key is missing",
 }
 
 
@@ -186,6 +260,8 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for i, el in enumerate(loc):
         # Tagged unions put the tag into the location; the user never wrote it, so drop it.
         if i == 4 and loc[0] == "targets" and loc[2] == "probes" and el in PROBE_KINDS:
+            continue
+        if i == 3 and loc[0] == "targets" and loc[2] == "deployment" and el in DEPLOYMENT_KINDS:
             continue
         parts.append(f"[{el}]" if isinstance(el, int) else str(el))
     return ".".join(parts).replace(".[", "[") or "(top level)"
@@ -199,7 +275,10 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict):
         if shown not in msg:
             msg += f" (got {shown})"
-    return f"{_key_path(err['loc'])}: {msg}"
+    loc = tuple(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc += ("kind",)  # the tag's own key, which pydantic leaves out of the location
+    return f"{_key_path(loc)}: {msg}"
 
 
 def _toml_error(exc: tomllib.TOMLDecodeError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -12,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.backup.losses import with_losses
 from daemon.config import TargetConfig
 from daemon.escalation.outbox import Outbox
 from daemon.journal.store import Incident, Journal, now_utc
@@ -22,6 +24,7 @@ from daemon.runner import Runner
 from policies.classify import IncidentClass, all_passing, classify
 from policies.debounce import ProbeHealth, debounce
 from policies.decision import Action, Decision, History, decide
+from policies.latency import LatencyState, explain, track
 from policies.ledger import LedgerEntry, observe, redeployed_bad
 from policies.lifecycle import SELF_CLOSING, State
 from policies.overrides import OverrideKind, active
@@ -91,6 +94,7 @@ class TargetMonitor:
         self._eval_lock = asyncio.Lock()
         self._warned_bad: str | None = None
         self._last_suppressed: str | None = None
+        self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
 
     @property
     def executor(self) -> Executor | None:
@@ -122,7 +126,22 @@ class TargetMonitor:
                 return h.last.version
         return None
 
+    def _judge_latency(self, obs: Observation) -> Observation:
+        """perf_degraded: an OK answer while the windowed p95 stays above its baseline is slow."""
+        settings = getattr(self.settings[obs.probe], "latency", None)
+        if settings is None:
+            return obs
+        latency = obs.metrics.get("latency_seconds") if obs.ok else None
+        state = track(self.latency.get(obs.probe, LatencyState()), settings, obs.at.timestamp(),
+                      latency, all_passing(self.target_health()))
+        self.latency[obs.probe] = state
+        if not (state.degraded and obs.ok):
+            return obs
+        return dataclasses.replace(obs, status=Status.FAIL, symptom=Symptom.SLOW,
+                                   detail=f"{obs.detail.rstrip('.')}, but {explain(state, settings)}.")
+
     def _record(self, obs: Observation) -> None:
+        obs = self._judge_latency(obs)
         s = self.settings[obs.probe]
         before = self.health[obs.probe]
         after = debounce(before, obs, s.failure_threshold, s.success_threshold)
@@ -139,13 +158,18 @@ class TargetMonitor:
             self.transitions.append(now_utc())
 
     async def run_scheduled(self, probe_name: str) -> None:
-        obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
-        self._record(obs)
-        async with self._eval_lock:
-            try:
-                await self.evaluate()
-            except Exception:  # the daemon outlives any one bad evaluation
-                log.exception("target=%s status=error reason=evaluation crashed", self.name)
+        try:
+            obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            self._record(obs)
+            async with self._eval_lock:
+                try:
+                    await self.evaluate()
+                except Exception:  # the daemon outlives any one bad evaluation
+                    log.exception("target=%s status=error reason=evaluation crashed", self.name)
+        except asyncio.CancelledError:
+            # Only shutdown cancels a probe run, and it has nothing to record; APScheduler would
+            # log the cancellation as a crashed job.
+            log.debug("target=%s probe=%s status=cancelled", self.name, probe_name)
 
     async def current_version(self, max_age: float = 2.0) -> str | None:
         if self.executor is None:
@@ -187,13 +211,16 @@ class TargetMonitor:
                             f"{bad.bad_reason}.\n`rollbackctl known-good list {self.name}` and "
                             "the earlier incident's report have the details.\n")
 
-    def facts(self, version: str | None, onset: datetime | None) -> Facts:
+    async def facts(self, version: str | None, onset: datetime | None) -> Facts:
+        # The backup a restore would use carries the writes made since it (what it would lose).
+        backups = await with_losses(self.components,
+                                    self.journal.backup_entries(self.name, "database"), onset)
         return Facts(
             current_version=version,
             current_revision=self._seen(REVISION_KINDS),
             current_key=self._seen(KEY_KINDS),
             ledger=tuple(self.journal.ledger(self.name)),
-            backups=self.journal.backup_entries(self.name, "database"),
+            backups=backups,
             key_backups=self.journal.backup_entries(self.name, "key"),
             capabilities=self.capabilities(),
             onset=onset,
@@ -222,8 +249,8 @@ class TargetMonitor:
         evidence = "; ".join(f"{p} {h.last.detail}" for p in probes
                              if (h := self.health[p]).last is not None)
         onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
-        decision = decide(incident_class, evidence, self.facts(version, onset), self.history(),
-                          now_utc(), self.policy, self.name)
+        decision = decide(incident_class, evidence, await self.facts(version, onset),
+                          self.history(), now_utc(), self.policy, self.name)
         if decision.action in (Action.SUPPRESS, Action.IGNORE):
             if self._last_suppressed != decision.reason:  # say it once, not every run
                 self._last_suppressed = decision.reason
@@ -237,6 +264,8 @@ class TargetMonitor:
         state = State.RESOLVED if acted else State.TRANSIENT
         self.journal.update_incident(incident.id, "recovered", "every probe passes again",
                                      state=state.value, closed_at=now_utc())
+        self.metrics.recovered(self.name, incident.incident_class,
+                               incident.onset_at or incident.detected_at)
         log.info("target=%s incident=%d status=%s", self.name, incident.id, state)
 
     def _join(self, incident: Incident, probes: list[str]) -> None:
@@ -261,6 +290,7 @@ class TargetMonitor:
             state=state.value,
         )
         self.metrics.incidents.labels(self.name, decision.incident_class).inc()
+        self.metrics.detected(self.name, decision.incident_class, onset)
         log.info("target=%s incident=%d class=%s action=%s reason=%r", self.name, incident_id,
                  decision.incident_class, decision.action, decision.reason)
         if decision.plan is not None:
@@ -285,6 +315,8 @@ class TargetMonitor:
                     Action.ESCALATE: "escalated"}.get(decision.action, str(decision.action))
             body = (f"{decision.reason}\n\nNothing was changed. `rollbackctl show {incident_id}` "
                     "has the evidence.\n")
+        if decision.plan is not None:
+            body += f"\nPlan ({decision.plan.kind}): {', '.join(decision.plan.step_names)}\n"
         self.outbox.enqueue(incident_id, "opened",
                             f"[rollbackd] {self.name}: {decision.incident_class}, {what}", body)
 

@@ -131,14 +131,21 @@ class Runner:
         assert inc is not None
         steps = ", ".join(s.name for s in ctx.plan.steps
                           if s.component not in RUNNER_COMPONENTS)
+        probes = inc.evidence.get("probes", {})
+        evidence = "".join(f"  {p}: {e.get('status')} - {e.get('detail')}\n"
+                           for p, e in probes.items() if e.get("failing"))
         body = (f"{inc.reason}\n\nTarget: {self.target}\nIncident: {inc.id}\n"
                 f"Detected: {inc.detected_at:%Y-%m-%d %H:%M:%S} UTC\n"
-                f"Plan ({ctx.plan.kind}): {steps}\n\nrollbackd is acting now; "
+                + (f"Failing probes:\n{evidence}" if evidence else "")
+                + f"Plan ({ctx.plan.kind}): {steps}\n\nrollbackd is acting now; "
                 f"`rollbackctl show {inc.id}` follows it.\n")
-        self.outbox.enqueue(inc.id, "opened",
-                            f"[rollbackd] {self.target}: {inc.incident_class}, {ctx.plan.kind}",
-                            body)
-        return f"{len(self.outbox.recipients())} recipients queued"
+        # After an approval the incident has its "opened" mail already: this one says it started.
+        started = self.journal.incident_mailed(inc.id)
+        to = self.outbox.enqueue(
+            inc.id, "started" if started else "opened",
+            f"[rollbackd] {self.target}: {inc.incident_class}, {ctx.plan.kind}"
+            + (" started" if started else ""), body)
+        return f"{len(to)} recipients queued"
 
     async def _backup_current(self, ctx: StepContext) -> str:
         details = [await e.backup_current(ctx) for e in self.involved(ctx.plan)]
@@ -179,12 +186,20 @@ class Runner:
         write_report(self.journal, self.reports_dir, incident_id)
         inc = self.journal.incident(incident_id)
         assert inc is not None
+        self.metrics.recovered(self.target, plan.incident_class, inc.onset_at or inc.detected_at)
         to = ", ".join(f"{k} {v[:12]}" for k, v in plan.targets.items())
-        body = (f"{self.target} is healthy again ({plan.kind} to {to}).\n\n"
-                f"Detected {inc.detected_at:%H:%M:%S}, rollback started "
-                f"{inc.started_at:%H:%M:%S}, verified {now:%H:%M:%S} UTC.\n"
+        timings = "".join(
+            f"  {label}: {at:%H:%M:%S} UTC"
+            + (f" (+{(at - inc.detected_at).total_seconds():.1f}s)" if label != "onset" else "")
+            + "\n"
+            for label, at in (("onset", inc.onset_at), ("detected", inc.detected_at),
+                              ("rollback started", inc.started_at),
+                              ("rolled back", inc.rolled_back_at), ("verified", now))
+            if at is not None)
+        body = (f"{self.target} is healthy again ({plan.kind} to {to}).\n\nTimings:\n{timings}\n"
                 + (f"{plan.current_version[:12]} is marked bad.\n"
-                   if plan.current_version and Component.DEPLOYMENT in plan.targets else ""))
+                   if plan.current_version and Component.DEPLOYMENT in plan.targets else "")
+                + f"`rollbackctl show {incident_id} --report` has the incident report.\n")
         self.outbox.enqueue(incident_id, "resolved",
                             f"[rollbackd] {self.target}: resolved by {plan.kind}", body)
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from daemon.backup.schedule import attach_backups
 from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 
@@ -24,7 +25,7 @@ class ProbeScheduler:
     def _on_submitted(self, event: JobSubmissionEvent) -> None:
         due = event.scheduled_run_times[-1]
         lag = max(0.0, (datetime.now(UTC) - due).total_seconds())
-        self.metrics.scheduler_lag.observe(lag)
+        self.metrics.scheduler_ran(lag)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -41,6 +42,20 @@ class ProbeScheduler:
                 max_instances=1, coalesce=True, misfire_grace_time=max(1, int(settings.interval)),
                 replace_existing=True,
             )
+        self.schedule_backups(monitor)
+
+    def schedule_backups(self, monitor: TargetMonitor) -> None:
+        """The target's backups on their interval; first now unless a recent one is verified."""
+        backups = attach_backups(monitor.name, monitor.config.backups, monitor.journal,
+                                 monitor.components, lambda: monitor.busy)
+        if backups is None:
+            return
+        self.scheduler.add_job(
+            backups.run, "interval", id=f"{monitor.name}/backups",
+            name=f"backups {monitor.name}", seconds=backups.interval,
+            next_run_time=backups.first_run(), max_instances=1, coalesce=True,
+            misfire_grace_time=max(1, int(backups.interval)), replace_existing=True,
+        )
 
     def unschedule_all(self) -> None:
         self.scheduler.remove_all_jobs()

@@ -107,8 +107,9 @@ class BackupFreshnessProbe:
         # A backup stamped in the future (clock step) is as fresh as one made now.
         age = max(0.0, (datetime.now(UTC) - newest.created).total_seconds())
         metrics["backup_age_seconds"] = age
-        said = (f"the newest of {newest.verified} verified {what}s of {s.target} is "
-                f"{_human(age)} old (limit {_human(s.max_age)}){skipped}")
+        which = (f"the only verified {what}" if newest.verified == 1
+                 else f"the newest of {newest.verified} verified {what}s")
+        said = f"{which} of {s.target} is {_human(age)} old (limit {_human(s.max_age)}){skipped}"
         if age > s.max_age:
             return self._obs(Status.FAIL, f"{said}.", started, Symptom.BACKUP_STALE, metrics)
         return self._obs(Status.OK, f"{said}.", started, None, metrics)

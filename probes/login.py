@@ -7,13 +7,16 @@ import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from probes.base import PositiveDuration
 from probes.http_health import (
     NO_ANSWER,
     AbsolutePath,
     HttpSettings,
+    LatencySettings,
     http_client,
+    latency_below_timeout,
     read_capped,
     ssl_context,
     transport_failure,
@@ -38,6 +41,15 @@ class LoginSettings(HttpSettings):
     """JSON key the login endpoint expects the email under."""
     password_field: str = Field(default="password", min_length=1)
     """JSON key the login endpoint expects the password under."""
+    max_latency: PositiveDuration | None = None
+    """A successful login slower than this fails with symptom slow (perf_degraded)."""
+    latency: LatencySettings | None = None
+    """Baseline latency watch (factor, floor, window, windows, ...); unset: not watched."""
+
+    @model_validator(mode="after")
+    def _latency(self) -> LoginSettings:
+        latency_below_timeout(self.max_latency, self.timeout)
+        return self
 
 
 def read_password(path: Path) -> str:
@@ -69,12 +81,15 @@ class LoginProbe:
         except UnicodeDecodeError:
             return self._obs(Status.ERROR, f"the password file {str(path)!r} is not UTF-8 text.",
                              started, Symptom.PROBE_ERROR)
+        if not password:  # a 401 for an empty password would be blamed on the app
+            return self._obs(Status.ERROR, f"the password file {str(path)!r} is empty.", started,
+                             Symptom.PROBE_ERROR)
         try:
             return await self._login(password, started)
         except Exception as exc:  # a probe never raises: a crash is a probe error
             detail = f"probe error: {type(exc).__name__}: {exc}"
-            if password:  # belt and braces: no library message may carry the password out
-                detail = detail.replace(password, "<password>")
+            # Belt and braces: no library message may carry the password out.
+            detail = detail.replace(password, "<password>")
             return self._obs(Status.ERROR, detail, started, Symptom.PROBE_ERROR)
 
     async def _login(self, password: str, started: float) -> Observation:
@@ -95,6 +110,10 @@ class LoginProbe:
         metrics = {"latency_seconds": latency, "http_status": float(code)}
         said = f"login as {s.email} got HTTP {code} in {latency * 1000:.0f} ms"
         if 200 <= code < 300:
+            if s.max_latency is not None and latency > s.max_latency:
+                return self._obs(Status.FAIL, f"{said}, slower than the "
+                                 f"{s.max_latency * 1000:.0f} ms limit.", started, Symptom.SLOW,
+                                 metrics)
             return self._obs(Status.OK, f"{said}.", started, None, metrics)
         if code >= 500:
             return self._obs(Status.FAIL, f"{said}.", started, Symptom.SERVER_ERROR, metrics)

@@ -88,7 +88,9 @@ def _examine(conn: sqlite3.Connection, s: SqliteIntegritySettings, full: bool) -
     found = _Findings()
     pragma = "integrity_check" if full else "quick_check"
     rows = conn.execute(f"PRAGMA {pragma}({MAX_PROBLEMS})").fetchall()
-    problems = [str(r[0]) for r in rows if r[0] != "ok"]
+    # One row may hold several lines, under a "*** in database main ***" heading.
+    problems = [line for r in rows if r[0] != "ok" for line in str(r[0]).splitlines()
+                if line.strip() and not line.startswith("***")]
     if problems:
         many = f"{len(problems)}+" if len(problems) >= MAX_PROBLEMS else str(len(problems))
         found.symptom, found.problem = Symptom.INTEGRITY, (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import socket
@@ -10,14 +11,38 @@ import sys
 import time
 from typing import Any
 
+from daemon.control.ctl_output import human
 from daemon.control.protocol import PROTOCOL_VERSION
 
 DEFAULT_SOCKET = "/run/rollbackd/control.sock"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+CLOSED = ("resolved", "failed", "escalated", "held", "denied", "transient", "dry_run")
 
 
 class Unreachable(Exception):
     pass
+
+
+def _group_of(path: str) -> str | None:
+    """The group a peer must be in to open the socket (or, failing that, its directory)."""
+    for p in (path, os.path.dirname(path) or "."):
+        try:
+            gid = os.stat(p).st_gid
+        except OSError:
+            continue
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return str(gid)
+    return None
+
+
+def _denied(path: str) -> str:
+    group = _group_of(path)
+    join = (f"join the group '{group}' that owns it (usermod -aG {group} $USER, then log in "
+            "again)" if group else "join the daemon's group")
+    return (f"permission denied on {path}: {join}; rollbackd must also allow you "
+            "(daemon.allowed_uids or daemon.allowed_groups), or ask root")
 
 
 def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
@@ -28,8 +53,7 @@ def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) ->
             raise Unreachable(f"no control socket at {path}: is rollbackd running? "
                               "(--socket or $ROLLBACKCTL_SOCKET choose another)") from None
         except PermissionError:
-            raise Unreachable(f"permission denied on {path}: join the socket's group "
-                              "(the 'rollbackd' group by default) or ask root") from None
+            raise Unreachable(_denied(path)) from None
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
         sock.settimeout(timeout)
@@ -65,83 +89,121 @@ def _connect(sock: socket.socket, path: str, timeout: float) -> None:
     sock.setblocking(True)
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[str(r.get(c, "") if r.get(c) is not None else "-") for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+# -- the command line --------------------------------------------------------------------------
+
+def _sub(sub: Any, name: str, help: str, *positional: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+    for arg in positional:
+        p.add_argument(arg, type=int if arg == "id" else str)
+    return p
 
 
-def _human(cmd: str, result: Any) -> str:
-    if cmd == "status":
-        rows = [{**t, "probes": " ".join(f"{p}:{s}" for p, s in t["probes"].items()),
-                 "version": (t["version"] or "-")[:12]} for t in result["targets"]]
-        out = [f"rollbackd pid {result['pid']}, up {result['uptime']}s: {result['summary']}",
-               _table(rows, ["target", "state", "incident", "version", "probes"])]
-        if result["breakers"]:
-            out.append(_table(result["breakers"], ["target", "plan", "mode"]))
-        out.append(f"mail: {result['mail']['sent']} sent, {result['mail']['queued']} queued")
-        return "\n".join(out)
-    if cmd == "incidents":
-        return _table(result, ["id", "target", "class", "state", "detected", "reason"])
-    if cmd == "show" and "markdown" in result:
-        return str(result["markdown"])
-    if cmd == "show":
-        head = (f"incident {result['id']} {result['target']} {result['incident_class']} "
-                f"{result['state']}\n{result['reason']}")
-        steps = _table(result["steps"], ["name", "state", "duration", "detail"])
-        timeline = _table(result["timeline"], ["at", "event", "detail"])
-        return f"{head}\n\nsteps:\n{steps}\n\ntimeline:\n{timeline}"
-    if cmd == "breaker" and isinstance(result, list):
-        return _table(result, ["target", "plan", "mode", "failures", "opened_at"])
-    if cmd == "help":
-        return "\n".join(f"{k:12} {v}" for k, v in result.items())
-    return json.dumps(result, indent=2, default=str)
+def _overrides(sub: Any) -> None:
+    for name, what in (("pause", "observe only, act on nothing"),
+                       ("silence", "act as usual, send no mail")):
+        o = _sub(sub, name, f"{what} (a target, or every target)")
+        o.add_argument("target", nargs="?")
+        o.add_argument("--for", dest="for", default="1h", metavar="DURATION")
+        o.add_argument("--reason", required=True)
+    _sub(sub, "resume", "end pause and silence").add_argument("target", nargs="?")
+
+
+def _safety(sub: Any) -> None:
+    br = _sub(sub, "breaker", "circuit breakers: list, or reset TARGET [PLAN]")
+    br.add_argument("action", choices=("list", "reset"), nargs="?", default="list")
+    br.add_argument("target", nargs="?")
+    br.add_argument("plan", nargs="?", default="deployment_rollback")
+    kg = _sub(sub, "known-good", "the known-good ledger: list TARGET, mark-bad, unmark")
+    kg.add_argument("action", choices=("list", "mark-bad", "unmark"))
+    kg.add_argument("target")
+    kg.add_argument("version", nargs="?")
+    kg.add_argument("--reason")
+    _sub(sub, "mark-bad", "never roll back to VERSION again", "target", "version") \
+        .add_argument("--reason", required=True)
+    _sub(sub, "unmark", "take the bad mark off VERSION", "target", "version")
+    rb = _sub(sub, "rollback", "roll TARGET back now (checklist and verification included)",
+              "target")
+    rb.add_argument("--to", metavar="VERSION", help="a known-good version (default: the newest "
+                    "known-good one older than the current)")
+    rb.add_argument("--dry-run", action="store_true", help="show the plan and any gate; change "
+                    "nothing")
+    rb.add_argument("--force", action="store_true", help="past limits, cooldown, breaker, pause "
+                    "or approval (recorded in the audit log and the incident)")
+    rb.add_argument("--wait", action="store_true", help="wait until the incident closes; exit 1 "
+                    "unless it is resolved")
+
+
+def _emergency(sub: Any) -> None:
+    _sub(sub, "unlock-admin", "clear an admin account's lockout", "target", "email")
+    _sub(sub, "emergency-admin", "create an emergency admin; its one-time password is shown "
+         "once", "target")
+    lock = _sub(sub, "lockdown", "mass breach: lock every account but the emergency one "
+                "(after approve ID)", "target")
+    lock.add_argument("--reason")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rollbackctl", description="Steer a running rollbackd.")
-    p.add_argument("--socket", default=os.environ.get("ROLLBACKCTL_SOCKET", DEFAULT_SOCKET))
+    p.add_argument("--socket", default=os.environ.get("ROLLBACKCTL_SOCKET", DEFAULT_SOCKET),
+                   help="the control socket (default $ROLLBACKCTL_SOCKET or %(default)s)")
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    sub.add_parser("status", help="daemon, targets, open incidents, breakers")
-    inc = sub.add_parser("incidents", help="recent incidents")
-    inc.add_argument("--limit", type=int, default=20)
-    show = sub.add_parser("show", help="one incident")
-    show.add_argument("id", type=int)
-    show.add_argument("--report", action="store_true", help="the Markdown incident report")
-    ack = sub.add_parser("ack", help="acknowledge an incident")
-    ack.add_argument("id", type=int)
-    for name, what in (("pause", "observe only, act on nothing"),
-                       ("silence", "act as usual, send no mail")):
-        o = sub.add_parser(name, help=f"{what} (a target, or every target)")
-        o.add_argument("target", nargs="?")
-        o.add_argument("--for", dest="for", default="1h", metavar="DURATION")
-        o.add_argument("--reason", required=True)
-    resume = sub.add_parser("resume", help="end pause and silence")
-    resume.add_argument("target", nargs="?")
-    for name, what in (("approve", "run the plan of a waiting incident, or resume a held one"),
-                       ("deny", "refuse the plan of a waiting incident")):
-        a = sub.add_parser(name, help=what)
-        a.add_argument("id", type=int)
-    br = sub.add_parser("breaker", help="circuit breakers: list, or reset TARGET [PLAN]")
-    br.add_argument("action", choices=("list", "reset"), nargs="?", default="list")
-    br.add_argument("target", nargs="?")
-    br.add_argument("plan", nargs="?", default="deployment_rollback")
-    sub.add_parser("reload", help="re-read the config file")
-    sub.add_parser("help", help="the commands the daemon knows")
+    _sub(sub, "status", "daemon, targets, open incidents, breakers, overrides")
+    _sub(sub, "incidents", "recent incidents").add_argument("--limit", type=int, default=20)
+    _sub(sub, "show", "one incident", "id").add_argument(
+        "--report", action="store_true", help="the Markdown incident report")
+    _sub(sub, "ack", "acknowledge an incident", "id")
+    _overrides(sub)
+    _sub(sub, "approve", "run the plan of a waiting incident, or resume a held one", "id")
+    _sub(sub, "deny", "refuse the plan of a waiting incident", "id")
+    _safety(sub)
+    _sub(sub, "backup", "back TARGET up now", "target").add_argument(
+        "--kind", choices=("database", "key", "sessions"))
+    _sub(sub, "backups", "the backup catalog of TARGET", "target").add_argument(
+        "--kind", choices=("database", "key", "sessions"))
+    audit = _sub(sub, "audit", "recent control commands, or --verify the hash chain")
+    audit.add_argument("--verify", action="store_true")
+    audit.add_argument("--limit", type=int, default=20)
+    _emergency(sub)
+    _sub(sub, "reload", "re-read the config file")
+    _sub(sub, "help", "the commands the daemon knows")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+def _request_of(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, dict[str, Any]]:
     args = {k: v for k, v in vars(ns).items()
-            if k not in ("socket", "json", "cmd") and v is not None}
+            if k not in ("socket", "json", "cmd", "wait") and v is not None}
+    cmd = ns.cmd
+    if cmd == "known-good" and ns.action != "list":  # `known-good mark-bad T V` = `mark-bad T V`
+        if ns.version is None or (ns.action == "mark-bad" and not ns.reason):
+            parser.error(f"known-good {ns.action} needs TARGET VERSION"
+                         + (" and --reason" if ns.action == "mark-bad" else ""))
+        cmd = ns.action
+        args.pop("action")
+    elif cmd == "audit" and not ns.verify:
+        args.pop("verify")
+    return cmd, args
+
+
+def _wait(path: str, result: dict[str, Any]) -> dict[str, Any]:
+    while True:
+        reply = request(path, "show", {"id": result["id"]})
+        if not reply.get("ok"):
+            return reply
+        if reply["result"]["state"] in CLOSED:
+            return reply
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    cmd, args = _request_of(ns, parser)
     try:
-        reply = request(ns.socket, ns.cmd, args)
+        reply = request(ns.socket, cmd, args)
+        if reply.get("ok") and getattr(ns, "wait", False) and not ns.dry_run:
+            reply = _wait(ns.socket, reply["result"])
+            cmd = "show"
     except Unreachable as exc:
         print(f"rollbackctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -149,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rollbackctl: {ns.socket}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if not reply.get("ok"):
-        print(f"{ns.cmd}: ERROR ({reply.get('code')}) {reply.get('error')}", file=sys.stderr)
+        print(f"{cmd}: ERROR ({reply.get('code')}) {reply.get('error')}", file=sys.stderr)
         return EXIT_REFUSED
-    result = reply.get("result")
-    print(json.dumps(result, indent=2, default=str) if ns.json else _human(ns.cmd, result))
+    result: Any = reply.get("result")
+    print(json.dumps(result, indent=2, default=str) if ns.json else human(cmd, result))
+    if getattr(ns, "wait", False) and cmd == "show" and result["state"] != "resolved":
+        return EXIT_REFUSED  # --wait: the rollback ended, but not healthy
     return EXIT_OK
 
 

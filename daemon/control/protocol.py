@@ -11,6 +11,7 @@ REQUEST_TIMEOUT = 5.0
 
 class Request(TypedDict):
     v: NotRequired[int]
+    """Protocol version; a request without one is taken as version 1."""
     cmd: str
     args: NotRequired[dict[str, Any]]
 
@@ -28,3 +29,13 @@ class CommandError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def version_error(req: dict[str, Any]) -> Reply | None:
+    """The reply to a request of a protocol version this daemon does not speak, else None."""
+    v = req.get("v", PROTOCOL_VERSION)
+    if type(v) is int and v == PROTOCOL_VERSION:  # `true` is not version 1
+        return None
+    return {"ok": False, "code": "bad_version",
+            "error": f"protocol version {v!r} is not supported; this rollbackd speaks "
+                     f"version {PROTOCOL_VERSION} (upgrade rollbackctl or rollbackd)"}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +22,18 @@ from daemon.control.protocol import (
     REQUEST_TIMEOUT,
     CommandError,
     Reply,
+    version_error,
 )
 
 log = logging.getLogger("rollbackd.control")
+
+
+# Linux >= 4.13; Python does not name it. The peer's supplementary groups at connect time.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+class ControlSetupError(Exception):
+    """The socket cannot be set up as configured; the message names the setting."""
 
 
 @dataclass(frozen=True)
@@ -29,32 +41,88 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    groups: tuple[int, ...] | None = None
+    """Supplementary groups from SO_PEERGROUPS; None where the kernel cannot tell."""
 
 
 Handler = Callable[[str, dict[str, Any], Peer], Awaitable[Any]]
+
+
+def _peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        # 1024 bytes is the most Python's getsockopt reads: 256 groups.
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+    except OSError:  # an old kernel, or more groups than fit: fall back to the group database
+        return None
+    return struct.unpack(f"{len(raw) // 4}I", raw)
 
 
 def peer_of(writer: asyncio.StreamWriter) -> Peer:
     sock = writer.get_extra_info("socket")
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
+    return Peer(pid, uid, gid, _peer_groups(sock))
+
+
+def _gid(name: str, setting: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ControlSetupError(f"daemon.{setting}: no group named {name!r} on this host") \
+            from None
+
+
+def _member_by_database(uid: int, gids: frozenset[int]) -> bool:
+    """Group membership from /etc/group and /etc/passwd, when the kernel gave no groups."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return user.pw_gid in gids or any(
+        user.pw_name in g.gr_mem for g in grp.getgrall() if g.gr_gid in gids)
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler, allowed_uids: list[int]) -> None:
+    def __init__(self, path: Path, handler: Handler, allowed_uids: list[int],
+                 socket_group: str | None = None, allowed_groups: list[str] | None = None) -> None:
         self.path = path
         self.handler = handler
         self.allowed = {0, os.getuid(), *allowed_uids}
+        self.socket_group = socket_group
+        self.allowed_group_names = list(allowed_groups or [])
+        self.allowed_gids = frozenset(_gid(g, "allowed_groups") for g in self.allowed_group_names)
         self.server: asyncio.AbstractServer | None = None
+
+    def permits(self, peer: Peer) -> bool:
+        if peer.uid in self.allowed:
+            return True
+        if not self.allowed_gids:
+            return False
+        if peer.gid in self.allowed_gids:
+            return True
+        if peer.groups is not None:
+            return bool(self.allowed_gids.intersection(peer.groups))
+        return _member_by_database(peer.uid, self.allowed_gids)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket from a crash would make bind fail
+        gid = _gid(self.socket_group, "socket_group") if self.socket_group else os.getgid()
         self.server = await asyncio.start_unix_server(
             self._serve_client, path=str(self.path), limit=MAX_REQUEST_BYTES)
+        try:
+            os.chown(self.path, -1, gid)
+        except PermissionError:
+            msg = (f"daemon.socket_group: cannot give {self.path} to group {_group_name(gid)!r}: "
+                   "the daemon's user is not a member of it")
+            log.error("control status=failed reason=%r", msg)
+            raise ControlSetupError(msg) from None
         os.chmod(self.path, 0o660)
+        log.info("control status=listening socket=%s group=%s mode=0660", self.path,
+                 _group_name(gid))
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -89,10 +157,12 @@ class ControlServer:
         except ValueError:  # the StreamReader's limit: longer than MAX_REQUEST_BYTES
             return {"ok": False, "code": "too_large",
                     "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
-        if peer.uid not in self.allowed:
-            log.warning("control status=refused uid=%d pid=%d", peer.uid, peer.pid)
+        if not self.permits(peer):
+            log.warning("control status=refused uid=%d gid=%d pid=%d", peer.uid, peer.gid,
+                        peer.pid)
             return {"ok": False, "code": "forbidden",
-                    "error": f"uid {peer.uid} may not use this socket"}
+                    "error": f"uid {peer.uid} may not use this socket (daemon.allowed_uids "
+                             "and daemon.allowed_groups name who may)"}
         try:
             req = json.loads(line)
         except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or absurdly deep nesting
@@ -103,6 +173,9 @@ class ControlServer:
         args = req.get("args", {})
         if not isinstance(args, dict):
             return {"ok": False, "code": "bad_request", "error": "args must be an object"}
+        refused = version_error(req)
+        if refused is not None:
+            return refused
         try:
             return {"ok": True, "result": await self.handler(req["cmd"], args, peer)}
         except CommandError as exc:
@@ -110,3 +183,10 @@ class ControlServer:
         except Exception as exc:  # one catch-all: a command bug is an error reply, not a crash
             log.exception("control cmd=%s status=crashed", req["cmd"])
             return {"ok": False, "code": "internal", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -7,20 +7,25 @@ import json
 import logging
 import smtplib
 import socket
-import ssl
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import formatdate
+from typing import Any
 
 from tenacity import wait_exponential, wait_random
 
 from daemon.config import Config
+from daemon.escalation import redact, routing, storm
+from daemon.escalation.messages import build_message
+from daemon.escalation.smtp import deliver
 from daemon.journal.store import Journal, now_utc
 
 log = logging.getLogger("rollbackd.mail")
 
 # Backoff between attempts of one message: 2 s doubling to 5 min, with jitter against herds.
 _BACKOFF = wait_exponential(multiplier=1, exp_base=2, min=2, max=300) + wait_random(0, 1)
+
+NEEDS_PERSON = frozenset({"awaiting_approval", "escalated", "held", "failed"})
+"""Incident states in which a person must act: their mails start the tier ladder."""
 
 
 def _retry_delay(attempts: int) -> float:
@@ -37,70 +42,124 @@ class Outbox:
         self._wake = asyncio.Event()
         self.host = socket.getfqdn() or "localhost"
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        # Whatever config mail is built from, its secrets are scrubbed from mail and reports.
+        self._config = config
+        redact.remember(config)
+
     def recipients(self) -> list[str]:
+        """Every configured address, each once (routing picks from these per mail)."""
         seen: dict[str, None] = {}
         for contact in self.config.contacts.values():
             for addr in contact.emails:
                 seen.setdefault(addr, None)
         return list(seen)
 
-    def enqueue(self, incident_id: int | None, event: str, subject: str, body: str) -> None:
-        to = self.recipients()
+    def message_id(self, incident_id: int | None, event: str) -> str:
+        # Stable per incident and event: a retried or replayed send carries the same Message-ID.
+        return f"<rollbackd.{incident_id or 0}.{event}@{self.host}>"
+
+    def facts(self, incident_id: int | None, event: str) -> routing.MailFacts:
+        kind = routing.event_kind(event)
+        ctx = self.journal.mail_context(incident_id) if incident_id else None
+        if ctx is None:
+            return routing.MailFacts(kind)
+        return routing.MailFacts(kind, ctx["incident_class"], routing.conditions(
+            kind, ctx["reason"], bool(ctx["rollback_failed"]), bool(ctx["breaker_open"])))
+
+    def route(self, incident_id: int | None, event: str) -> tuple[str, ...]:
+        """Who gets this mail: the routed roles up to the incident's tier, plus anyone paged."""
+        tier, paged = (self.journal.escalation(incident_id) if incident_id else None) or (1, [])
+        return routing.recipients(self.config.escalation, self.config.contacts,
+                                  self.facts(incident_id, event), tier, paged)
+
+    def enqueue(self, incident_id: int | None, event: str, subject: str, body: str, *,
+                recipients: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Journal one mail (or hold it for a storm digest); returns its recipients."""
+        to = tuple(recipients) if recipients is not None else self.route(incident_id, event)
         if not to:
             log.warning("mail=%s skipped reason=no contacts configured", event)
-            return
-        # Stable per incident and event: a retried send carries the same Message-ID.
-        message_id = f"<rollbackd.{incident_id or 0}.{event}@{self.host}>"
-        self.journal.enqueue_mail(message_id, incident_id, to, subject, body)
+            return ()
+        subject, body = redact.redact(subject), redact.redact(body)
+        message_id = self.message_id(incident_id, event)
+        esc = self.config.escalation
+        if incident_id and storm.grouped(self.journal.storm_rank(incident_id, esc.storm_window),
+                                         esc.storm_max):
+            self.journal.hold_mail(message_id, incident_id, event, list(to), subject, body)
+            log.info("mail=%s status=held reason=storm incident=%d", message_id, incident_id)
+        else:
+            self.journal.enqueue_mail(message_id, incident_id, list(to), subject, body)
+        ctx = self.journal.mail_context(incident_id) if incident_id else None
+        if incident_id and ctx and ctx["state"] in NEEDS_PERSON and not ctx["acked_at"]:
+            self.journal.start_ladder(incident_id, ctx["state"])
         self._wake.set()
+        return to
 
-    def _build(self, row: dict[str, object]) -> EmailMessage:
-        msg = EmailMessage()
-        msg["From"] = self.config.smtp.sender
-        msg["To"] = ", ".join(json.loads(str(row["recipients"])))
-        msg["Subject"] = str(row["subject"])
-        msg["Message-ID"] = str(row["message_id"])
-        msg["Date"] = formatdate(localtime=False)
-        if row["incident_id"]:
-            # One thread per incident: every mail refers to the incident's first message.
-            root = f"<rollbackd.{row['incident_id']}.opened@{self.host}>"
-            if root != row["message_id"]:
-                msg["In-Reply-To"] = root
-                msg["References"] = root
-        msg.set_content(str(row["body"]))
-        return msg
+    def _collect_digest(self, now: datetime) -> None:
+        held = [dict(r) for r in self.journal.held_pending()]
+        esc = self.config.escalation
+        if not storm.digest_due(held, now, esc.digest_delay):
+            return
+        subject, body, to = storm.digest(held, esc.storm_max, esc.storm_window)
+        message_id = f"<rollbackd.digest.{held[0]['id']}-{held[-1]['id']}@{self.host}>"
+        self.journal.enqueue_digest([h["id"] for h in held], message_id, to, subject, body)
+        log.info("mail=%s status=queued digest_of=%d", message_id, len(held))
 
-    def _send(self, msg: EmailMessage) -> None:
-        s = self.config.smtp
-        cls = smtplib.SMTP_SSL if s.tls else smtplib.SMTP
-        with cls(s.host, s.port, timeout=s.timeout) as smtp:
-            if s.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if s.username and s.password_file:
-                smtp.login(s.username, s.password_file.value)
-            smtp.send_message(msg)
+    def _build(self, row: dict[str, Any]) -> Any:
+        root = self.journal.thread_root(row["incident_id"]) if row["incident_id"] else None
+        return build_message(self.config.smtp.sender, json.loads(str(row["recipients"])),
+                             str(row["subject"]), str(row["body"]), str(row["message_id"]),
+                             root, datetime.fromisoformat(str(row["created_at"])))
+
+    async def _send_one(self, row: dict[str, Any]) -> str:
+        """Try one mail: "sent", "partly" (some recipients refused) or "failed" (none taken)."""
+        to = json.loads(str(row["recipients"]))
+        try:
+            refused = await asyncio.to_thread(deliver, self.config.smtp, self._build(row), to)
+        except (OSError, smtplib.SMTPException) as exc:
+            delay = _retry_delay(row["attempts"] + 1)
+            self.journal.mail_failed(row["id"], f"{type(exc).__name__}: {exc}",
+                                     now_utc() + timedelta(seconds=delay))
+            log.warning("mail=%s status=retry in=%.0fs reason=%s", row["message_id"], delay,
+                        type(exc).__name__)
+            return "failed"
+        if refused:
+            # Accepted for some: only the refused are tried again, so nobody gets it twice.
+            delay = _retry_delay(row["attempts"] + 1)
+            self.journal.mail_partly_sent(row["id"], sorted(refused), f"refused: {refused}",
+                                          now_utc() + timedelta(seconds=delay))
+            log.warning("mail=%s status=partly-sent refused=%d in=%.0fs", row["message_id"],
+                        len(refused), delay)
+            return "partly"
+        self.journal.mail_sent(row["id"])
+        log.info("mail=%s status=sent recipients=%d subject=%r", row["message_id"], len(to),
+                 row["subject"])
+        return "sent"
 
     async def flush(self, now: datetime | None = None) -> int:
         """Send what is due; returns how many were accepted. Failures wait for their retry."""
-        sent = 0
-        for row in self.journal.due_mail(now or now_utc()):
-            msg = self._build(dict(row))
-            try:
-                await asyncio.to_thread(self._send, msg)
-            except (OSError, smtplib.SMTPException) as exc:
-                delay = _retry_delay(row["attempts"] + 1)
-                self.journal.mail_failed(row["id"], f"{type(exc).__name__}: {exc}",
-                                         now_utc() + timedelta(seconds=delay))
-                log.warning("mail=%s status=retry in=%.0fs reason=%s", row["message_id"], delay,
-                            type(exc).__name__)
-                break  # the server is likely down for all of them; keep order per incident
-            self.journal.mail_sent(row["id"])
-            sent += 1
-            log.info("mail=%s status=sent subject=%r", row["message_id"], row["subject"])
-        return sent
+        now = now or now_utc()
+        self._collect_digest(now)
+        sent, tried = 0, set()
+        while True:
+            # Re-read after each round: sending an incident's mail makes its next one eligible.
+            rows = [dict(r) for r in self.journal.due_mail_in_order(now) if r["id"] not in tried]
+            if not rows:
+                return sent
+            for row in rows:
+                tried.add(row["id"])
+                outcome = await self._send_one(row)
+                if outcome == "failed":
+                    return sent  # the server is likely down for all of them; retry later
+                sent += outcome == "sent"
 
     async def run(self, poll: float = 2.0) -> None:
-        """Background sender: wakes on enqueue or every `poll` seconds for retries."""
+        """Background sender: wakes on enqueue or every `poll` seconds for retries and digests."""
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), poll)

@@ -121,4 +121,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE backups ADD COLUMN verify_error TEXT;
     ALTER TABLE backups ADD COLUMN duration REAL;
     """,
+    # Escalation: the tier each unacknowledged incident has reached (and who it paged), and the
+    # mails a storm held back until a digest lists them.
+    """
+    CREATE TABLE escalations (
+        incident_id INTEGER PRIMARY KEY REFERENCES incidents (id),
+        tier INTEGER NOT NULL,
+        since TEXT NOT NULL,
+        state TEXT NOT NULL,
+        paged TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE mail_held (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        incident_id INTEGER REFERENCES incidents (id),
+        event TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        digest_message_id TEXT
+    );
+    CREATE INDEX mail_held_pending ON mail_held (digest_message_id, id);
+    CREATE INDEX outbox_incident ON outbox (incident_id, id);
+    CREATE INDEX incidents_detected ON incidents (detected_at);
+    """,
 ]

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +460,194 @@ class Journal:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (at, uid, pid, cmd, args_json, outcome, prev_hash, digest),
             )
+
+    # -- escalation: routing facts, mail order per incident, tiers, storm digests ---------------
+
+    def mail_context(self, incident_id: int) -> sqlite3.Row | None:
+        """What routing needs to know about an incident, in one read."""
+        return self.db.execute(
+            "SELECT i.id, i.target, i.incident_class, i.state, i.reason, i.acked_at,"
+            " i.detected_at, EXISTS (SELECT 1 FROM timeline t WHERE t.incident_id = i.id"
+            " AND t.event = 'failed') AS rollback_failed, EXISTS (SELECT 1 FROM breakers b"
+            " WHERE b.target = i.target AND b.mode = 'open') AS breaker_open"
+            " FROM incidents i WHERE i.id = ?", (incident_id,),
+        ).fetchone()
+
+    def incident_extras(self, incident_id: int) -> dict[str, Any]:
+        """What an incident report needs beyond `Incident`: plan, acknowledgement, tier."""
+        row = self.db.execute(
+            "SELECT i.plan_kind, i.plan, i.acked_at, i.automatic, e.tier, e.paged"
+            " FROM incidents i LEFT JOIN escalations e ON e.incident_id = i.id WHERE i.id = ?",
+            (incident_id,)).fetchone()
+        if row is None:
+            return {}
+        return {"plan_kind": row["plan_kind"], "plan": json.loads(row["plan"] or "null"),
+                "acked_at": _dt(row["acked_at"]), "automatic": bool(row["automatic"]),
+                "tier": row["tier"], "paged": json.loads(row["paged"] or "[]")}
+
+    def timeline_changes(self, after_id: int) -> list[tuple[int, int, datetime]]:
+        """(incident, newest timeline id, its time) of incidents with events after `after_id`."""
+        rows = self.db.execute("SELECT incident_id, MAX(id), MAX(at) FROM timeline WHERE id > ?"
+                               " GROUP BY incident_id ORDER BY incident_id", (after_id,))
+        return [(int(r[0]), int(r[1]), _dt(r[2]) or now_utc()) for r in rows]
+
+    def storm_rank(self, incident_id: int, window: float) -> int:
+        """How many incidents (this one included) were detected within `window` seconds up to
+        this one. Fixed once the incident exists, so its mails are grouped, or not, for good."""
+        inc = self.incident(incident_id)
+        if inc is None:
+            return 0
+        since = _ts(inc.detected_at - timedelta(seconds=window))
+        row = self.db.execute("SELECT COUNT(*) FROM incidents WHERE id <= ? AND detected_at > ?",
+                              (incident_id, since)).fetchone()
+        return int(row[0])
+
+    def thread_root(self, incident_id: int) -> str | None:
+        """The Message-ID of the first mail actually enqueued for the incident."""
+        row = self.db.execute("SELECT message_id FROM outbox WHERE incident_id = ?"
+                              " ORDER BY id LIMIT 1", (incident_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def incident_mailed(self, incident_id: int) -> bool:
+        row = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE incident_id = ?)"
+            " OR EXISTS (SELECT 1 FROM mail_held WHERE incident_id = ?)",
+            (incident_id, incident_id)).fetchone()
+        return bool(row[0])
+
+    def due_mail_in_order(self, now: datetime, limit: int = 20) -> list[sqlite3.Row]:
+        """Due mail, but never a mail while an earlier one of its incident is still unsent: a
+        mail waiting out its backoff holds back the rest of its incident's thread."""
+        return self.db.execute(
+            "SELECT * FROM outbox o WHERE o.sent_at IS NULL AND o.next_attempt_at <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.incident_id = o.incident_id"
+            " AND p.sent_at IS NULL AND p.id < o.id) ORDER BY o.id LIMIT ?", (_ts(now), limit),
+        ).fetchall()
+
+    def mail_partly_sent(self, outbox_id: int, remaining: list[str], error: str,
+                         next_attempt: datetime) -> None:
+        """Some recipients were accepted: only the refused ones are tried again."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE outbox SET recipients = ?, attempts = attempts + 1, last_error = ?,"
+                " next_attempt_at = ? WHERE id = ?",
+                (json.dumps(remaining), error, _ts(next_attempt), outbox_id),
+            )
+
+    def escalation(self, incident_id: int) -> tuple[int, list[str]] | None:
+        """The tier an incident has reached and the addresses its escalations paged."""
+        row = self.db.execute("SELECT tier, paged FROM escalations WHERE incident_id = ?",
+                              (incident_id,)).fetchone()
+        return (int(row[0]), list(json.loads(row[1]))) if row else None
+
+    def start_ladder(self, incident_id: int, state: str) -> None:
+        """Tier 1 was mailed now. A new reason to need a person (another state) restarts the
+        clock, at the tier already reached."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO escalations (incident_id, tier, since, state) VALUES (?, 1, ?, ?)"
+                " ON CONFLICT (incident_id) DO UPDATE SET since = excluded.since,"
+                " state = excluded.state WHERE escalations.state != excluded.state",
+                (incident_id, _ts(now_utc()), state),
+            )
+
+    def ladders_waiting(self, states: frozenset[str]) -> list[sqlite3.Row]:
+        """Escalated incidents nobody has acknowledged, still in a state that needs a person."""
+        marks = ",".join("?" * len(states))
+        return self.db.execute(
+            "SELECT e.incident_id, e.tier, e.since, e.paged, i.target, i.incident_class,"
+            " i.reason, i.state, i.detected_at FROM escalations e JOIN incidents i"
+            f" ON i.id = e.incident_id WHERE i.acked_at IS NULL AND i.state IN ({marks})"
+            " ORDER BY e.incident_id", sorted(states),
+        ).fetchall()
+
+    def ladder_step(self, incident_id: int, tier: int, since: datetime, paged: list[str]) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE escalations SET tier = ?, since = ?, paged = ?"
+                       " WHERE incident_id = ?", (tier, _ts(since), json.dumps(paged), incident_id))
+            self._event(incident_id, "paged", f"tier {tier}: {', '.join(paged)}", since)
+
+    def hold_mail(self, message_id: str, incident_id: int, event: str, recipients: list[str],
+                  subject: str, body: str) -> None:
+        at = _ts(now_utc())
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO mail_held (message_id, incident_id, event, recipients,"
+                " subject, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (message_id, incident_id, event, json.dumps(recipients), subject, body, at),
+            )
+
+    def held_pending(self) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT h.*, i.target, i.incident_class, i.state FROM mail_held h"
+            " LEFT JOIN incidents i ON i.id = h.incident_id"
+            " WHERE h.digest_message_id IS NULL ORDER BY h.id").fetchall()
+
+    def enqueue_digest(self, held_ids: list[int], message_id: str, recipients: list[str],
+                       subject: str, body: str) -> None:
+        """The digest and the marks on what it lists, in one commit: listed exactly once."""
+        at = _ts(now_utc())
+        marks = ",".join("?" * len(held_ids))
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO outbox (message_id, incident_id, recipients, subject, body,"
+                " created_at, next_attempt_at) VALUES (?, NULL, ?, ?, ?, ?, ?)",
+                (message_id, json.dumps(recipients), subject, body, at, at),
+            )
+            db.execute(f"UPDATE mail_held SET digest_message_id = ? WHERE id IN ({marks})",
+                       (message_id, *held_ids))
+
+    # -- backup catalog: one row, and a backup found unusable after it was verified ------------
+
+    def backup_row(self, backup_id: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM backups WHERE id = ?", (backup_id,)).fetchone()
+
+    def backup_unusable(self, backup_id: int, why: str) -> None:
+        """Its file changed or vanished since it was verified: it no longer counts as verified."""
+        with self.tx() as db:
+            db.execute("UPDATE backups SET verified_at = NULL, verify_error = ? WHERE id = ?",
+                       (why, backup_id))
+
+    # -- control: audit verification, manual incidents -----------------------------------------
+
+    @staticmethod
+    def audit_digest(prev_hash: str, at: str, uid: int | None, pid: int | None, cmd: str,
+                     args_json: str, outcome: str) -> str:
+        """The hash of one audit row, exactly as audit() computes it."""
+        return hashlib.sha256(
+            json.dumps([prev_hash, at, uid, pid, cmd, args_json, outcome]).encode()
+        ).hexdigest()
+
+    def audit_rows(self, limit: int = 50) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
+    def verify_audit(self) -> tuple[int, int | None, str]:
+        """(rows checked, id of the first broken row or None, why it is broken)."""
+        prev_hash, checked = "", 0
+        for r in self.db.execute("SELECT * FROM audit ORDER BY id"):
+            if r["prev_hash"] != prev_hash:
+                return checked, r["id"], ("its link to the previous row does not match "
+                                          "(a row before it was removed or rewritten)")
+            digest = self.audit_digest(r["prev_hash"], r["at"], r["uid"], r["pid"], r["cmd"],
+                                       r["args"], r["outcome"])
+            if digest != r["hash"]:
+                return checked, r["id"], "its contents do not match its hash (edited)"
+            prev_hash, checked = r["hash"], checked + 1
+        return checked, None, ""
+
+    def mark_manual(self, incident_id: int) -> None:
+        """A person took the incident over: its rollback is not counted as an automatic one."""
+        with self.tx() as db:
+            db.execute("UPDATE incidents SET automatic = 0 WHERE id = ?", (incident_id,))
+
+    def is_automatic(self, incident_id: int) -> bool:
+        row = self.db.execute("SELECT automatic FROM incidents WHERE id = ?",
+                              (incident_id,)).fetchone()
+        return bool(row and row[0])
+
+    def open_incidents_of(self, target: str, incident_class: str) -> list[Incident]:
+        marks = ",".join("?" * len(OPEN_STATES))
+        rows = self.db.execute(
+            f"SELECT * FROM incidents WHERE target = ? AND incident_class = ?"
+            f" AND state IN ({marks}) ORDER BY id", (target, incident_class, *sorted(OPEN_STATES)))
+        return [Incident.from_row(r) for r in rows]

@@ -12,9 +12,25 @@ def build_executors(target: Any) -> dict[Component, Executor]:
     """The executors a target's config asks for, keyed by the component they act on."""
     found: dict[Component, Executor] = {}
     if target.deployment is not None:
+        from daemon.rollback.docker import DockerExecutor
         from daemon.rollback.git_service import GitServiceExecutor
+        from daemon.rollback.kubernetes import KubernetesExecutor
 
-        builders = {"git": GitServiceExecutor}
+        # The docker and kubernetes clients are imported by their executors, only when used.
+        builders: dict[str, Any] = {"git": GitServiceExecutor, "docker": DockerExecutor,
+                                    "kubernetes": KubernetesExecutor}
         executor = builders[target.deployment.kind](target.deployment)
         found[executor.component] = executor
+    database = getattr(target, "database", None)
+    if database is not None:
+        from daemon.rollback.sqlite_restore import SqliteExecutor
+
+        db_builders: dict[str, Any] = {"sqlite": SqliteExecutor}
+        if database.kind in db_builders:
+            found[Component.DATABASE] = db_builders[database.kind](database)
+    key = getattr(target, "key", None)
+    if key is not None:
+        from daemon.rollback.key_restore import KeyExecutor
+
+        found[Component.KEY] = KeyExecutor(key)
     return found

@@ -17,6 +17,8 @@ from .conftest import PASSWORD, Deployment
 
 ALICE = "alice@example.org"
 
+HEAD_REVISION = "0003"  # the newest migration shipped with the sample app
+
 
 def login(http: httpx.Client, email: str = ALICE, password: str = PASSWORD) -> httpx.Response:
     return http.post("/api/auth/login", json={"email": email, "password": password})
@@ -56,7 +58,7 @@ def test_template_is_independent_of_daemon_package() -> None:
 def test_health_reports_head_revision(client: httpx.Client) -> None:
     resp = client.get("/health")
     assert resp.status_code == 200
-    assert resp.json() == {"status": "ok", "version": "test-1", "alembic_revision": "0002"}
+    assert resp.json() == {"status": "ok", "version": "test-1", "alembic_revision": HEAD_REVISION}
 
 
 def test_login_and_me(client: httpx.Client) -> None:
@@ -125,13 +127,18 @@ def test_fault_rejects_unknown_mode(client: httpx.Client) -> None:
 def test_downgrade_and_upgrade_while_running(fresh_app: Callable[..., Deployment]) -> None:
     dep = fresh_app()
     dep.start()
-    assert dep.wait_healthy()["alembic_revision"] == "0002"
+    assert dep.wait_healthy()["alembic_revision"] == HEAD_REVISION
     dep.run("-m", "alembic", "downgrade", "0001")
     with httpx.Client(base_url=dep.url, timeout=10.0) as http:
         assert http.get("/health").json()["alembic_revision"] == "0001"
-        assert login(http).status_code == 200  # users survive the downgrade
+        # The code now needs 0003's column: login on the old schema fails loudly, as a real
+        # deploy would, while the users themselves survive the downgrade.
+        assert login(http).status_code == 500
+        with sqlite3.connect(dep.dir / "grading.db") as db:
+            assert db.execute("SELECT count(*) FROM users").fetchone()[0] >= 1
         dep.run("-m", "alembic", "upgrade", "head")
-        assert http.get("/health").json()["alembic_revision"] == "0002"
+        assert http.get("/health").json()["alembic_revision"] == HEAD_REVISION
+        assert login(http).status_code == 200
         # Simulate a bad migration that dropped a column the code still needs.
         with sqlite3.connect(dep.dir / "grading.db") as db:
             db.execute("ALTER TABLE users DROP COLUMN failed_login_attempts")

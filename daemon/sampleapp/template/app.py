@@ -118,7 +118,7 @@ def create_app() -> Flask:
         if faults_enabled and faults.mode == "401":
             return jsonify(error="invalid credentials"), 401
         c = users.c
-        cols = (c.id, c.password_hash, c.failed_login_attempts, c.locked_until)
+        cols = (c.id, c.password_hash, c.failed_login_attempts, c.locked_until, c.expires_at)
         with engine.connect() as conn:
             user = conn.execute(select(*cols).where(users.c.email == body["email"])).one_or_none()
         if user is None:
@@ -139,6 +139,9 @@ def create_app() -> Flask:
                 if attempts >= MAX_FAILED_LOGINS:
                     conn.execute(by_id.values(failed_login_attempts=0, locked_until=now + LOCKOUT))
             return jsonify(error="invalid credentials"), 401
+        if user.expires_at is not None and user.expires_at <= now:
+            # Told only to whoever knows the password: a temporary account has run out.
+            return jsonify(error="account expired"), 401
         with engine.begin() as conn:
             conn.execute(by_id.values(failed_login_attempts=0, locked_until=None))
         return jsonify(token=sessions.create(user.id)), 200

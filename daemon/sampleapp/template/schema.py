@@ -37,6 +37,8 @@ users = Table(
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("failed_login_attempts", Integer, nullable=False, default=0),
     Column("locked_until", DateTime, nullable=True),
+    # Set only on temporary accounts (rollbackd's emergency admin): refused from then on.
+    Column("expires_at", DateTime, nullable=True),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
 )
 

@@ -1,0 +1,1 @@
+"""Backups: taken, checksummed, verified before they count, cataloged, kept, checked again."""

@@ -1,0 +1,101 @@
+"""The one shape every backup method has, what it returns, and the errors the store raises."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from daemon.backup.store import BackupStore
+
+BackupKind = Literal["database", "key", "sessions"]
+
+
+class BackupFailed(Exception):
+    """No backup was taken (source unreadable, disk full); nothing was cataloged."""
+
+
+class BackupRefused(Exception):
+    """A cataloged backup must not be restored: missing, never verified, or its checksum changed."""
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    versions: Mapping[str, Any] = field(default_factory=dict)
+    """What the copy holds (alembic_revision, key fingerprint, per-table figures)."""
+
+
+class Backuper(Protocol):
+    """One backup method (SQLite online backup, pg_dump, a key file copy, a Redis key dump).
+
+    `backup` writes one file or one directory at `dest` (which does not exist yet); the store
+    owns the name, permissions, checksum and catalog. `verify` looks at a finished copy only.
+    """
+
+    kind: BackupKind
+    suffix: str
+    """File name suffix of a copy, e.g. ".sqlite3", ".key", ".dump"."""
+
+    async def backup(self, dest: Path) -> BackupResult: ...
+
+    async def verify(self, path: Path) -> str | None:
+        """None when the copy is sound, else why not (one line, never a secret)."""
+        ...
+
+
+@runtime_checkable
+class BacksUp(Protocol):
+    """An executor whose component is backed up: the scheduler attaches the target's store."""
+
+    def backupers(self) -> Sequence[Backuper]: ...
+
+    def attach(self, store: BackupStore) -> None: ...
+
+
+@runtime_checkable
+class CountsLosses(Protocol):
+    """A database executor that can tell how many writes restoring a backup would lose."""
+
+    async def writes_since(self, backup_id: int) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class StoredBackup:
+    """One catalog row."""
+
+    id: int
+    target: str
+    kind: str
+    path: Path
+    created_at: datetime
+    size: int
+    sha256: str
+    verified: bool
+    verify_error: str | None
+    duration: float
+    versions: Mapping[str, Any]
+
+    @property
+    def incident(self) -> int | None:
+        """The incident this backup was taken for (kept as evidence), if any."""
+        value = self.versions.get("incident")
+        return int(value) if value is not None else None
+
+    def describe(self) -> str:
+        state = "verified" if self.verified else f"NOT verified: {self.verify_error}"
+        rev = self.versions.get("alembic_revision")
+        fp = self.versions.get("fingerprint")
+        held = f", revision {rev}" if rev else f", key {fp}" if fp else ""
+        return f"#{self.id} ({_size(self.size)}{held}, {state})"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

@@ -1,0 +1,197 @@
+"""The backup store: takes a backup, checksums and verifies it, then catalogs it; retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from daemon.backup.base import Backuper, BackupFailed, BackupRefused, StoredBackup
+from daemon.backup.files import (
+    checksum,
+    fsync_dir,
+    fsync_tree,
+    make_private,
+    no_space,
+    private_dir,
+    remove,
+)
+from daemon.journal.store import Journal
+
+log = logging.getLogger("rollbackd.backup")
+
+DEFAULT_KEEP = 7 * 86400.0
+PARTIAL_AGE = 6 * 3600.0
+"""A .partial file this old is no backup in progress: a crash left it."""
+
+
+def stored(row: sqlite3.Row) -> StoredBackup:
+    return StoredBackup(
+        id=int(row["id"]), target=row["target"], kind=row["kind"], path=Path(row["path"]),
+        created_at=datetime.fromisoformat(row["created_at"]), size=int(row["size"] or 0),
+        sha256=row["sha256"] or "", verified=row["verified_at"] is not None,
+        verify_error=row["verify_error"], duration=float(row["duration"] or 0.0),
+        versions=json.loads(row["versions"] or "{}"),
+    )
+
+
+class BackupStore:
+    """One target's backups under root/<target>/<kind>/ (dirs 0700, files 0600)."""
+
+    def __init__(self, journal: Journal, root: Path, target: str,
+                 keep: float = DEFAULT_KEEP) -> None:
+        self.journal = journal
+        self.root = root
+        self.target = target
+        self.keep = keep
+        self._lock = asyncio.Lock()
+        """One backup or retention pass at a time per target: they share the directories."""
+
+    def directory(self, kind: str) -> Path:
+        return self.root / self.target / kind
+
+    def _private_dirs(self, kind: str) -> Path:
+        for d in (self.root, self.root / self.target):
+            private_dir(d)
+        return private_dir(self.directory(kind))
+
+    # -- taking ---------------------------------------------------------------------------
+
+    async def take(self, backuper: Backuper, reason: str = "scheduled",
+                   incident: int | None = None) -> StoredBackup:
+        """Back up, checksum, verify, and only then catalog (as verified or not, with why)."""
+        async with self._lock:
+            return await self._take(backuper, reason, incident)
+
+    async def _take(self, backuper: Backuper, reason: str, incident: int | None) -> StoredBackup:
+        now = datetime.now(UTC)
+        try:
+            d = await asyncio.to_thread(self._private_dirs, backuper.kind)
+        except OSError as exc:
+            raise BackupFailed(f"cannot create {self.directory(backuper.kind)}: "
+                               f"{exc.strerror}") from None
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", reason)
+        final = d / f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{slug}{backuper.suffix}"
+        partial = d / f".{final.name}.partial"
+        started = time.monotonic()
+        try:
+            result = await backuper.backup(partial)
+            if not partial.exists():
+                raise BackupFailed(f"the {backuper.kind} backup method wrote nothing")
+            await asyncio.to_thread(make_private, partial)
+            digest, size = await asyncio.to_thread(checksum, partial)
+            try:
+                error = await backuper.verify(partial)
+            except OSError as exc:
+                error = f"cannot read the copy: {exc.strerror}"
+            await asyncio.to_thread(fsync_tree, partial)
+            await asyncio.to_thread(os.rename, partial, final)
+            await asyncio.to_thread(fsync_dir, d)
+        except OSError as exc:
+            await asyncio.to_thread(remove, partial)
+            what = "no space left" if no_space(exc) else exc.strerror or type(exc).__name__
+            raise BackupFailed(f"{backuper.kind} backup into {d} failed: {what}") from None
+        except BaseException:
+            await asyncio.to_thread(remove, partial)
+            raise
+        duration = time.monotonic() - started
+        versions = {**result.versions, "reason": reason}
+        if incident is not None:
+            versions["incident"] = incident
+        backup_id = self.journal.catalog_backup(
+            self.target, backuper.kind, str(final), size, digest, duration, versions,
+            verified=error is None, verify_error=error)
+        taken = self.get(backup_id)
+        assert taken is not None
+        log.info("target=%s backup=%s id=%d reason=%s status=%s size=%d duration=%.2fs%s",
+                 self.target, backuper.kind, backup_id, reason,
+                 "verified" if error is None else "unverified", size, duration,
+                 f" error={error!r}" if error else "")
+        return taken
+
+    # -- the catalog ------------------------------------------------------------------------
+
+    def get(self, backup_id: int) -> StoredBackup | None:
+        row = self.journal.backup_row(backup_id)
+        return stored(row) if row is not None and row["target"] == self.target else None
+
+    def catalog(self, kind: str) -> list[StoredBackup]:
+        return [stored(r) for r in self.journal.backup_rows(self.target, kind)]
+
+    def newest_verified(self, kind: str) -> StoredBackup | None:
+        good = [b for b in self.catalog(kind) if b.verified]
+        return max(good, key=lambda b: b.created_at, default=None)
+
+    def for_incident(self, kind: str, incident: int) -> list[StoredBackup]:
+        return [b for b in self.catalog(kind) if b.incident == incident]
+
+    async def checked(self, backup_id: int, kind: str) -> StoredBackup:
+        """The backup, after its file was hashed again and still matches the catalog."""
+        b = self.get(backup_id)
+        if b is None or b.kind != kind:
+            raise BackupRefused(f"no {kind} backup #{backup_id} of {self.target} in the catalog")
+        if not b.verified:
+            raise BackupRefused(f"backup #{backup_id} is not verified ({b.verify_error}); "
+                                "refusing to restore it")
+        try:
+            digest, _ = await asyncio.to_thread(checksum, b.path)
+        except OSError as exc:
+            why = f"its file {b.path} cannot be read: {exc.strerror}"
+            self.mark_unusable(b, why)
+            raise BackupRefused(f"backup #{backup_id}: {why}; refusing to restore it") from None
+        if digest != b.sha256:
+            why = (f"checksum mismatch: {b.path.name} has sha256 {digest[:12]}, "
+                   f"cataloged {b.sha256[:12]}; it changed since it was verified")
+            self.mark_unusable(b, why)
+            raise BackupRefused(f"backup #{backup_id}: {why}; refusing to restore it")
+        return b
+
+    def mark_unusable(self, b: StoredBackup, why: str) -> None:
+        # Never chosen again: the next decision goes to an older backup that still holds.
+        self.journal.backup_unusable(b.id, why)
+        log.error("target=%s backup=%s id=%d status=unusable reason=%r", self.target, b.kind,
+                  b.id, why)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def enforce_retention(self, kind: str, now: datetime | None = None) -> list[int]:
+        """Remove backups older than `keep`, only once a newer verified backup exists.
+
+        Backups taken for an incident are evidence: a person removes those.
+        """
+        async with self._lock:
+            now = now or datetime.now(UTC)
+            newest = self.newest_verified(kind)
+            await asyncio.to_thread(self._sweep_partials, kind)
+            if newest is None:
+                return []
+            cutoff = now - timedelta(seconds=self.keep)
+            doomed = [b for b in self.catalog(kind)
+                      if b.created_at < cutoff and b.created_at < newest.created_at
+                      and b.incident is None and b.id != newest.id]
+            for b in doomed:
+                # Catalog row first: a crash between leaves an orphan file, never a dangling row.
+                self.journal.forget_backup(b.id)
+                await asyncio.to_thread(remove, b.path)
+                log.info("target=%s backup=%s id=%d status=removed reason=older than %s",
+                         self.target, kind, b.id, timedelta(seconds=self.keep))
+            return [b.id for b in doomed]
+
+    def _sweep_partials(self, kind: str) -> None:
+        """Remove what a crash mid-backup left; only old ones, as another store object (a manual
+        backup by rollbackctl) may be writing a fresh one right now."""
+        d = self.directory(kind)
+        if not d.is_dir():
+            return
+        for p in d.glob(".*.partial"):
+            try:
+                if time.time() - p.stat().st_mtime > PARTIAL_AGE:
+                    remove(p)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,19 @@
+"""Control commands by name, each with its help text; every call is written to the audit log.
+
+One registry (registry.COMMANDS); the modules below register their commands on import.
+"""
+
+from daemon.control.commands import (  # noqa: F401 - imported for their registrations
+    approvals,
+    audit,
+    backups,
+    emergency,
+    incidents,
+    overrides,
+    process,
+    rollback,
+    safety,
+)
+from daemon.control.commands.registry import COMMANDS, Command, command, dispatch, redact
+
+__all__ = ["COMMANDS", "Command", "command", "dispatch", "redact"]

@@ -1,0 +1,67 @@
+"""What the daemon sees: status (targets, incidents, breakers, overrides), incidents, show, ack."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from daemon.control.commands.args import incident_arg, int_arg
+from daemon.control.commands.registry import command
+from daemon.control.server import Peer
+from daemon.journal.store import Incident, now_utc
+from daemon.report import build_report, render_markdown
+
+if TYPE_CHECKING:
+    from daemon.app import Daemon
+
+
+def incident_row(i: Incident) -> dict[str, Any]:
+    return {"id": i.id, "target": i.target, "class": i.incident_class, "state": i.state,
+            "detected": i.detected_at, "reason": i.reason}
+
+
+@command("status", "the daemon, its targets, open incidents, breakers and overrides")
+async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+    targets = []
+    for name, m in d.monitors.items():
+        inc = d.journal.open_incident_for(name)
+        targets.append({
+            "target": name,
+            "probes": {p: ("failing" if h.failing else "passing" if h.passing else "pending")
+                       for p, h in m.health.items()},
+            "version": m._version[1],
+            "incident": inc.id if inc else None,
+            "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
+        })
+    return {
+        "pid": os.getpid(),
+        "uptime": round(time.time() - d.started_at, 1),
+        "summary": d.summary(),
+        "targets": targets,
+        "breakers": [{"target": t, "plan": k, "mode": b.mode} for t, k, b in d.journal.breakers()],
+        "overrides": [{"kind": o.kind.value, "target": o.target or "*", "until": o.until,
+                       "reason": o.reason, "by": o.by} for o in d.journal.overrides(now_utc())],
+        "mail": d.journal.outbox_counts(),
+    }
+
+
+@command("incidents", "recent incidents, newest first")
+async def _incidents(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+    limit = int_arg(args, "limit", 20, 1, 1000)
+    return [incident_row(i) for i in d.journal.incidents(limit)]
+
+
+@command("show", "one incident with its steps and timeline (report=true: the Markdown report)")
+async def _show(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+    report = build_report(d.journal, incident_arg(d, args).id)
+    if args.get("report"):
+        return {"markdown": render_markdown(report)}
+    return report
+
+
+@command("ack", "acknowledge an incident: a person has it")
+async def _ack(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+    inc = incident_arg(d, args)
+    d.journal.update_incident(inc.id, "acked", "acknowledged", acked_at=now_utc())
+    return {"id": inc.id, "acked": True}

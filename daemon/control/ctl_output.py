@@ -1,0 +1,135 @@
+"""rollbackctl's human output: one small renderer per command, tables with upper-case headers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+
+def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c)) if r.get(c) is not None else "-" for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+              for row in cells]
+    return "\n".join(lines)
+
+
+def _short(value: Any, n: int = 12) -> str:
+    return str(value)[:n] if value else "-"
+
+
+def _status(r: dict[str, Any]) -> str:
+    rows = [{**t, "probes": " ".join(f"{p}:{s}" for p, s in t["probes"].items()),
+             "version": _short(t["version"])} for t in r["targets"]]
+    out = [f"rollbackd pid {r['pid']}, up {r['uptime']}s: {r['summary']}",
+           table(rows, ["target", "state", "incident", "version", "probes"])]
+    if r.get("breakers"):
+        out += ["", "breakers:", table(r["breakers"], ["target", "plan", "mode"])]
+    if r.get("overrides"):
+        out += ["", "overrides:", table(r["overrides"], ["kind", "target", "until", "by",
+                                                         "reason"])]
+    out.append(f"mail: {r['mail']['sent']} sent, {r['mail']['queued']} queued")
+    return "\n".join(out)
+
+
+def _show(r: dict[str, Any]) -> str:
+    if "markdown" in r:
+        return str(r["markdown"])
+    head = f"incident {r['id']} {r['target']} {r['incident_class']} {r['state']}\n{r['reason']}"
+    steps = table(r["steps"], ["name", "state", "duration", "detail"])
+    timeline = table(r["timeline"], ["at", "event", "detail"])
+    return f"{head}\n\nsteps:\n{steps}\n\ntimeline:\n{timeline}"
+
+
+def _known_good(rows: list[dict[str, Any]]) -> str:
+    shown = [{**e, "version": ("* " if e["current"] else "  ") + _short(e["version"]),
+              "since": e["known_good_at"] or e["first_seen"]} for e in rows]
+    return table(shown, ["version", "state", "since", "alembic_revision", "bad_reason"]) + \
+        "\n(* = deployed now)"
+
+
+def _rollback(r: dict[str, Any]) -> str:
+    to = ", ".join(f"{k} {_short(v)}" for k, v in r["to"].items())
+    lines = [f"{r['target']}: {r['plan']} to {to}: {r['reason']}",
+             "steps: " + ", ".join(r["steps"])]
+    if r.get("dry_run"):
+        gate = f"needs --force: {r['gate']}" if r["gate"] else "would run now"
+        return "\n".join([*lines, f"dry run, nothing changed; {gate}"])
+    forced = f" (forced past: {r['gate']})" if r.get("forced") else ""
+    return "\n".join([*lines, f"started as incident {r['id']}{forced}; follow it with "
+                      f"`rollbackctl show {r['id']}`"])
+
+
+def _audit(r: Any) -> str:
+    if isinstance(r, dict):
+        return f"audit chain verified: {r['rows']} rows, unbroken"
+    rows = [{**a, "args": json.dumps(a["args"], sort_keys=True)} for a in r]
+    return table(rows, ["id", "at", "uid", "pid", "cmd", "outcome", "args"])
+
+
+def _emergency_admin(r: dict[str, Any]) -> str:
+    verb = "created" if r["created"] else "renewed"
+    return (f"emergency admin {r['email']} on {r['target']} {verb}.\n"
+            f"  password: {r['password']}\n  expires:  {r['expires_at']}\n"
+            "This password is shown once and stored nowhere in clear: keep it safe now.")
+
+
+def _lockdown(r: dict[str, Any]) -> str:
+    return (f"lockdown of {r['target']} requested as incident {r['id']}: it would lock "
+            f"{r['accounts_to_lock']} accounts (all but {r['spared']}).\n"
+            f"Nothing has changed yet: `rollbackctl approve {r['id']}` runs it, "
+            f"`rollbackctl deny {r['id']}` drops it.")
+
+
+def _approve(r: dict[str, Any]) -> str:
+    if "locked" in r:
+        return (f"lockdown of {r['target']} done (incident {r['id']}): {r['locked']} accounts "
+                f"locked; sessions: {r['sessions']}; reset tokens: {r['reset_tokens']}")
+    return f"incident {r['id']}: {r['started']} started"
+
+
+def _unlock(r: dict[str, Any]) -> str:
+    until = f"locked until {r['was_locked_until']} UTC" if r["was_locked_until"] else "not locked"
+    return (f"{r['email']} on {r['target']} unlocked (was {until}, {r['failed_attempts']} failed "
+            "attempts cleared)")
+
+
+def _override(r: dict[str, Any]) -> str:
+    return f"{r['kind']} {r['target']} until {r['until']}: {r['reason']}"
+
+
+RENDER: dict[str, Callable[[Any], str]] = {
+    "status": _status,
+    "incidents": lambda r: table(r, ["id", "target", "class", "state", "detected", "reason"]),
+    "show": _show,
+    "breaker": lambda r: table(r, ["target", "plan", "mode", "failures", "opened_at"])
+    if isinstance(r, list) else f"breaker {r['target']} {r['plan']}: {r['mode']}",
+    "known-good": _known_good,
+    "mark-bad": lambda r: f"{r['target']}: {_short(r['version'])} marked bad",
+    "unmark": lambda r: f"{r['target']}: {_short(r['version'])} is {r['state']} again",
+    "rollback": _rollback,
+    "audit": _audit,
+    "backups": lambda r: table([{**b, "sha256": _short(b["sha256"])} for b in r],
+                               ["id", "kind", "created_at", "size", "verified", "sha256", "path"]),
+    "backup": lambda r: table(r, ["id", "kind", "size", "verified", "path"]),
+    "emergency-admin": _emergency_admin,
+    "unlock-admin": _unlock,
+    "lockdown": _lockdown,
+    "approve": _approve,
+    "deny": lambda r: f"incident {r['id']}: denied, nothing was run",
+    "ack": lambda r: f"incident {r['id']} acknowledged",
+    "pause": _override,
+    "silence": _override,
+    "resume": lambda r: f"{r['target']}: {r['ended']} override(s) ended",
+    "reload": lambda r: f"config reloaded: {', '.join(r['targets'])}",
+    "help": lambda r: "\n".join(f"{k:16} {v}" for k, v in r.items()),
+}
+
+
+def human(cmd: str, result: Any) -> str:
+    render = RENDER.get(cmd)
+    return render(result) if render else json.dumps(result, indent=2, default=str)

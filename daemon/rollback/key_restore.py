@@ -1,0 +1,146 @@
+"""Encryption-key restore: the newest valid key backup, re-verified, written back; app restart.
+
+The key itself never appears in a log line, a step detail or the evidence: only its
+fingerprint (sha256[:12]) does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from daemon.backup.base import Backuper, BackupFailed, BackupRefused
+from daemon.backup.envfile import replace_file, with_value
+from daemon.backup.key import KeyBackuper, KeyUnusable, problem
+from daemon.backup.store import BackupStore
+from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.commands import run_argv
+from daemon.rollback.data_settings import KeySettings
+from policies.plans import Capabilities, Capability, Component, StepSpec
+from probes.fernet_key import fingerprint
+
+KEY = Component.KEY
+
+
+class KeyExecutor:
+    component: ClassVar[Component] = KEY
+    backend: ClassVar[str] = "fernet"
+
+    def __init__(self, settings: KeySettings) -> None:
+        self.settings = settings
+        passphrase = settings.passphrase_file.value if settings.passphrase_file else None
+        self.backuper = KeyBackuper(settings.file, settings.env_var, settings.canary,
+                                    settings.canary_file, passphrase)
+        self._store: BackupStore | None = None
+        steps = [StepSpec("restore_key", idempotent=True, timeout=60, component=KEY)]
+        if settings.restart:
+            # A restart cut off halfway leaves the app in an unknown state: a person decides.
+            steps.append(StepSpec("restart_app", idempotent=False,
+                                  timeout=settings.command_timeout, component=KEY))
+        self.steps = tuple(steps)
+
+    def backupers(self) -> Sequence[Backuper]:
+        return [self.backuper]
+
+    def attach(self, store: BackupStore) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> BackupStore:
+        if self._store is None:
+            raise StepFailed("no backup store is attached to the key executor")
+        return self._store
+
+    def capabilities(self) -> Capabilities:
+        return {Capability.KEY_RESTORE: self.steps}
+
+    def _current(self) -> tuple[str | None, str | None]:
+        """(fingerprint, problem) of the key in place now."""
+        try:
+            key = self.backuper.current()
+            return fingerprint(key), problem(key, self.backuper.canary())
+        except KeyUnusable as exc:
+            return None, str(exc)
+
+    async def current_version(self) -> str | None:
+        fp, _ = await asyncio.to_thread(self._current)
+        return fp
+
+    async def evidence(self) -> dict[str, Any]:
+        fp, why = await asyncio.to_thread(self._current)
+        found: dict[str, Any] = {"file": str(self.settings.file), "env_var": self.settings.env_var,
+                                 "fingerprint": fp, "problem": why}
+        if self._store is not None:
+            newest = self._store.newest_verified("key")
+            found["newest_verified_backup"] = newest.describe() if newest else None
+        return found
+
+    async def backup_current(self, ctx: StepContext) -> str:
+        try:
+            b = await self.store.take(self.backuper, f"incident-{ctx.incident_id}",
+                                      ctx.incident_id)
+        except BackupFailed as exc:
+            # Nothing readable to keep (a missing or unreadable key): a restore loses nothing.
+            return f"current key not backed up: {exc}"
+        return f"current key backed up as {b.describe()}"
+
+    async def _load(self, ctx: StepContext) -> tuple[int, str]:
+        """The key of the plan's backup, after its checksum, the canary and validity held."""
+        value = ctx.target_of(KEY)
+        if not value.isdigit():
+            raise StepFailed(f"the plan's key target {value!r} is not a backup id")
+        try:
+            b = await self.store.checked(int(value), "key")
+            key = await asyncio.to_thread(self.backuper.load, b.path)
+        except BackupRefused as exc:
+            raise StepFailed(str(exc)) from None
+        except KeyUnusable as exc:
+            found = self.store.get(int(value))
+            if found is not None:
+                self.store.mark_unusable(found, str(exc))
+            raise StepFailed(f"key backup #{value} is no longer usable: {exc}; refusing to "
+                             "restore it") from None
+        return int(value), key
+
+    async def verify_target(self, ctx: StepContext) -> str:
+        backup_id, key = await self._load(ctx)
+        what = "decrypts the canary" if self.backuper.canary() else "is a valid Fernet key"
+        return f"key backup #{backup_id} (key {fingerprint(key)}) {what}"
+
+    async def run_step(self, name: str, ctx: StepContext) -> str:
+        if name == "restore_key":
+            return await self._restore(ctx)
+        if name == "restart_app" and self.settings.restart:
+            res = await run_argv(self.settings.restart, self.settings.command_timeout)
+            return f"app restarted with {Path(self.settings.restart[0]).name} " \
+                   f"(exit {res.returncode})"
+        raise StepFailed(f"key executor has no step {name!r}")
+
+    async def _restore(self, ctx: StepContext) -> str:
+        backup_id, key = await self._load(ctx)  # verified again right before it is written
+        before, _ = await asyncio.to_thread(self._current)
+        try:
+            await asyncio.to_thread(self._write, key)
+        except OSError as exc:
+            raise StepFailed(f"cannot write {self.settings.file}: {exc.strerror}; the previous "
+                             "file is unchanged") from None
+        after, why = await asyncio.to_thread(self._current)
+        if after != fingerprint(key) or why:
+            raise StepFailed(f"after the restore the key in {self.settings.file.name} is "
+                             f"{after} ({why or 'unexpected'})")
+        return (f"key {after} from backup #{backup_id} written to {self.settings.file.name}"
+                f"{f' ({self.settings.env_var})' if self.settings.env_var else ''}; "
+                f"it replaced key {before or '(unreadable)'}")
+
+    def _write(self, key: str) -> None:
+        path, var = self.settings.file, self.settings.env_var
+        if var is None:
+            replace_file(path, key.encode() + b"\n")
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        replace_file(path, with_value(text, var, key).encode())

@@ -1,0 +1,1 @@
+"""Hand-written fakes, only for servers that cannot run here (the Kubernetes API)."""
