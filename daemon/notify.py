@@ -27,13 +27,13 @@ def watchdog_interval() -> float | None:
 
 class Notifier:
     def __init__(self) -> None:
-        # sdnotify reads NOTIFY_SOCKET itself and is silent when it is unset.
-        self._sd = sdnotify.SystemdNotifier()
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        # sdnotify opens its socket even when NOTIFY_SOCKET is unset; not systemd's child, no socket.
+        self._sd = sdnotify.SystemdNotifier() if self.enabled else None
         self.last_progress = time.monotonic()
 
     def send(self, state: str) -> None:
-        if self.enabled:
+        if self._sd is not None:
             self._sd.notify(state)
 
     def ready(self, status: str) -> None:

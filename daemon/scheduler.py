@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -13,6 +14,17 @@ from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 
 log = logging.getLogger("rollbackd.scheduler")
+
+
+def phase(job_id: str, interval: float) -> float:
+    """A stable offset within the interval for a probe's first run.
+
+    Probes that all start "now" keep firing in phase, hundreds in the same instant every
+    interval; spreading first runs over the interval keeps the scheduler's lag flat. Stable
+    (from the id, not random) so a restart keeps the same rhythm.
+    """
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 * min(interval, 5.0)
 
 
 class ProbeScheduler:
@@ -36,9 +48,9 @@ class ProbeScheduler:
                 monitor.run_scheduled, "interval", args=[name],
                 id=f"{monitor.name}/{name}", name=f"probe {monitor.name}/{name}",
                 seconds=settings.interval,
-                # Spread probes of many targets so they do not all fire on the same tick.
                 jitter=min(settings.interval * 0.1, 2.0),
-                next_run_time=datetime.now(UTC),
+                next_run_time=datetime.now(UTC) + timedelta(
+                    seconds=phase(f"{monitor.name}/{name}", settings.interval)),
                 max_instances=1, coalesce=True, misfire_grace_time=max(1, int(settings.interval)),
                 replace_existing=True,
             )

@@ -24,7 +24,7 @@ TargetHealth = Mapping[str, tuple[str, ProbeHealth]]
 INTEGRITY_KINDS = {"sqlite_integrity", "postgres_integrity"}
 CORRUPTION = {Symptom.INTEGRITY, Symptom.MISSING_TABLE, Symptom.BAD_REVISION,
               Symptom.ROWS_COLLAPSED}
-HEALTH_KINDS = {"http_health", "docker_container", "k8s_deployment"}
+HEALTH_KINDS = {"http_health", "docker_container", "k8s_deployment", "alertmanager"}
 DEPENDENCY_KINDS = {"redis", "postgres_integrity"}
 DOWN = {Symptom.UNREACHABLE, Symptom.TIMEOUT}
 

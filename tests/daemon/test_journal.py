@@ -200,7 +200,7 @@ def test_recover_interrupted_with_two_running_steps_in_one_incident(journal: Jou
 
 # -- incidents -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("state", OPEN_STATES)
+@pytest.mark.parametrize("state", sorted(OPEN_STATES))
 def test_open_incident_for_finds_open_states(journal: Journal, state: str) -> None:
     inc = _incident(journal, state=state)
     found = journal.open_incident_for("web")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +94,7 @@ async def env(tmp_path: Path, smtp: SmtpSink) -> AsyncIterator[Env]:
     path = tmp_path / "rollbackd.toml"
     path.write_text(config_text(tmp_path, smtp.port, port))
     registry = CollectorRegistry()
-    with warnings.catch_warnings():
-        # sdnotify opens a socket and drops it unclosed when NOTIFY_SOCKET is unset (as here);
-        # CPython frees it at once, inside this block: only here is ResourceWarning ignored.
-        warnings.simplefilter("ignore", ResourceWarning)
-        daemon = Daemon(load_config(path), path, Metrics(registry))
+    daemon = Daemon(load_config(path), path, Metrics(registry))
     await daemon.startup()
     try:
         yield Env(daemon, registry, f"http://127.0.0.1:{port}", path)

@@ -1,0 +1,163 @@
+"""rollbackd under a real systemd (PID 1 in a local Debian container): the shipped units as an
+administrator installs them, READY=1, the watchdog, and a git + service rollback through
+`systemctl restart` with the polkit rule as the only privilege.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.systemd.conftest import CREDENTIALS, REPO, SMTP_PASSWORD, SMTP_USER, VENV, Installed
+
+pytestmark = pytest.mark.e2e
+
+EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?) ")
+
+
+def test_rollbackd_is_active_after_ready_with_its_sandbox(installed: Installed) -> None:
+    m = installed.m
+    svc = m.show("rollbackd.service", "ActiveState", "SubState", "Type", "NotifyAccess",
+                 "StatusText", "WatchdogUSec", "MainPID", "User", "NRestarts", "Result")
+    # Type=notify: `systemctl start` returned and the unit is active only after READY=1.
+    assert (svc["Type"], svc["ActiveState"], svc["SubState"]) == ("notify", "active", "running"), svc
+    assert svc["NotifyAccess"] == "main" and svc["WatchdogUSec"] == "30s", svc
+    assert svc["StatusText"], f"no STATUS= from the daemon: {svc}"
+    assert svc["NRestarts"] == "0" and svc["Result"] == "success", svc
+    pid = svc["MainPID"]
+
+    # The daemon runs as rollbackd, without capabilities, no new privileges, seccomp on.
+    status = m.read(f"/proc/{pid}/status")
+    fields = dict(re.findall(r"^(\w+):\s*(.*)$", status, re.M))
+    uid = m.ok("id", "-u", "rollbackd").strip()
+    assert fields["Uid"].split()[0] == uid, fields["Uid"]
+    assert int(fields["CapBnd"], 16) == 0 and int(fields["CapEff"], 16) == 0, fields
+    assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2", fields
+
+    # Secrets came as credentials: the bare name resolved in $CREDENTIALS_DIRECTORY.
+    listing = m.ok("ls", "-l", CREDENTIALS)
+    assert "smtp-password" in listing and "login-probe-password" in listing, listing
+    assert "database-dsn" not in listing  # declared, no file in /etc/credstore: skipped
+
+    # The running unit (shipped file + the drop-in) as systemd applies it: still 2.5 or lower.
+    out = m.run("systemd-analyze", "security", "--no-pager", "rollbackd.service").out
+    found = EXPOSURE.search(out)
+    assert found and float(found.group(1)) <= 2.5, out[-3000:]
+
+    # The control socket: root and members of group rollbackd; nobody else.
+    status = installed.ctl("status")
+    assert status["pid"] == int(pid) and [t["target"] for t in status["targets"]] == ["grading"]
+    m.ok("useradd", "--system", "--no-create-home", "-G", "rollbackd", "operator1")
+    m.ok("useradd", "--system", "--no-create-home", "outsider1")
+    assert installed.ctl("status", user="operator1")["pid"] == int(pid)
+    refused = m.as_user("outsider1", f"{VENV}/bin/rollbackctl", "status")
+    assert refused.rc == 3 and "Permission denied" in refused.out, refused
+
+    # The polkit rule allows exactly one thing: restarting grading.service.
+    for verb, unit in [("stop", "grading.service"), ("restart", "dbus.service"),
+                       ("restart", "rollbackd.service")]:
+        r = m.as_user("rollbackd", "systemctl", "--no-ask-password", verb, unit)
+        assert r.rc != 0 and re.search(r"(?i)access denied|authentication required", r.out), r
+    # The sudoers alternative shipped beside it is valid sudoers syntax.
+    m.ok("install", "-m", "0440", "/root/rollbackd/systemd/sudoers.d/rollbackd", "/tmp/rollbackd")
+    m.ok("visudo", "-c", "-f", "/tmp/rollbackd")
+
+
+def test_broken_deploy_is_rolled_back_with_systemctl_restart(installed: Installed) -> None:
+    m, v1 = installed.m, installed.v1
+    m.wait(lambda: any(e["version"] == v1 and e["state"] == "known-good"
+                       for e in installed.ctl("known-good", "list", "grading")),
+           30, "v1 known-good", lambda: m.journal("rollbackd.service")[-3000:])
+
+    # A deploy that cannot start: committed on the branch, restarted by the deployer (root).
+    app = f"{REPO}/app.py"
+    text = m.read(app)
+    head, sep, rest = text.partition("from __future__ import annotations\n")
+    m.put("/tmp/app.py", head + sep + 'raise SystemExit("grading_settings is missing")\n' + rest)
+    m.as_user("rollbackd", "cp", "/tmp/app.py", app).check()
+    installed.git("commit", "-q", "-am", "v2: settings from grading_settings")
+    v2 = installed.git("rev-parse", "HEAD")
+    m.ok("systemctl", "restart", "grading.service")
+    m.wait(lambda: installed.app_health() is None, 15, "v2 to be down")
+
+    def resolved() -> dict | None:
+        incidents = installed.ctl("incidents")
+        return incidents[0] if incidents and incidents[0]["state"] == "resolved" else None
+
+    inc = m.wait(resolved, 90, "the incident to be resolved",
+                 lambda: m.journal("rollbackd.service")[-4000:] + m.journal("grading.service")[-2000:])
+    show = installed.ctl("show", str(inc["id"]))
+    assert show["incident_class"] == "app_down"
+    assert (show["from_version"], show["to_version"]) == (v2, v1)
+    steps = {s["name"]: s["state"] for s in show["steps"]}
+    assert steps["git_checkout"] == "done" and steps["restart_service"] == "done", show["steps"]
+    assert steps["verify"] == "done", show["steps"]
+
+    # The app runs v1 again, as its own user, restarted by systemd on rollbackd's request.
+    assert installed.app_health() == 200
+    assert installed.git("rev-parse", "HEAD") == v1 and installed.git("rev-parse", "main") == v2
+    app_pid = m.show("grading.service", "MainPID")["MainPID"]
+    assert m.ok("ps", "-o", "user=", "-p", app_pid).strip() == "grading"
+    # git wrote v1's files with the daemon's UMask=0077; the default ACL lets the app read them.
+    assert "group:grading:r--" in m.ok("getfacl", "-p", app)
+    polkit = m.journal("polkit.service")
+    assert not re.search(r"(?i)error|denied", polkit), polkit
+
+    # Mail went out through SMTP AUTH with the password from the systemd credential.
+    m.wait(lambda: len(installed.smtp.messages) >= 2, 30, "two mails")
+    assert (SMTP_USER, SMTP_PASSWORD) in installed.smtp.logins
+    assert any("resolved" in s for s in installed.smtp.subjects), installed.smtp.subjects
+
+
+def test_frozen_event_loop_is_restarted_by_the_watchdog_and_the_journal_survives(
+    installed: Installed,
+) -> None:
+    m = installed.m
+    before = m.show("rollbackd.service", "MainPID", "NRestarts")
+    rows = installed.journal_rows()
+    assert rows["ledger"], "the journal should hold the ledger by now"
+    since = m.ok("date", "+%Y-%m-%d %H:%M:%S").strip()
+
+    frozen_at = time.monotonic()
+    installed.request("freeze", seconds=120)  # blocks the event loop; WATCHDOG=1 stops
+
+    def restarted() -> dict[str, str] | None:
+        now = m.show("rollbackd.service", "MainPID", "NRestarts", "ActiveState", "SubState")
+        ok = (int(now["NRestarts"]) > int(before["NRestarts"]) and now["ActiveState"] == "active"
+              and now["MainPID"] not in ("0", before["MainPID"]))
+        return now if ok else None
+
+    after = m.wait(restarted, 75, "systemd to restart the frozen daemon",
+                   lambda: m.journal("rollbackd.service", since)[-4000:])
+    back_after = time.monotonic() - frozen_at
+    log = m.journal("rollbackd.service", since)
+    assert re.search(r"rollbackd\.service: Watchdog timeout \(limit 30s\)!", log), log[-3000:]
+    assert "status=6/ABRT" in log, log[-3000:]
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+
+    # The time line, from the journal: freeze -> watchdog timeout -> started again.
+    stamps = {}
+    for line in log.splitlines():
+        for key, needle in (("timeout", "Watchdog timeout"), ("started", "Started rollbackd")):
+            if needle in line and key not in stamps:
+                stamps[key] = line.split()[2]
+    print(f"\nwatchdog: freeze -> active again after {back_after:.1f}s "
+          f"(journal: timeout at {stamps.get('timeout')}, started at {stamps.get('started')})")
+    assert 15 <= back_after <= 30 + 5 + 20, back_after  # WatchdogSec/2..WatchdogSec, RestartSec
+    installed.timings["watchdog_restart"] = back_after
+
+    # Nothing journaled before the hang was lost: incidents, their steps and timeline, the
+    # known-good ledger and the hash-chained audit log are all still there.
+    survived = installed.journal_rows()
+    for table in ("incidents", "steps", "ledger"):
+        ids_before = {r[0] for r in rows[table]}
+        assert ids_before <= {r[0] for r in survived[table]}, table
+    assert survived["audit"][:len(rows["audit"])] == rows["audit"]
+    verified = installed.ctl("audit", "--verify")
+    assert verified["verified"] and verified["rows"] >= len(rows["audit"]), verified
+    for inc in rows["incidents"]:
+        assert installed.ctl("show", str(inc[0]))["id"] == inc[0]
+    status = installed.ctl("status")
+    assert status["pid"] == int(after["MainPID"]) and status["uptime"] < back_after
