@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from daemon.alerts.settings import AlertsSettings
+from daemon.drills.settings import DrillSettings
 from daemon.escalation.settings import Contact, EscalationSettings
 from daemon.rollback.data_settings import BackupSettings, DatabaseSettings, KeySettings
 from daemon.rollback.deploy_settings import (
@@ -76,6 +77,37 @@ class DaemonSettings(Frozen):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     test_hooks: bool = False
     """Enables fault-injection commands for the test suite; never in production."""
+    journal_dsn_file: Secret | None = None
+    """Secret (absolute path or credential name) holding a postgresql:// URL: the journal lives
+    there, shared by every instance that names it, each target owned by one at a time."""
+    journal: Literal["sqlite", "postgresql"] | None = None
+    """"sqlite" (state_dir/journal.sqlite3) or "postgresql"; unset: postgresql with a dsn file."""
+    instance: str | None = Field(default=None, min_length=1, max_length=200)
+    """This instance's name among those sharing a PostgreSQL journal; unset: hostname:pid."""
+    takeover_after: PositiveDuration = 10.0
+    """PostgreSQL: the longest a target goes unowned after its owner dies or loses the database."""
+
+    @property
+    def journal_backend(self) -> Literal["sqlite", "postgresql"]:
+        return self.journal or ("postgresql" if self.journal_dsn_file else "sqlite")
+
+    @field_validator("journal")
+    @classmethod
+    def _journal_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        has_dsn = info.data.get("journal_dsn_file") is not None
+        if v == "postgresql" and not has_dsn:
+            raise ValueError("needs daemon.journal_dsn_file (the secret with the database URL)")
+        if v == "sqlite" and has_dsn:
+            raise ValueError("cannot be combined with daemon.journal_dsn_file")
+        return v
+
+    @field_validator("takeover_after")
+    @classmethod
+    def _takeover_floor(cls, v: float) -> float:
+        if v < 2:
+            raise ValueError("must be at least 2s (an owner's session is checked several times "
+                             "within it)")
+        return v
 
     @field_validator("metrics_address")
     @classmethod
@@ -211,6 +243,18 @@ class TargetConfig(Frozen):
     probes: Annotated[dict[str, ProbeConfig], Field(min_length=1)]  # type: ignore[valid-type]
     policy: PolicyOverrides = PolicyOverrides()  # type: ignore[valid-type]
     accounts: AccountsSettings | None = None
+    staging: bool = False
+    """A staging target: drills (which break it on purpose) may run on it."""
+    drills: DrillSettings | None = None
+
+    @field_validator("drills")
+    @classmethod
+    def _drills_on_staging(cls, v: DrillSettings | None, info: ValidationInfo
+                           ) -> DrillSettings | None:
+        if v is not None and not info.data.get("staging"):
+            raise ValueError("drills break their target on purpose: they need staging = true "
+                             "on the target")
+        return v
 
 
 class Config(Frozen):

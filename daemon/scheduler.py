@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.backup.schedule import attach_backups
+from daemon.drills.schedule import attach_drills
 from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 
@@ -33,6 +36,8 @@ class ProbeScheduler:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         self.lags: list[float] = []
+        self.drills: Callable[[str], Awaitable[Any]] | None = None
+        """Runs a target's scheduled drill (the daemon's DrillService); None: no drills."""
 
     def _on_submitted(self, event: JobSubmissionEvent) -> None:
         due = event.scheduled_run_times[-1]
@@ -55,6 +60,15 @@ class ProbeScheduler:
                 replace_existing=True,
             )
         self.schedule_backups(monitor)
+        self.schedule_drills(monitor)
+
+    def schedule_drills(self, monitor: TargetMonitor) -> None:
+        """A staging target's drills on their cron schedule ([targets.<name>.drills])."""
+        settings = monitor.config.drills
+        if self.drills is None or settings is None or not monitor.config.staging \
+                or not settings.scheduled:
+            return
+        attach_drills(self.scheduler, monitor.name, settings, self.drills)
 
     def schedule_backups(self, monitor: TargetMonitor) -> None:
         """The target's backups on their interval; first now unless a recent one is verified."""

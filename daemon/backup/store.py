@@ -77,7 +77,11 @@ class BackupStore:
             raise BackupFailed(f"cannot create {self.directory(backuper.kind)}: "
                                f"{exc.strerror}") from None
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", reason)
-        final = d / f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{slug}{backuper.suffix}"
+        stem = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{slug}"
+        final, n = d / f"{stem}{backuper.suffix}", 1
+        while final.exists() or (d / f".{final.name}.partial").exists():  # never replace one
+            n += 1
+            final = d / f"{stem}-{n}{backuper.suffix}"
         partial = d / f".{final.name}.partial"
         started = time.monotonic()
         try:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from daemon.journal.schema import MIGRATIONS
 from policies.breaker import Breaker, BreakerMode
@@ -81,8 +81,12 @@ class StepRecord:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, db: Any = None) -> None:
         self.path = path
+        if db is not None:  # PostgreSQL (daemon/journal/pg.py): sqlite3's surface, its own setup
+            self.db = cast(sqlite3.Connection, db)
+            self._migrate()
+            return
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = not path.exists()
         # isolation_level=None: we issue BEGIN ourselves so every write is one explicit commit.
@@ -252,9 +256,15 @@ class Journal:
             for r in rows
         ]
 
-    def recover_interrupted(self) -> list[tuple[Incident, StepRecord]]:
-        """Steps left `running` by a crash become `interrupted`; their incidents are held."""
-        found = self.db.execute("SELECT id, incident_id FROM steps WHERE state = 'running'")
+    def recover_interrupted(self, target: str | None = None) -> list[tuple[Incident, StepRecord]]:
+        """Steps left `running` by a crash become `interrupted`; their incidents are held.
+        `target`: only that target's (an instance of several just became its owner)."""
+        sql = "SELECT id, incident_id FROM steps WHERE state = 'running'"
+        args: list[str] = []
+        if target is not None:
+            sql += " AND incident_id IN (SELECT id FROM incidents WHERE target = ?)"
+            args.append(target)
+        found = self.db.execute(sql, args)
         held: list[tuple[Incident, StepRecord]] = []
         for step_id, incident_id in found.fetchall():
             with self.tx() as db:

@@ -1,0 +1,74 @@
+"""Which journal a config names: the embedded SQLite file, or PostgreSQL shared by instances."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from daemon.journal.pg import PgConnection, open_pg_journal
+from daemon.journal.store import Journal
+from daemon.metrics import JournalCollector
+from policies.settings import PolicySettings
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+
+log = logging.getLogger("rollbackd.metrics")
+
+
+def journal_dsn(cfg: Config) -> str:
+    secret = cfg.daemon.journal_dsn_file
+    assert secret is not None, "journal_backend is postgresql only with a dsn file"
+    return secret.value
+
+
+def open_journal(cfg: Config) -> Journal:
+    if cfg.daemon.journal_backend == "postgresql":
+        return open_pg_journal(journal_dsn(cfg), cfg.daemon.state_dir)
+    return Journal(cfg.journal_path)
+
+
+class PgJournalCollector(JournalCollector):
+    """The journal metrics read from PostgreSQL: a read-only session of its own per scrape."""
+
+    def __init__(self, dsn: str, policies: Callable[[], Mapping[str, PolicySettings]]) -> None:
+        super().__init__(Path("postgresql"), policies)  # the path is never opened here
+        self._dsn = dsn
+
+    def collect(self) -> Iterator[Metric]:
+        readable = GaugeMetricFamily("rollbackd_journal_readable",
+                                     "1 if every journal metric could be read at this scrape")
+        ok = True
+        try:
+            db = PgConnection(self._dsn, "rollbackd-metrics", connect_timeout=2)
+            db.conn.execute("SET default_transaction_read_only = on")
+        except Exception as exc:  # noqa: BLE001 - a scrape must never raise
+            log.debug("metrics journal=postgresql status=unreadable reason=%s", exc)
+            ok = False
+        else:
+            try:
+                now = self.clock()
+                for section in (self._incidents, self._breakers, self._overrides, self._outbox,
+                                self._backups, self._ledger, self._failures):
+                    try:
+                        yield from list(section(db, now))  # type: ignore[arg-type]
+                    except Exception as exc:  # noqa: BLE001
+                        ok = False
+                        log.debug("metrics section=%s status=failed reason=%s",
+                                  section.__name__, exc)
+            finally:
+                db.close()
+        readable.add_metric([], 1 if ok else 0)
+        yield readable
+
+
+def journal_collector(cfg: Config,
+                      policies: Callable[[], Mapping[str, PolicySettings]]) -> Collector:
+    if cfg.daemon.journal_backend == "postgresql":
+        return PgJournalCollector(journal_dsn(cfg), policies)
+    return JournalCollector(cfg.journal_path, policies)
