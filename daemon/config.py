@@ -26,7 +26,12 @@ from pydantic import (
 from daemon.alerts.settings import AlertsSettings
 from daemon.drills.settings import DrillSettings
 from daemon.escalation.settings import Contact, EscalationSettings
-from daemon.rollback.data_settings import BackupSettings, DatabaseSettings, KeySettings
+from daemon.rollback.data_settings import (
+    BackupSettings,
+    DatabaseSettings,
+    KeySettings,
+    RedisSessions,
+)
 from daemon.rollback.deploy_settings import (
     DEPLOYMENT_KINDS,
     DockerDeployment,
@@ -239,6 +244,7 @@ class TargetConfig(Frozen):
     deployment: Deployment | None = None
     database: DatabaseSettings | None = None
     key: KeySettings | None = None
+    redis: RedisSessions | None = None
     backups: BackupSettings = BackupSettings()
     probes: Annotated[dict[str, ProbeConfig], Field(min_length=1)]  # type: ignore[valid-type]
     policy: PolicyOverrides = PolicyOverrides()  # type: ignore[valid-type]

@@ -81,7 +81,75 @@ class SqliteDatabase(_Frozen):
 class PostgresDatabase(_Frozen):
     kind: Literal["postgres"]
     path: ConfigPath | None = None
+    """Unused (accepted for older configs)."""
     dsn_file: Secret | None = None
+    """Secret: the libpq connection string (URI or key=value) of the app's database. Given to
+    pg_dump/pg_restore as PG* environment variables (PGPASSWORD), never in argv or logs.
+    Without it the database is only described, neither backed up nor restored."""
+    dbname: str | None = Field(default=None, min_length=1, max_length=40)
+    """The database to back up and restore; default: the DSN's dbname."""
+    maintenance_db: str = Field(default="postgres", min_length=1)
+    """Where renames, CREATE DATABASE and pg_terminate_backend are run from."""
+    stop: Argv | None = None
+    """argv that stops the app before the swap (optional: the swap terminates its sessions)."""
+    start: Argv | None = None
+    """argv that starts the app after the swap."""
+    migrate: Argv | None = None
+    """argv of a schema downgrade with a "{revision}" placeholder; enables the Alembic downgrade."""
+    cwd: ConfigPath | None = None
+    env_file: ConfigPath | None = None
+    jobs: int = Field(default=2, ge=1, le=64)
+    """pg_restore -j (and pg_dump -j with the directory format)."""
+    dump_format: Literal["custom", "directory"] = "custom"
+    """pg_dump -Fc (one file) or -Fd (a directory, dumped with -j jobs)."""
+    compress: int = Field(default=0, ge=0, le=9)
+    """pg_dump -Z: 0 (none) or 1 where the data does not compress; higher costs CPU."""
+    snapshot: bool = False
+    """Each backup also clones the database (CREATE DATABASE <db>_snap_<time> TEMPLATE <db>),
+    which restores far faster than a dump. Needs no other session on the database for a moment;
+    when the app is connected the snapshot is skipped (logged) and only the dump is taken."""
+    snapshot_keep: int = Field(default=1, ge=1, le=10)
+    """Snapshot databases kept; older ones are dropped after a newer one is made."""
+    strategy: Literal["file_copy", "wal_log"] = "file_copy"
+    """CREATE DATABASE STRATEGY of a snapshot clone (PostgreSQL 15+)."""
+    tables: list[Annotated[str, Field(min_length=1)]] = []
+    """Tables whose rows are counted in each backup and must match after a restore; empty: all."""
+    alembic_table: str = Field(default="alembic_version", min_length=1)
+    bin_dir: ConfigPath | None = None
+    """Directory of pg_dump and pg_restore; default: found on PATH."""
+    restore_work_mem: str = Field(default="512MB", pattern=r"^[0-9]+(kB|MB|GB)$")
+    """maintenance_work_mem of pg_restore's sessions (index builds of the new database)."""
+    command_timeout: PositiveDuration = 120.0
+    restore_timeout: PositiveDuration = 3600.0
+
+    @field_validator("migrate")
+    @classmethod
+    def _has_placeholder(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not any("{revision}" in a for a in v):
+            raise ValueError('needs a "{revision}" placeholder for the target revision')
+        return v
+
+    @model_validator(mode="after")
+    def _stop_with_start(self) -> PostgresDatabase:
+        if (self.stop is None) != (self.start is None):
+            raise ValueError("stop and start go together")
+        return self
+
+
+class RedisSessions(_Frozen):
+    """[targets.<name>.redis]: the app's sessions and password-reset tokens."""
+
+    url_file: Secret
+    """Secret: redis://[user:password@]127.0.0.1:6379/<db> (never logged)."""
+    session_keys: list[Annotated[str, Field(min_length=1)]] = ["session:*"]
+    """SCAN MATCH patterns of sessions: backed up, and deleted by a session flush."""
+    token_keys: list[Annotated[str, Field(min_length=1)]] = ["password_reset:*", "reset:*"]
+    """Patterns of password-reset tokens: backed up, never flushed, restorable."""
+    flush: Literal["pattern", "database"] = "pattern"
+    """"pattern": delete the session keys only; "database": FLUSHDB of the URL's database,
+    refused when it holds keys matching none of the patterns."""
+    scan_count: int = Field(default=500, ge=1, le=100_000)
+    command_timeout: PositiveDuration = 30.0
 
 
 _KINDS = ("sqlite", "postgres")

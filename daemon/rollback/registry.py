@@ -25,9 +25,17 @@ def build_executors(target: Any) -> dict[Component, Executor]:
     if database is not None:
         from daemon.rollback.sqlite_restore import SqliteExecutor
 
-        db_builders: dict[str, Any] = {"sqlite": SqliteExecutor}
-        if database.kind in db_builders:
-            found[Component.DATABASE] = db_builders[database.kind](database)
+        if database.kind == "sqlite":
+            found[Component.DATABASE] = SqliteExecutor(database)
+        elif database.kind == "postgres" and database.dsn_file is not None:
+            from daemon.rollback.postgres_restore import PostgresExecutor
+
+            found[Component.DATABASE] = PostgresExecutor(database)
+    redis = getattr(target, "redis", None)
+    if redis is not None:
+        from daemon.rollback.redis_sessions import RedisSessionsExecutor
+
+        found[Component.SESSIONS] = RedisSessionsExecutor(redis)
     key = getattr(target, "key", None)
     if key is not None:
         from daemon.rollback.key_restore import KeyExecutor
