@@ -7,26 +7,27 @@ fingerprint (sha256[:12]) does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from daemon.backup.base import Backuper, BackupFailed, BackupRefused
+from daemon.backup.base import BackupFailed, BackupRefused
 from daemon.backup.envfile import replace_file, with_value
 from daemon.backup.key import KeyBackuper, KeyUnusable, problem
 from daemon.backup.store import BackupStore
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import KeySettings
+from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 from probes.fernet_key import fingerprint
 
 KEY = Component.KEY
 
 
-class KeyExecutor:
+class KeyExecutor(StoreWiring):
     component: ClassVar[Component] = KEY
     backend: ClassVar[str] = "fernet"
+    backuper: KeyBackuper
 
     def __init__(self, settings: KeySettings) -> None:
         self.settings = settings
@@ -40,18 +41,6 @@ class KeyExecutor:
             steps.append(StepSpec("restart_app", idempotent=False,
                                   timeout=settings.command_timeout, component=KEY))
         self.steps = tuple(steps)
-
-    def backupers(self) -> Sequence[Backuper]:
-        return [self.backuper]
-
-    def attach(self, store: BackupStore) -> None:
-        self._store = store
-
-    @property
-    def store(self) -> BackupStore:
-        if self._store is None:
-            raise StepFailed("no backup store is attached to the key executor")
-        return self._store
 
     def capabilities(self) -> Capabilities:
         return {Capability.KEY_RESTORE: self.steps}

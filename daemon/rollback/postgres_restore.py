@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
 
-from daemon.backup.base import Backuper, BackupFailed, BackupRefused, StoredBackup
+from daemon.backup.base import BackupFailed, BackupRefused, StoredBackup
 from daemon.backup.envfile import read_env
 from daemon.backup.pg import (
     Pg,
@@ -35,6 +35,7 @@ from daemon.backup.store import BackupStore
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, PostgresDatabase
+from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
 log = logging.getLogger("rollbackd.rollback.postgres")
@@ -96,7 +97,7 @@ async def swap_databases(pg: Pg, current: str, restored: str, kept: str) -> tupl
     return ended, seconds
 
 
-class PostgresExecutor:
+class PostgresExecutor(StoreWiring):
     component: ClassVar[Component] = DB
     backend: ClassVar[str] = "postgres"
 
@@ -125,18 +126,6 @@ class PostgresExecutor:
         return self.pg.dbname
 
     # -- wiring ---------------------------------------------------------------------------
-
-    def backupers(self) -> Sequence[Backuper]:
-        return [self.backuper]
-
-    def attach(self, store: BackupStore) -> None:
-        self._store = store
-
-    @property
-    def store(self) -> BackupStore:
-        if self._store is None:
-            raise StepFailed("no backup store is attached to the postgres executor")
-        return self._store
 
     def capabilities(self) -> Capabilities:
         caps: dict[Capability, tuple[StepSpec, ...]] = {

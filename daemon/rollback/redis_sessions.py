@@ -12,11 +12,12 @@ from typing import Any, ClassVar
 
 from redis.exceptions import RedisError
 
-from daemon.backup.base import Backuper, BackupFailed, BackupRefused
+from daemon.backup.base import BackupFailed, BackupRefused
 from daemon.backup.redis_keys import RedisKeysBackuper, client, matches, read_snapshot, scan_keys, why
 from daemon.backup.store import BackupStore
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.data_settings import RedisSessions
+from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
 log = logging.getLogger("rollbackd.rollback.redis")
@@ -25,7 +26,7 @@ SESSIONS = Component.SESSIONS
 BATCH = 500
 
 
-class RedisSessionsExecutor:
+class RedisSessionsExecutor(StoreWiring):
     component: ClassVar[Component] = SESSIONS
     backend: ClassVar[str] = "redis"
 
@@ -40,18 +41,6 @@ class RedisSessionsExecutor:
                      component=SESSIONS),
             StepSpec("check_sessions", idempotent=True, timeout=2 * t, component=SESSIONS),
         )
-
-    def backupers(self) -> Sequence[Backuper]:
-        return [self.backuper]
-
-    def attach(self, store: BackupStore) -> None:
-        self._store = store
-
-    @property
-    def store(self) -> BackupStore:
-        if self._store is None:
-            raise StepFailed("no backup store is attached to the redis executor")
-        return self._store
 
     def capabilities(self) -> Capabilities:
         return {Capability.SESSIONS_FLUSH: self.flush_steps}

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
 
-from daemon.backup.base import Backuper, BackupFailed, BackupRefused, StoredBackup
+from daemon.backup.base import BackupFailed, BackupRefused, StoredBackup
 from daemon.backup.envfile import read_env
 from daemon.backup.sqlite import (
     SIDE_FILES,
@@ -27,6 +27,7 @@ from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, SqliteDatabase
 from daemon.rollback.sqlite_swap import stage, staged_path, swap_in
+from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
 log = logging.getLogger("rollbackd.rollback.sqlite")
@@ -34,7 +35,7 @@ log = logging.getLogger("rollbackd.rollback.sqlite")
 DB = Component.DATABASE
 
 
-class SqliteExecutor:
+class SqliteExecutor(StoreWiring):
     component: ClassVar[Component] = DB
     backend: ClassVar[str] = "sqlite"
 
@@ -62,18 +63,6 @@ class SqliteExecutor:
         )
 
     # -- wiring ---------------------------------------------------------------------------
-
-    def backupers(self) -> Sequence[Backuper]:
-        return [self.backuper]
-
-    def attach(self, store: BackupStore) -> None:
-        self._store = store
-
-    @property
-    def store(self) -> BackupStore:
-        if self._store is None:
-            raise StepFailed("no backup store is attached to the sqlite executor")
-        return self._store
 
     def capabilities(self) -> Capabilities:
         caps: dict[Capability, tuple[StepSpec, ...]] = {}

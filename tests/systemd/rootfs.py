@@ -29,7 +29,7 @@ from email.parser import Parser
 from pathlib import Path
 
 import docker
-from docker.errors import ImageNotFound
+from docker.errors import APIError, ImageNotFound
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
@@ -45,6 +45,10 @@ PACKAGES = (
     "python3", "python3-venv", "git", "acl",               # rollbackd, its git backend, setfacl
 )
 _FORMAT = "2"  # bump to rebuild: changes to the build or clean-up below
+# Timers that would reach outside (apt's mirror) or touch the host's disks (fstrim, e2scrub):
+# masked, the test containers send nothing beyond 127.0.0.1.
+_MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+           "e2scrub_all.timer", "fstrim.timer")
 _CLEAN = ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*",
           "usr/share/doc/*", "usr/share/man/*", "usr/share/info/*", "usr/share/locale/*")
 
@@ -53,7 +57,9 @@ MARKER_ENV_SCRIPT = """\
 import json, os, platform, sys
 impl = sys.implementation
 v = impl.version
-iv = f"{v.major}.{v.minor}.{v.micro}" + ("" if v.releaselevel == "final" else v.releaselevel[0] + str(v.serial))
+iv = f"{v.major}.{v.minor}.{v.micro}"
+if v.releaselevel != "final":
+    iv += v.releaselevel[0] + str(v.serial)
 print(json.dumps({
     "implementation_name": impl.name, "implementation_version": iv, "os_name": os.name,
     "platform_machine": platform.machine(), "platform_release": platform.release(),
@@ -180,7 +186,7 @@ def debian_mirror() -> tuple[str, str | None]:
 
 def fingerprint() -> str:
     spec = {"format": _FORMAT, "suite": SUITE, "variant": VARIANT,
-            "packages": sorted(PACKAGES), "clean": _CLEAN}
+            "packages": sorted(PACKAGES), "clean": _CLEAN, "masked": _MASKED}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -247,6 +253,10 @@ def _build_tarball(tarball: Path) -> None:
                 else:
                     p.unlink()
         (root / "etc" / "machine-id").write_text("")  # a fresh one at each boot
+        for unit in _MASKED:
+            mask = root / "etc" / "systemd" / "system" / unit
+            mask.unlink(missing_ok=True)
+            mask.symlink_to("/dev/null")
         partial = tarball.with_suffix(".partial")
         _run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--acls", "-cf",
               str(partial), "."], "tar of the root file system")
@@ -276,6 +286,11 @@ def systemd_image(client: docker.DockerClient) -> str:
                                           changes=changes)
         if (client.images.get(tag).labels or {}).get(FINGERPRINT_LABEL) != fp:
             raise RuntimeError(f"docker import of {tarball} did not produce {tag}")
+        for image in client.images.list(name=repository):  # earlier package lists
+            for old in image.tags:
+                if old != tag:
+                    with contextlib.suppress(APIError):  # still used by a container
+                        client.images.remove(old)
         return tag
 
 

@@ -42,15 +42,17 @@ def with_local_exec(src: Path, dest: Path, old: str, new: str) -> Path:
     return dest
 
 
-def install_tree(tmp: Path) -> Path:
-    """rollbackd.service, its drop-in examples as drop-ins, and the example app unit."""
+def install_tree(tmp: Path, sudo: bool = False) -> Path:
+    """rollbackd.service, its drop-in examples as drop-ins (the sudo one only if `sudo`), and the
+    example app unit."""
     units = tmp / "system"
     (units / "rollbackd.service.d").mkdir(parents=True)
     rollbackd = VENV_BIN / "rollbackd"
     assert rollbackd.is_file(), f"{rollbackd}: install the project into the venv (scripts/test)"
     with_local_exec(UNITS / "rollbackd.service", units / "rollbackd.service", EXEC, str(rollbackd))
     for example in sorted((UNITS / "rollbackd.service.d").glob("*.conf.example")):
-        shutil.copy(example, units / "rollbackd.service.d" / example.name.removesuffix(".example"))
+        if sudo or "sudo" not in example.name:
+            shutil.copy(example, units / "rollbackd.service.d" / example.name.removesuffix(".example"))
     with_local_exec(UNITS / "examples" / "grading.service", units / "grading.service",
                     "/opt/grading/venv/bin/python", sys.executable)
     return units
@@ -65,16 +67,17 @@ def test_shipped_files_are_all_checked() -> None:
         "rollbackd.service",
         "rollbackd.service.d/credentials.conf.example",
         "rollbackd.service.d/docker.conf.example",
-        "rollbackd.service.d/sudo.conf.example",
         "rollbackd.service.d/targets.conf.example",
+        "rollbackd.service.d/zz-sudo.conf.example",
         "rollbackd.sysusers.conf",
         "rollbackd.tmpfiles.conf",
         "sudoers.d/rollbackd",
     ], "a new file in systemd/ needs a check here (or in test_booted.py)"
 
 
-def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
-    units = install_tree(tmp_path)
+@pytest.mark.parametrize("sudo", [False, True], ids=["drop-ins", "drop-ins+sudo"])
+def test_systemd_analyze_verify_passes(tmp_path: Path, sudo: bool) -> None:
+    units = install_tree(tmp_path, sudo)
     for unit in ("rollbackd.service", "grading.service"):
         proc = systemd_analyze("verify", "--man=no", str(units / unit))
         # verify exits 0 on unknown keys and bad values, printing a warning: both must be empty.
@@ -121,6 +124,14 @@ def test_exposure_stays_ok_with_the_drop_in_examples(tmp_path: Path) -> None:
     units = install_tree(tmp_path)
     score, out = exposure(units / "rollbackd.service")
     assert score <= 2.5, out
+
+
+def test_the_sudo_drop_in_costs_what_it_says(tmp_path: Path) -> None:
+    """The sudo alternative undoes the hardening; its comment gives the price: about 7."""
+    units = install_tree(tmp_path, sudo=True)
+    score, out = exposure(units / "rollbackd.service")
+    assert 6.5 <= score <= 7.5, out
+    assert "1.4 (OK) to about 7 (MEDIUM)" in (UNITS / "rollbackd.service.d/zz-sudo.conf.example").read_text()
 
 
 def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
