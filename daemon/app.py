@@ -15,13 +15,15 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from daemon.alerts.service import AlertReceiver, start_alerts
+from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
 from daemon.control.commands import dispatch
 from daemon.control.server import ControlServer
+from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
-from daemon.journal.store import Journal
-from daemon.metrics import JournalCollector, Metrics, MonitorCollector
+from daemon.journal.backend import journal_collector, open_journal
+from daemon.metrics import Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
 from daemon.report import keep_reports, write_report
@@ -51,6 +53,8 @@ class Daemon:
         self.alerts: AlertReceiver | None = None
         self._retired: list[TargetMonitor] = []
         """Monitors replaced by a reload while their rollback still runs; shutdown waits for them."""
+        self.cluster: Cluster | None = None
+        """With the PostgreSQL journal: which targets this instance owns (acts for)."""
 
     # -- signals: record, never act (the main loop acts) ---------------------------------------
 
@@ -85,31 +89,29 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.config
         cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.journal = Journal(cfg.journal_path)
-        self.outbox = Outbox(self.journal, cfg)
+        self.journal = open_journal(cfg)
+        self.cluster = Cluster.for_config(self, self.journal, cfg)
+        self.outbox = self.cluster.outbox(cfg) if self.cluster else Outbox(self.journal, cfg)
         self.scheduler = ProbeScheduler(self.metrics)
-        self.metrics.registry.register(JournalCollector(cfg.journal_path, lambda: {
+        self.drills = DrillService(self)  # before the monitors: it schedules their drills
+        self.scheduler.drills = self.drills.scheduled
+        self.metrics.registry.register(journal_collector(cfg, lambda: {
             t: self.config.policy_for(t) for t in self.config.targets}))
         self.metrics.registry.register(MonitorCollector(lambda: self.monitors))
-        for incident, step in self.journal.recover_interrupted():
-            log.warning("incident=%d target=%s step=%s status=interrupted action=held",
-                        incident.id, incident.target, step.name)
-            write_report(self.journal, self.reports_dir, incident.id)
-            self.outbox.enqueue(
-                incident.id, f"held-{step.id}",
-                f"[rollbackd] {incident.target}: incident {incident.id} HELD for a person",
-                f"{incident.held_reason}\n\n`rollbackctl show {incident.id}` has the steps.\n")
+        if self.cluster is None:  # several instances: each target once this one owns it
+            self.recover_interrupted()
         self._build_monitors()
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
                                      cfg.daemon.socket_group, cfg.daemon.allowed_groups)
         await self.control.start()
         self._start_metrics()
-        self.alerts = await start_alerts(cfg.alerts, lambda: self.monitors, self.metrics)
+        self.alerts = await start_alerts(cfg.alerts, self.acting_monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         # Unacknowledged escalations page the next tier; cancelled with the other tasks.
-        self._tasks.append(asyncio.create_task(TierChecker(self.journal, self.outbox).run(),
-                                               name="escalation-tiers"))
+        tiers = TierChecker(self.cluster.tier_journal() if self.cluster else self.journal,
+                            self.outbox)
+        self._tasks.append(asyncio.create_task(tiers.run(), name="escalation-tiers"))
         # Every incident gets its report, also those that only escalated or recovered alone.
         self._tasks.append(asyncio.create_task(keep_reports(self.journal, self.reports_dir),
                                                name="reports"))
@@ -120,6 +122,8 @@ class Daemon:
         # Start-up objects live as long as the daemon: keep the collector from walking them
         # again and again (gen-2 pauses of 100-200 ms were measured with 600 probes).
         gc.freeze()
+        if self.cluster is not None:
+            self.cluster.start()
         self.notifier.ready(self.summary())
         log.info("daemon status=ready targets=%d socket=%s", len(self.monitors),
                  cfg.daemon.socket)
@@ -138,6 +142,9 @@ class Daemon:
         log.info("daemon status=stopping")
         self.notifier.stopping()
         self.scheduler.shutdown()
+        await self.drills.stop()  # a drill cut off is reported as interrupted
+        if self.cluster is not None:  # keep the targets owned while rollbacks wind down
+            self.cluster.quiesce()
         if self.alerts is not None:  # no alert may start a rollback while we wind down
             await self.alerts.stop()
         monitors = [*self.monitors.values(), *self._retired]
@@ -152,6 +159,8 @@ class Daemon:
             for task in running:  # the runner journals the cut-off step as interrupted
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.control.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.outbox.flush(), 5.0)
@@ -180,12 +189,33 @@ class Daemon:
 
         return hook
 
+    def recover_interrupted(self, target: str | None = None) -> None:
+        """Steps a crash left running are interrupted: their incidents are held for a person."""
+        for incident, step in self.journal.recover_interrupted(target):
+            log.warning("incident=%d target=%s step=%s status=interrupted action=held",
+                        incident.id, incident.target, step.name)
+            write_report(self.journal, self.reports_dir, incident.id)
+            self.outbox.enqueue(
+                incident.id, f"held-{step.id}",
+                f"[rollbackd] {incident.target}: incident {incident.id} HELD for a person",
+                f"{incident.held_reason}\n\n`rollbackctl show {incident.id}` has the steps.\n")
+
+    def acting_monitors(self) -> dict[str, TargetMonitor]:
+        """The monitors this instance acts for: all, or with several instances its own."""
+        if self.cluster is None:
+            return self.monitors
+        return {n: m for n, m in self.monitors.items() if self.cluster.may_act(n)}
+
+    def new_monitor(self, name: str) -> TargetMonitor:
+        return TargetMonitor(name, self.config.targets[name], self.config.policy_for(name),
+                             self.journal, self.outbox, self.metrics, self.reports_dir,
+                             self._fault_hook())
+
     def _build_monitors(self) -> None:
-        self.monitors = {
-            name: TargetMonitor(name, t, self.config.policy_for(name), self.journal,
-                                self.outbox, self.metrics, self.reports_dir, self._fault_hook())
-            for name, t in self.config.targets.items()
-        }
+        self.monitors = {name: self.new_monitor(name) for name in self.config.targets}
+        if self.cluster is not None:  # it schedules the targets this instance owns
+            self.cluster.adopt()
+            return
         for monitor in self.monitors.values():
             self.scheduler.schedule(monitor)
 
@@ -230,4 +260,6 @@ class Daemon:
         return f"{len(self.monitors)} targets, {failing} failing, {busy} rolling back"
 
     async def _control(self, cmd: str, args: dict[str, Any], peer: Any) -> Any:
+        if self.cluster is not None:  # acting for a target is for its owner only
+            self.cluster.check_command(cmd, args, peer)
         return await dispatch(self, cmd, args, peer)

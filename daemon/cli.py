@@ -85,6 +85,26 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(keep=ns.keep, verbose=ns.verbose)
 
 
+def cmd_journal_migrate(ns: argparse.Namespace) -> int:
+    from daemon.journal.migrate import MigrationError, migrate
+    from daemon.secrets import load_secret
+
+    try:
+        dsn = load_secret(ns.to_dsn_file).value
+        done = migrate(Path(ns.source), dsn)
+    except (ValueError, MigrationError, OSError) as exc:
+        print(f"rollbackd journal migrate: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # psycopg's: the database refused or cannot be reached
+        print(f"rollbackd journal migrate: {type(exc).__name__}: {exc}".rstrip(), file=sys.stderr)
+        return 1
+    for table, n in done.rows.items():
+        print(f"{table:16} {n} rows")
+    print(f"migrated {ns.source} to {done.server}: {sum(done.rows.values())} rows, ids kept; "
+          f"audit chain verified ({done.audit_rows} rows). Set daemon.journal_dsn_file now.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rollbackd", description="Self-healing monitoring daemon.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -104,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the workspace afterwards")
     demo.add_argument("--verbose", action="store_true", help="show the daemon's log lines")
     demo.set_defaults(func=cmd_demo)
+    journal = sub.add_parser("journal", help="journal maintenance").add_subparsers(
+        dest="journal_command", required=True, metavar="COMMAND")
+    mig = journal.add_parser("migrate", help="copy the SQLite journal into an empty PostgreSQL "
+                             "database (every table, ids kept, audit chain verified)")
+    mig.add_argument("--from", dest="source", required=True, metavar="SQLITE_FILE")
+    mig.add_argument("--to-dsn-file", required=True, metavar="FILE",
+                     help="secret file (or credential name) holding the postgresql:// URL")
+    mig.set_defaults(func=cmd_journal_migrate)
     return p
 
 

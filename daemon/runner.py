@@ -39,6 +39,17 @@ class Runner:
     reports_dir: Path
     fault_hook: Callable[[str], None] | None = None
     """Test-only: called with each step's name right after it is journaled as running."""
+    guard: Callable[[], bool] | None = None
+    """Several instances (daemon/cluster): True while this one owns the target. A step starts,
+    and its outcome is journaled, only while it holds; once it fails nothing more is written."""
+
+    def _owner(self) -> bool:
+        return self.guard is None or self.guard()
+
+    def _still_owner(self) -> None:
+        if not self._owner():  # the next owner finds the step `running` and holds the incident
+            log.warning("target=%s status=stopped reason=ownership lost", self.target)
+            raise asyncio.CancelledError("ownership of the target was lost")
 
     def involved(self, plan: Plan) -> list[Executor]:
         seen = dict.fromkeys(s.component for s in plan.steps if s.component in self.components)
@@ -77,6 +88,7 @@ class Runner:
         return True
 
     async def _run_step(self, seq: int, spec: StepSpec, ctx: StepContext) -> tuple[bool, str]:
+        self._still_owner()
         step_id = self.journal.step_started(ctx.incident_id, seq, spec.name, spec.idempotent)
         if self.fault_hook:
             self.fault_hook(spec.name)
@@ -90,12 +102,14 @@ class Runner:
             ok, detail = False, f"timed out after {spec.timeout:g}s"
         except asyncio.CancelledError:
             # Shut down mid-step: what the step did is unknown, so it is not `done` or `failed`.
-            self.journal.step_interrupted(step_id, "daemon stopped while the step ran")
+            if self._owner():
+                self.journal.step_interrupted(step_id, "daemon stopped while the step ran")
             raise
         except Exception as exc:  # an executor bug must not kill the daemon
             log.exception("target=%s step=%s status=crashed", self.target, spec.name)
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
+        self._still_owner()
         self.journal.step_finished(step_id, ok, duration, detail)
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",
                  self.target, ctx.incident_id, spec.name, "done" if ok else "failed",

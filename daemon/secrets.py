@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,22 @@ def resolve_secret_path(name: str) -> Path:
     return Path(cred_dir) / path
 
 
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def _read_small(path: Path) -> bytes:
+    """A regular file's bytes, at most MAX_SECRET_BYTES: /dev/zero, a FIFO or a huge file named
+    by mistake is an error, not a hang or the daemon's memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = fh.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_SECRET_BYTES} bytes")
+    return data
+
+
 def load_secret(name: object) -> SecretValue:
     if isinstance(name, SecretValue):
         return name
@@ -41,7 +59,7 @@ def load_secret(name: object) -> SecretValue:
         raise ValueError("expected the path of a secret file")
     path = resolve_secret_path(name)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_small(path).decode("utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:

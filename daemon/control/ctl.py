@@ -142,6 +142,40 @@ def _emergency(sub: Any) -> None:
     lock.add_argument("--reason")
 
 
+def _drills(sub: Any) -> None:
+    dr = _sub(sub, "drill", "recovery drill on a staging target: break it, time its recovery "
+              "(waits for the result; exit 1 unless it passed)", "target")
+    dr.add_argument("--scenario", action="append", metavar="SCENARIO", help="app_down, "
+                    "auth_broken, data_corruption, perf_degraded or key_invalid; repeatable "
+                    "(default: the target's configured scenarios)")
+    dr.add_argument("--no-wait", action="store_true", help="start it and return its id")
+    ds = _sub(sub, "drills", "drill schedules (overdue?) and recent drills, or one with --id")
+    ds.add_argument("target", nargs="?")
+    ds.add_argument("--id", type=int)
+    ds.add_argument("--limit", type=int, default=10)
+
+
+def _follow_drill(path: str, drill_id: int) -> dict[str, Any]:
+    try:
+        while True:
+            reply = request(path, "drills", {"id": drill_id})
+            if not reply.get("ok") or reply["result"]["state"] != "running":
+                return reply
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; drill {drill_id} goes on: rollbackctl drills --id "
+              f"{drill_id}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _drill_text(cmd: str, result: Any) -> str | None:
+    from daemon.drills.text import drill_text, drills_text
+
+    if cmd == "drill" or (cmd == "drills" and "scenarios" in result):
+        return drill_text(result)
+    return drills_text(result) if cmd == "drills" else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rollbackctl", description="Steer a running rollbackd.")
     p.add_argument("--socket", default=os.environ.get("ROLLBACKCTL_SOCKET", DEFAULT_SOCKET),
@@ -165,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--verify", action="store_true")
     audit.add_argument("--limit", type=int, default=20)
     _emergency(sub)
+    _drills(sub)
     _sub(sub, "reload", "re-read the config file")
     _sub(sub, "help", "the commands the daemon knows")
     return p
@@ -172,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _request_of(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, dict[str, Any]]:
     args = {k: v for k, v in vars(ns).items()
-            if k not in ("socket", "json", "cmd", "wait") and v is not None}
+            if k not in ("socket", "json", "cmd", "wait", "no_wait") and v is not None}
     cmd = ns.cmd
     if cmd == "known-good" and ns.action != "list":  # `known-good mark-bad T V` = `mark-bad T V`
         if ns.version is None or (ns.action == "mark-bad" and not ns.reason):
@@ -204,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         if reply.get("ok") and getattr(ns, "wait", False) and not ns.dry_run:
             reply = _wait(ns.socket, reply["result"])
             cmd = "show"
+        elif reply.get("ok") and cmd == "drill" and not ns.no_wait:
+            print(f"drill {reply['result']['id']} started on {ns.target}; following it "
+                  f"(Ctrl-C stops following, not the drill) ...", file=sys.stderr, flush=True)
+            reply = _follow_drill(ns.socket, reply["result"]["id"])
     except Unreachable as exc:
         print(f"rollbackctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -214,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cmd}: ERROR ({reply.get('code')}) {reply.get('error')}", file=sys.stderr)
         return EXIT_REFUSED
     result: Any = reply.get("result")
-    print(json.dumps(result, indent=2, default=str) if ns.json else human(cmd, result))
+    text = None if ns.json else _drill_text(cmd, result)
+    print(json.dumps(result, indent=2, default=str) if ns.json else text or human(cmd, result))
+    if cmd == "drill" and not ns.no_wait and result["state"] != "passed":
+        return EXIT_REFUSED  # the drill ended, but not every scenario passed
     if getattr(ns, "wait", False) and cmd == "show" and result["state"] != "resolved":
         return EXIT_REFUSED  # --wait: the rollback ended, but not healthy
     return EXIT_OK

@@ -25,8 +25,11 @@ def _short(value: Any, n: int = 12) -> str:
 def _status(r: dict[str, Any]) -> str:
     rows = [{**t, "probes": " ".join(f"{p}:{s}" for p, s in t["probes"].items()),
              "version": _short(t["version"])} for t in r["targets"]]
-    out = [f"rollbackd pid {r['pid']}, up {r['uptime']}s: {r['summary']}",
-           table(rows, ["target", "state", "incident", "version", "probes"])]
+    owned = "instance" in r  # several instances share the journal: who acts for each target
+    out = [f"rollbackd pid {r['pid']}, up {r['uptime']}s: {r['summary']}"
+           + (f"\ninstance {r['instance']}" if owned else ""),
+           table(rows, ["target", *(["owner"] if owned else []), "state", "incident", "version",
+                        "probes"])]
     if r.get("breakers"):
         out += ["", "breakers:", table(r["breakers"], ["target", "plan", "mode"])]
     if r.get("overrides"):

@@ -29,7 +29,11 @@ def journal_dsn(cfg: Config) -> str:
 
 def open_journal(cfg: Config) -> Journal:
     if cfg.daemon.journal_backend == "postgresql":
-        return open_pg_journal(journal_dsn(cfg), cfg.daemon.state_dir)
+        # The journal is synchronous, like sqlite3: a dead network must not hold the daemon's
+        # loop for longer than an owner may go without renewing its lock session.
+        fence_ms = int(cfg.daemon.takeover_after * 1000 / 5)
+        return open_pg_journal(journal_dsn(cfg), cfg.daemon.state_dir,
+                               tcp_user_timeout=fence_ms, connect_timeout=max(2, fence_ms // 1000))
     return Journal(cfg.journal_path)
 
 

@@ -57,15 +57,16 @@ _DDL_TYPES = [
     (re.compile(r"\bINTEGER\b", re.IGNORECASE), lambda m: "BIGINT"),
     (re.compile(r"\bREAL\b", re.IGNORECASE), lambda m: "DOUBLE PRECISION"),
     (re.compile(r"\bBLOB\b", re.IGNORECASE), lambda m: "BYTEA"),
-    (re.compile(r"\bTEXT\b", re.IGNORECASE), lambda m: 'TEXT COLLATE "C"'),
+    (re.compile(r"\bTEXT\b(?!\s+COLLATE)", re.IGNORECASE), lambda m: 'TEXT COLLATE "C"'),
     (re.compile(r"\s+WITHOUT\s+ROWID\b", re.IGNORECASE), lambda m: ""),
 ]
 
 
-def _outside_quotes(sql: str, change: Callable[[str], str]) -> str:
-    """Apply `change` to the SQL between string literals and quoted names, never inside them."""
+def _outside_quotes(sql: str, change: Callable[[str], str],
+                    inside: Callable[[str], str] = lambda p: p) -> str:
+    """Apply `change` to the SQL between string literals and quoted names, `inside` to them."""
     parts = _QUOTED.split(sql)
-    return "".join(p if i % 2 else change(p) for i, p in enumerate(parts))
+    return "".join(inside(p) if i % 2 else change(p) for i, p in enumerate(parts))
 
 
 def _wrap_sums(sql: str) -> str:
@@ -78,6 +79,8 @@ def _wrap_sums(sql: str) -> str:
         while end < len(sql) and depth:
             depth += {"(": 1, ")": -1}.get(sql[end], 0)
             end += 1
+        if depth:
+            break  # it closes beyond a literal: left as it is
         inner = _CONDITION.sub(lambda c: f"CAST(({c[0]}) AS INTEGER)", sql[m.end():end - 1])
         out += [sql[pos:m.end()], inner, ")"]
         pos = end
@@ -107,7 +110,8 @@ def translate(sql: str, identity_tables: frozenset[str] = frozenset()) -> str:
         text = _wrap_sums(text)
         return text.replace("%", "%%").replace("?", "%s")
 
-    out = _outside_quotes(sql, clauses)
+    # psycopg reads % everywhere, in literals too: a literal % is written %%.
+    out = _outside_quotes(sql, clauses, lambda p: p.replace("%", "%%"))
     if insert:
         if insert[1]:
             out = re.sub(r"\s+OR\s+IGNORE\s+INTO", " INTO", out, count=1, flags=re.IGNORECASE)
@@ -276,7 +280,13 @@ class PgConnection:
         if self._in_tx:
             raise psycopg.ProgrammingError("cannot start a transaction within a transaction")
         conn = self.ready()
-        conn.execute("BEGIN")
+        try:
+            conn.execute("BEGIN")
+        except psycopg.OperationalError:
+            if not (conn.broken or conn.closed):
+                raise
+            conn = self.ready()  # the server ended the session while idle: nothing was lost
+            conn.execute("BEGIN")
         self._in_tx = True
         try:
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", WRITE_KEY)
@@ -291,7 +301,8 @@ class PgConnection:
             if was and not (self.conn.closed or self.conn.broken):
                 self.conn.execute("ROLLBACK")
             return Cursor([], -1, None)
-        self.ready().execute("COMMIT")
+        # Never on a new connection: a transaction lost with the old one must fail loudly.
+        self.conn.execute("COMMIT")
         return Cursor([], -1, None)
 
     def _pragma(self, sql: str) -> Cursor:
@@ -317,15 +328,16 @@ class PgConnection:
                 self._run("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
-def open_pg_journal(dsn: str, state_dir: Path) -> Journal:
+def open_pg_journal(dsn: str, state_dir: Path, **params: Any) -> Journal:
     """The journal on PostgreSQL, its schema created or upgraded by one instance at a time.
 
     `state_dir` still holds what is local to this host (reports, backups); the journal's
-    `path` names a file there that is never created, for messages only.
+    `path` names a file there that is never created, for messages only. `params` are libpq
+    connection parameters (timeouts).
     """
     from daemon.journal.store import Journal
 
-    db = PgConnection(dsn)
+    db = PgConnection(dsn, **params)
     try:
         with db.session_lock(MIGRATE_KEY):
             db.ensure_version_table()

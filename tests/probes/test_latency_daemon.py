@@ -53,7 +53,7 @@ def test_sustained_slowdown_is_perf_degraded_and_recovers(
         # A baseline of fast answers first: nothing is judged before it exists.
         wait_for(lambda: len(srv.requests) >= 40, 20, "a baseline of fast answers")
         assert incidents(d) == []
-        srv.reply(Reply(delay=0.5))  # ten times the floor: far over 2 x any baseline, even on a loaded machine
+        srv.reply(Reply(delay=0.5))  # ten times the floor: far over 2 x any baseline under load
         found = wait_for(lambda: incidents(d), 20, f"a perf_degraded incident\n{d.log_text()}")
         assert found[0]["incident_class"] == "perf_degraded", found
         assert "p95 latency" in found[0]["reason"] and "baseline p95" in found[0]["reason"]

@@ -7,6 +7,7 @@ from daemon.control.commands import (  # noqa: F401 - imported for their registr
     approvals,
     audit,
     backups,
+    drills,
     emergency,
     incidents,
     overrides,

@@ -24,6 +24,7 @@ def incident_row(i: Incident) -> dict[str, Any]:
 @command("status", "the daemon, its targets, open incidents, breakers and overrides")
 async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     targets = []
+    owners = d.cluster.owners() if d.cluster else {}  # several instances: who acts for what
     for name, m in d.monitors.items():
         inc = d.journal.open_incident_for(name)
         targets.append({
@@ -33,11 +34,13 @@ async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
             "version": m._version[1],
             "incident": inc.id if inc else None,
             "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
+            **({"owner": owners.get(name, {}).get("owner")} if d.cluster else {}),
         })
     return {
         "pid": os.getpid(),
         "uptime": round(time.time() - d.started_at, 1),
         "summary": d.summary(),
+        **({"instance": d.cluster.instance} if d.cluster else {}),
         "targets": targets,
         "breakers": [{"target": t, "plan": k, "mode": b.mode} for t, k, b in d.journal.breakers()],
         "overrides": [{"kind": o.kind.value, "target": o.target or "*", "until": o.until,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from daemon.control.server import Peer
 
 if TYPE_CHECKING:
     from daemon.app import Daemon
+
+log = logging.getLogger("rollbackd.control")
 
 CommandFunc = Callable[["Daemon", dict[str, Any], Peer], Awaitable[Any]]
 
@@ -58,10 +61,18 @@ async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any
     try:
         result = await found.func(d, args, peer)
     except CommandError as exc:
-        d.journal.audit(peer.uid, peer.pid, cmd, shown, f"error:{exc.code}")
+        _audit(d, peer, cmd, shown, f"error:{exc.code}")
         raise
     except Exception as exc:  # audited too: every command leaves a row, crashed or not
-        d.journal.audit(peer.uid, peer.pid, cmd, shown, f"error:internal:{type(exc).__name__}")
+        _audit(d, peer, cmd, shown, f"error:internal:{type(exc).__name__}")
         raise
-    d.journal.audit(peer.uid, peer.pid, cmd, shown, "ok")
+    _audit(d, peer, cmd, shown, "ok")
     return result
+
+
+def _audit(d: Daemon, peer: Peer, cmd: str, shown: Any, outcome: str) -> None:
+    try:
+        d.journal.audit(peer.uid, peer.pid, cmd, shown, outcome)
+    except Exception as exc:  # a full disk must not silence `status`: the log keeps the row
+        log.error("audit status=unwritable cmd=%s uid=%s pid=%s outcome=%s reason=%r", cmd,
+                  peer.uid, peer.pid, outcome, str(exc))
