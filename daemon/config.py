@@ -313,8 +313,13 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
             continue
         if i == 3 and loc[0] == "targets" and loc[2] == "deployment" and el in DEPLOYMENT_KINDS:
             continue
-        parts.append(f"[{el}]" if isinstance(el, int) else str(el))
+        parts.append(f"[{el}]" if isinstance(el, int) else _toml_key(str(el)))
     return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _toml_key(key: str) -> str:
+    """A key as TOML writes it: bare when it can be, quoted when it holds dots or brackets."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -336,7 +341,7 @@ def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
     m = re.match(r"Cannot declare (\(.*\)) twice \(at (line \d+)", text)
     if m:
         parts = ast.literal_eval(m.group(1))
-        keys = ".".join(k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k) for k in parts)
+        keys = ".".join(_toml_key(k) for k in parts)
         is_target = len(parts) == 2 and parts[0] == "targets"
         what = "duplicate target" if is_target else "duplicate table"
         return f"{keys}: {what}, declared twice ({m.group(2)})"

@@ -9,7 +9,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,9 @@ class TargetMonitor:
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
         self.task: asyncio.Task[bool] | None = None
-        self.transitions: deque[datetime] = deque(maxlen=64)
+        self.transitions: deque[float] = deque(maxlen=64)
+        """time.monotonic() of each healthy <-> failing change: a clock step must not make
+        recent flapping old, or old flapping recent."""
         self._was_failing = False
         self._version: tuple[float, str | None] = (0.0, None)
         self._eval_lock = asyncio.Lock()
@@ -155,7 +157,7 @@ class TargetMonitor:
         failing = any(h.failing for h in self.health.values())
         if failing != self._was_failing:
             self._was_failing = failing
-            self.transitions.append(now_utc())
+            self.transitions.append(time.monotonic())
 
     async def run_scheduled(self, probe_name: str) -> None:
         try:
@@ -227,7 +229,9 @@ class TargetMonitor:
         )
 
     def history(self) -> History:
-        return journal_history(self.journal, self.name, tuple(self.transitions))
+        now, mono = now_utc(), time.monotonic()  # wall times for the policy, ages kept exact
+        return journal_history(self.journal, self.name, tuple(
+            now - timedelta(seconds=mono - t) for t in self.transitions))
 
     async def evaluate(self) -> None:
         if self.busy:

@@ -219,7 +219,11 @@ def write_report(journal: Journal, reports_dir: Path, incident_id: int) -> Path:
     for path, text in ((md, render_markdown(report)),
                        (md.with_suffix(".json"), json.dumps(report, indent=2, default=str))):
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
+        # 0600 whatever the umask: a report carries the incident's evidence.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.replace(tmp, path)
     return md
 

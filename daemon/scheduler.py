@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.backup.schedule import attach_backups
 from daemon.drills.schedule import attach_drills
@@ -17,6 +20,9 @@ from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 
 log = logging.getLogger("rollbackd.scheduler")
+
+CLOCK_STEP = 2.0
+"""Seconds the wall clock may move against the monotonic clock before it counts as stepped."""
 
 
 def phase(job_id: str, interval: float) -> float:
@@ -38,6 +44,9 @@ class ProbeScheduler:
         self.lags: list[float] = []
         self.drills: Callable[[str], Awaitable[Any]] | None = None
         """Runs a target's scheduled drill (the daemon's DrillService); None: no drills."""
+        self.wall: Callable[[], float] = time.time
+        self.clock_check = 1.0
+        self._clock_watch: asyncio.Task[None] | None = None
 
     def _on_submitted(self, event: JobSubmissionEvent) -> None:
         due = event.scheduled_run_times[-1]
@@ -46,6 +55,29 @@ class ProbeScheduler:
 
     def start(self) -> None:
         self.scheduler.start()
+        self._clock_watch = asyncio.get_running_loop().create_task(self._watch_clock(),
+                                                                   name="clock-watch")
+
+    async def _watch_clock(self) -> None:
+        """APScheduler plans in wall time: stepped back an hour, it would run no probe for an
+        hour; stepped forward, it would work through every run it "missed". A step shows as a
+        change of wall minus monotonic time; then every interval job is brought back within
+        one interval of now (cron jobs, the drills, keep their wall times)."""
+        offset = self.wall() - time.monotonic()
+        while True:
+            await asyncio.sleep(self.clock_check)
+            now_offset = self.wall() - time.monotonic()
+            step, offset = now_offset - offset, now_offset
+            if abs(step) < CLOCK_STEP:
+                continue
+            log.warning("clock status=stepped by=%+.1fs action=probe schedule kept", step)
+            now = datetime.fromtimestamp(self.wall(), UTC)
+            for job in self.scheduler.get_jobs():
+                if isinstance(job.trigger, IntervalTrigger) and job.next_run_time is not None:
+                    due = min(max(job.next_run_time, now), now + job.trigger.interval)
+                    if due != job.next_run_time:
+                        job.modify(next_run_time=due)
+            self.scheduler.wakeup()
 
     def schedule(self, monitor: TargetMonitor) -> None:
         for name, settings in monitor.settings.items():
@@ -87,5 +119,7 @@ class ProbeScheduler:
         self.scheduler.remove_all_jobs()
 
     def shutdown(self) -> None:
+        if self._clock_watch is not None:
+            self._clock_watch.cancel()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

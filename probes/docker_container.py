@@ -49,6 +49,7 @@ class DockerContainerProbe:
         self.settings = settings
         self._api: Any = None
         self._last: tuple[str, int] | None = None
+        import docker  # noqa: F401 - here: first imports racing in worker threads break requests
         """(container id, restart count) at the previous check: growth means a restart loop."""
 
     def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,

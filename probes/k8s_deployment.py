@@ -61,6 +61,7 @@ class K8sDeploymentProbe:
         self.name = name
         self.settings = settings
         self._api: Any = None
+        import kubernetes.client  # noqa: F401 - here, not first in a worker thread (see docker_container)
 
     def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
              version: str | None = None, metrics: dict[str, float] | None = None) -> Observation:

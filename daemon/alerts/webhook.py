@@ -148,7 +148,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     if "chunked" in headers.get("transfer-encoding", "").lower():
         raise HttpError(411, "send a Content-Length; chunked bodies are not accepted")
     length = headers.get("content-length")
-    if length is None or not length.isdigit():
+    if length is None or not (length.isascii() and length.isdigit()):  # "²".isdigit() too
         raise HttpError(411, "Content-Length required")
     if int(length) > MAX_BODY:
         raise HttpError(413, f"body larger than {MAX_BODY} bytes")

@@ -101,6 +101,7 @@ class DockerExecutor:
         self.name = s.container
         self.candidate = f"{s.container}.candidate"
         self._api: Any = None
+        import docker  # noqa: F401 - here, not first in a worker thread: racing imports break requests
         api, c = s.api_timeout, Component.DEPLOYMENT
         self.rollback_steps: tuple[StepSpec, ...] = (
             StepSpec("stop_failed_container", idempotent=True,

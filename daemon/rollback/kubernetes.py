@@ -81,6 +81,7 @@ class KubernetesExecutor:
         self.settings = s = settings
         self.where = f"deployment {s.namespace}/{s.deployment}"
         self._api: Any = None
+        import kubernetes.client  # noqa: F401 - here, not first in a worker thread (racing imports)
         api, c = s.api_timeout, Component.DEPLOYMENT
         self.steps = (
             StepSpec("restore_pod_template", idempotent=True, timeout=3 * api + 5, component=c),

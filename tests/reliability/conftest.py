@@ -1,0 +1,5 @@
+"""Fixtures shared with other suites: the escalation tests' self-signed SMTP certificate."""
+
+from tests.escalation.conftest import cert
+
+__all__ = ["cert"]
