@@ -220,7 +220,8 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, figures: dict[str, float] | None = None) -> int:
+    """Measure and print; `figures` (when given) receives the measured values."""
     work = Path(tempfile.mkdtemp(prefix="rollbackd-bench-"))
     app_port, metrics_port = _free_port(), _free_port()
     config = work / "rollbackd.toml"
@@ -265,6 +266,11 @@ def run(args: argparse.Namespace) -> int:
     text = log.read_text(errors="replace")
     skipped = text.count("maximum number of running instances reached")
     missed = text.count("was missed by")
+    if figures is not None:  # for bench/run.py's combined tables
+        figures.update(lag_p50=_quantile(lags, 0.50) if lags else float("nan"),
+                       lag_p99=_quantile(lags, 0.99) if lags else float("nan"), cpu=cpu,
+                       hwm=hwm, rss=rss, waited=waited, load=load,
+                       runs_per_s=sum(runs.values()) / (t1 - t0), expected_per_s=expected)
     print_table(lags, m0, m1, cpu, hwm, rss)
     print(f"\nprobe runs: {sum(runs.values()) / (t1 - t0):.1f}/s (expected {expected:.1f}/s), by "
           f"result {json.dumps({k: int(v) for k, v in sorted(runs.items())})}; runs skipped "

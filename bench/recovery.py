@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, size_mib: int, repeat: int) -> int:
+def run(work: Path, size_mib: int, repeat: int, figures: dict[str, float] | None = None) -> int:
+    """Measure and print; `figures` (when given) receives the medians in seconds and the size."""
     live, copy = work / "grading.db", work / "copy.db"
     print(f"building a {size_mib} MiB WAL database in {work} ...", flush=True)
     build(live, size_mib)
@@ -148,6 +149,9 @@ def run(work: Path, size_mib: int, repeat: int) -> int:
         _, _, seconds = ex.swap(staged)
         swaps.append(seconds)
     critical = statistics.median(swaps)
+    if figures is not None:  # for bench/run.py's combined tables
+        figures.update(size=size, cp=floor, api=api, verified=verified, plain=plain,
+                       staging=staging, critical=critical)
 
     rows = [
         ("backup: cp + fsync (floor)", floor, "1.00x", ""),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,17 @@ GIT_ID = ["-c", "user.name=rollbackd demo", "-c", "user.email=demo@localhost",
 
 # A deploy that cannot start: the kind of mistake that takes an app down at 3 a.m.
 BROKEN_PATCH = '\nraise SystemExit("ImportError: settings module grading_settings is missing")\n'
+
+# The health probe's latency limit for the staging config: the slow version's /health misses it.
+SLOW_HEALTH = 'max_latency = "300ms"\n'
+# The built-in drill injectors of the staging config, one per scenario (TOML inline tables).
+SAMPLEAPP_INJECTORS = {
+    "app_down": '{ builtin = "sampleapp_wont_start" }',
+    "auth_broken": '{ builtin = "alembic_bad_migration" }',
+    "data_corruption": '{ builtin = "sqlite_corrupt_page", table = "ix_grades_user_id" }',
+    "perf_degraded": '{ builtin = "sampleapp_slow", delay = "450ms" }',
+    "key_invalid": '{ builtin = "fernet_replace_key" }',
+}
 
 
 def free_port() -> int:
@@ -109,9 +122,112 @@ class Workspace:
         self.restart()
         return self.head()
 
+    # -- the data side: WAL, rows, the probe's password, the key's canary --------------------
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "data" / "grading.db"
+
+    def use_wal(self) -> None:
+        """The database in WAL mode, as a live app's would be (backups stay consistent)."""
+        with closing(sqlite3.connect(self.db_path)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+    def add_grades(self, n: int, course: str = "math") -> None:
+        with closing(sqlite3.connect(self.db_path, timeout=10)) as db:
+            uid = db.execute("SELECT id FROM users ORDER BY id LIMIT 1").fetchone()[0]
+            db.executemany("INSERT INTO grades (user_id, course, grade) VALUES (?, ?, ?)",
+                           [(uid, course, str(i % 100)) for i in range(n)])
+            db.commit()
+
+    def password_file(self) -> Path:
+        """The login probe's password (the demo user's), 0600."""
+        path = self.root / "probe-password"
+        if not path.exists():
+            path.write_text(DEMO_USER[1] + "\n")
+            os.chmod(path, 0o600)
+        return path
+
+    def canary_file(self) -> Path:
+        """A Fernet token made with the app's key: a key that cannot decrypt it is wrong."""
+        path = self.root / "key.canary"
+        if not path.exists():
+            key = self.env()["DB_ENCRYPTION_KEY"].encode()
+            path.write_text(Fernet(key).encrypt(b"grading canary").decode() + "\n")
+        return path
+
+    def service_argv(self, action: str) -> list[str]:
+        """The sample app's start/stop/restart command (what systemctl would be)."""
+        return [*self.restart_argv()[:3], action, *self.restart_argv()[4:]]
+
+    def staging_toml(self, injectors: dict[str, str] | None = None, drills: str = "") -> str:
+        """Everything a staging target needs beside config_toml(...): probes for every
+        scenario, database, key, backups, `staging = true` and drills with the built-in
+        injectors. Pass it as targets_extra, with health_extra=SLOW_HEALTH."""
+        def toml(argv: list[str]) -> str:
+            return json.dumps(argv)
+
+        chosen = {**SAMPLEAPP_INJECTORS, **(injectors or {})}  # an empty value: none
+        lines = "".join(f"{k} = {v}\n" for k, v in chosen.items() if v)
+        return f"""
+[targets.grading.probes.login]
+kind = "login"
+url = "{self.url}/api/auth/login"
+email = "{DEMO_USER[0]}"
+password_file = "{self.password_file()}"
+interval = "1s"
+timeout = "5s"
+failure_threshold = 2
+
+[targets.grading.probes.integrity]
+kind = "sqlite_integrity"
+path = "{self.db_path}"
+interval = "500ms"
+timeout = "2s"
+failure_threshold = 1
+full_check_every = "2s"
+required_tables = ["users", "grades"]
+
+[targets.grading.probes.key]
+kind = "fernet_key"
+key_file = "{self.env_file}"
+env_var = "DB_ENCRYPTION_KEY"
+canary_file = "{self.canary_file()}"
+interval = "500ms"
+failure_threshold = 2
+
+[targets.grading.database]
+kind = "sqlite"
+path = "{self.db_path}"
+stop = {toml(self.service_argv("stop"))}
+start = {toml(self.service_argv("start"))}
+migrate = {toml([sys.executable, "-m", "alembic", "downgrade", "{revision}"])}
+cwd = "{self.app_dir}"
+env_file = "{self.env_file}"
+tables = ["users", "grades"]
+command_timeout = "30s"
+
+[targets.grading.key]
+file = "{self.env_file}"
+env_var = "DB_ENCRYPTION_KEY"
+canary_file = "{self.canary_file()}"
+restart = {toml(self.restart_argv())}
+command_timeout = "30s"
+
+[targets.grading]
+staging = true
+
+[targets.grading.drills]
+timeout = "60s"
+{drills}
+[targets.grading.drills.injectors]
+{lines}"""
+
     def config_toml(self, smtp_port: int, state_dir: Path | None = None, extra: str = "",
-                    restart_argv: list[str] | None = None, targets_extra: str = "") -> str:
-        """A complete config for this workspace; `extra` lands in [daemon]."""
+                    restart_argv: list[str] | None = None, targets_extra: str = "",
+                    health_extra: str = "") -> str:
+        """A complete config for this workspace; `extra` lands in [daemon], `health_extra` in
+        the health probe's table."""
         state = state_dir or self.root / "state"
         argv = ", ".join(json.dumps(a) for a in restart_argv or self.restart_argv())
         return f"""\
@@ -148,4 +264,4 @@ url = "{self.url}/health"
 interval = "500ms"
 timeout = "1s"
 failure_threshold = 3
-{targets_extra}"""
+{health_extra}{targets_extra}"""
