@@ -42,6 +42,18 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _migrate_has_placeholder(v: list[str] | None) -> list[str] | None:
+    if v is not None and not any("{revision}" in a for a in v):
+        raise ValueError('needs a "{revision}" placeholder for the target revision')
+    return v
+
+
+def _stop_and_start_together(db: Any) -> Any:
+    if (db.stop is None) != (db.start is None):
+        raise ValueError("stop and start go together: a restore stops and starts the app")
+    return db
+
+
 class SqliteDatabase(_Frozen):
     kind: Literal["sqlite"]
     path: ConfigPath
@@ -64,18 +76,8 @@ class SqliteDatabase(_Frozen):
     alembic_table: str = Field(default="alembic_version", min_length=1)
     command_timeout: PositiveDuration = 120.0
 
-    @field_validator("migrate")
-    @classmethod
-    def _has_placeholder(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not any("{revision}" in a for a in v):
-            raise ValueError('needs a "{revision}" placeholder for the target revision')
-        return v
-
-    @model_validator(mode="after")
-    def _stop_with_start(self) -> SqliteDatabase:
-        if (self.stop is None) != (self.start is None):
-            raise ValueError("stop and start go together: a restore stops and starts the app")
-        return self
+    _has_placeholder = field_validator("migrate")(_migrate_has_placeholder)
+    _stop_with_start = model_validator(mode="after")(_stop_and_start_together)
 
 
 class PostgresDatabase(_Frozen):
@@ -122,18 +124,8 @@ class PostgresDatabase(_Frozen):
     command_timeout: PositiveDuration = 120.0
     restore_timeout: PositiveDuration = 3600.0
 
-    @field_validator("migrate")
-    @classmethod
-    def _has_placeholder(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not any("{revision}" in a for a in v):
-            raise ValueError('needs a "{revision}" placeholder for the target revision')
-        return v
-
-    @model_validator(mode="after")
-    def _stop_with_start(self) -> PostgresDatabase:
-        if (self.stop is None) != (self.start is None):
-            raise ValueError("stop and start go together")
-        return self
+    _has_placeholder = field_validator("migrate")(_migrate_has_placeholder)
+    _stop_with_start = model_validator(mode="after")(_stop_and_start_together)
 
 
 class RedisSessions(_Frozen):

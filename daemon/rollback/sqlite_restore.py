@@ -108,14 +108,7 @@ class SqliteExecutor(StoreWiring):
         return found
 
     async def backup_current(self, ctx: StepContext) -> str:
-        try:
-            b = await self.store.take(self.backuper, f"incident-{ctx.incident_id}",
-                                      ctx.incident_id)
-        except BackupFailed as exc:
-            raise StepFailed(f"cannot back up the current database: {exc}; nothing was "
-                             "changed") from None
-        note = "" if b.verified else " - kept as evidence of the damaged state"
-        return f"current database backed up as {b.describe()}{note}"
+        return await self.take_current(ctx, "backed up as")
 
     async def verify_target(self, ctx: StepContext) -> str:
         names = {s.name for s in ctx.plan.steps}

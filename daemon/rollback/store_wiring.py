@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from daemon.backup.base import Backuper
+from daemon.backup.base import Backuper, BackupFailed
 from daemon.backup.store import BackupStore
-from daemon.rollback.base import StepFailed
+from daemon.rollback.base import StepContext, StepFailed
 
 
 class StoreWiring:
@@ -26,3 +26,15 @@ class StoreWiring:
         if self._store is None:
             raise StepFailed(f"no backup store is attached to the {self.backend} executor")
         return self._store
+
+    async def take_current(self, ctx: StepContext, done: str) -> str:
+        """The checklist's backup of the live database before anything changes; a failed one
+        stops the plan, and a copy that fails verification is still kept as evidence."""
+        try:
+            b = await self.store.take(self.backuper, f"incident-{ctx.incident_id}",
+                                      ctx.incident_id)
+        except BackupFailed as exc:
+            raise StepFailed(f"cannot back up the current database: {exc}; nothing was "
+                             "changed") from None
+        note = "" if b.verified else " - kept as evidence of the damaged state"
+        return f"current database {done} {b.describe()}{note}"
