@@ -21,7 +21,7 @@ from daemon.metrics import Metrics
 from daemon.rollback.base import Executor
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
-from policies.classify import IncidentClass, all_passing, classify
+from policies.classify import SESSION_KINDS, IncidentClass, all_passing, classify
 from policies.debounce import ProbeHealth, debounce
 from policies.decision import Action, Decision, History, decide
 from policies.latency import LatencyState, explain, track
@@ -213,7 +213,18 @@ class TargetMonitor:
                             f"{bad.bad_reason}.\n`rollbackctl known-good list {self.name}` and "
                             "the earlier incident's report have the details.\n")
 
-    async def facts(self, version: str | None, onset: datetime | None) -> Facts:
+    def damaged(self, probes: list[str]) -> frozenset[Component]:
+        """Whose data these failing probes speak for."""
+        kinds = {self.settings[p].kind for p in probes if p in self.settings}
+        found = set()
+        if kinds & set(REVISION_KINDS):
+            found.add(Component.DATABASE)
+        if kinds & set(SESSION_KINDS):
+            found.add(Component.SESSIONS)
+        return frozenset(found)
+
+    async def facts(self, version: str | None, onset: datetime | None,
+                    probes: list[str] | None = None) -> Facts:
         # The backup a restore would use carries the writes made since it (what it would lose).
         backups = await with_losses(self.components,
                                     self.journal.backup_entries(self.name, "database"), onset)
@@ -224,6 +235,8 @@ class TargetMonitor:
             ledger=tuple(self.journal.ledger(self.name)),
             backups=backups,
             key_backups=self.journal.backup_entries(self.name, "key"),
+            session_backups=self.journal.backup_entries(self.name, "sessions"),
+            damaged=self.damaged(probes or []),
             capabilities=self.capabilities(),
             onset=onset,
         )
@@ -253,7 +266,7 @@ class TargetMonitor:
         evidence = "; ".join(f"{p} {h.last.detail}" for p in probes
                              if (h := self.health[p]).last is not None)
         onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
-        decision = decide(incident_class, evidence, await self.facts(version, onset),
+        decision = decide(incident_class, evidence, await self.facts(version, onset, probes),
                           self.history(), now_utc(), self.policy, self.name)
         if decision.action in (Action.SUPPRESS, Action.IGNORE):
             if self._last_suppressed != decision.reason:  # say it once, not every run

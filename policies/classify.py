@@ -26,6 +26,7 @@ CORRUPTION = {Symptom.INTEGRITY, Symptom.MISSING_TABLE, Symptom.BAD_REVISION,
               Symptom.ROWS_COLLAPSED}
 HEALTH_KINDS = {"http_health", "docker_container", "k8s_deployment", "alertmanager"}
 DEPENDENCY_KINDS = {"redis", "postgres_integrity"}
+SESSION_KINDS = {"redis"}
 DOWN = {Symptom.UNREACHABLE, Symptom.TIMEOUT}
 
 
@@ -38,7 +39,9 @@ def _failing(health: TargetHealth, kinds: set[str],
 
 
 def _data_corruption(health: TargetHealth) -> list[str]:
-    return _failing(health, INTEGRITY_KINDS, CORRUPTION)
+    # Sessions and reset tokens gone from Redis are lost data too, restored like a database.
+    return _failing(health, INTEGRITY_KINDS, CORRUPTION) + _failing(
+        health, SESSION_KINDS, {Symptom.ROWS_COLLAPSED})
 
 
 def _dependency_down(health: TargetHealth) -> list[str]:

@@ -17,10 +17,12 @@ from policies.settings import PolicySettings
 from policies.targets import (
     Facts,
     can,
+    damaged,
     deployment_target,
     downgrade_revision,
     key_backup,
     restore_backup,
+    sessions_backup,
 )
 
 
@@ -107,6 +109,16 @@ def _deployment_actions(
     return actions, targets, phrase
 
 
+def _flush_after_restore(f: Facts, actions: list[tuple[Capability, tuple[StepSpec, ...]]]
+                         ) -> str:
+    """Sessions issued against the data a restore discards must not outlive it: the flush
+    follows a database restore wherever the target's sessions executor is set up for it."""
+    if not can(f, Capability.SESSIONS_FLUSH):
+        return ""
+    actions.append((Capability.SESSIONS_FLUSH, _steps(f, Capability.SESSIONS_FLUSH)))
+    return ", then flushing the sessions"
+
+
 def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
           policy: PolicySettings) -> tuple[Plan, str] | str:
     """The plan and its phrase for the reason, or why there is none."""
@@ -136,16 +148,32 @@ def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
             actions = [(Capability.DATABASE_RESTORE, _steps(f, Capability.DATABASE_RESTORE))]
             targets = {Component.DATABASE: str(backup.id)}
             phrase = f"restoring backup #{backup.id} from {_fmt(backup.created_at)}"
+            phrase += _flush_after_restore(f, actions)
         else:
             return ("no migration ran since the known-good version and no verified backup "
                     "older than the onset can be restored")
     elif kind is PlanKind.DATA_RECOVERY:
-        backup = restore_backup(f)
-        if backup is None or not can(f, Capability.DATABASE_RESTORE):
-            return "no verified backup older than the onset can be restored"
-        actions = [(Capability.DATABASE_RESTORE, _steps(f, Capability.DATABASE_RESTORE))]
-        targets = {Component.DATABASE: str(backup.id)}
-        phrase = f"restoring backup #{backup.id} from {_fmt(backup.created_at)}"
+        flushed = ""
+        if damaged(f, Component.DATABASE):
+            backup = restore_backup(f)
+            if backup is None or not can(f, Capability.DATABASE_RESTORE):
+                return "no verified backup older than the onset can be restored"
+            actions = [(Capability.DATABASE_RESTORE, _steps(f, Capability.DATABASE_RESTORE))]
+            targets = {Component.DATABASE: str(backup.id)}
+            phrase = f"restoring backup #{backup.id} from {_fmt(backup.created_at)}"
+            flushed = _flush_after_restore(f, actions)
+            phrase += flushed
+        if damaged(f, Component.SESSIONS) and not flushed:  # a flush supersedes lost sessions
+            snap = sessions_backup(f)
+            if snap is None or not can(f, Capability.SESSIONS_RESTORE):
+                return "sessions were lost and no verified snapshot of them older than the " \
+                    "onset can be restored"
+            actions.append((Capability.SESSIONS_RESTORE, _steps(f, Capability.SESSIONS_RESTORE)))
+            targets[Component.SESSIONS] = str(snap.id)
+            phrase += (", then " if phrase else "") + (
+                f"restoring the lost sessions and tokens from snapshot #{snap.id} of "
+                f"{_fmt(snap.created_at)} (keys deleted on purpose since, such as logouts, "
+                "come back)")
         cur = next((e for e in f.ledger if e.version == f.current_version), None)
         if cur is not None and not cur.known_good:  # a deploy since the last good state
             dep = _deployment_actions(f, cls)

@@ -29,7 +29,8 @@ class Capability(StrEnum):
     DATABASE_RESTORE = "database_restore"
     DATABASE_DOWNGRADE = "database_downgrade"
     KEY_RESTORE = "key_restore"
-    SESSIONS_FLUSH = "sessions_flush"
+    SESSIONS_FLUSH = "sessions_flush"  # after a database restore: sessions of discarded data go
+    SESSIONS_RESTORE = "sessions_restore"  # lost sessions and tokens back from a snapshot
 
 
 COMPONENT_OF: dict[Capability, Component] = {
@@ -39,6 +40,7 @@ COMPONENT_OF: dict[Capability, Component] = {
     Capability.DATABASE_DOWNGRADE: Component.DATABASE,
     Capability.KEY_RESTORE: Component.KEY,
     Capability.SESSIONS_FLUSH: Component.SESSIONS,
+    Capability.SESSIONS_RESTORE: Component.SESSIONS,
 }
 
 

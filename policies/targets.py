@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from policies.ledger import LedgerEntry, rollback_target
-from policies.plans import Capabilities, Capability
+from policies.plans import Capabilities, Capability, Component
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Facts:
     ledger: tuple[LedgerEntry, ...] = ()
     backups: tuple[BackupEntry, ...] = ()
     key_backups: tuple[BackupEntry, ...] = ()
+    session_backups: tuple[BackupEntry, ...] = ()
+    damaged: frozenset[Component] = frozenset()
+    """Whose data the failing probes found damaged or lost (database, sessions); empty: the
+    database, the only data store an integrity probe watched before Redis was judged."""
     capabilities: Capabilities = field(default_factory=dict)
     onset: datetime | None = None
 
@@ -50,11 +54,26 @@ def downgrade_revision(f: Facts) -> str | None:
     return rev if rev is not None and rev != f.current_revision else None
 
 
-def restore_backup(f: Facts) -> BackupEntry | None:
-    """The newest verified backup taken before the incident's onset whose checksum holds."""
-    usable = [b for b in f.backups if b.verified and b.checksum_ok
+def _before_onset(f: Facts, backups: tuple[BackupEntry, ...]) -> BackupEntry | None:
+    usable = [b for b in backups if b.verified and b.checksum_ok
               and (f.onset is None or b.created_at < f.onset)]
     return max(usable, key=lambda b: b.created_at, default=None)
+
+
+def restore_backup(f: Facts) -> BackupEntry | None:
+    """The newest verified backup taken before the incident's onset whose checksum holds."""
+    return _before_onset(f, f.backups)
+
+
+def sessions_backup(f: Facts) -> BackupEntry | None:
+    """The newest verified snapshot of the sessions and tokens taken before the loss."""
+    return _before_onset(f, f.session_backups)
+
+
+def damaged(f: Facts, component: Component) -> bool:
+    if not f.damaged:
+        return component is Component.DATABASE
+    return component in f.damaged
 
 
 def key_backup(f: Facts) -> BackupEntry | None:

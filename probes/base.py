@@ -52,6 +52,8 @@ def _number(text: str, bad: str) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+"""A share from 0 to 1, such as the largest allowed drop of a count."""
 
 
 class ProbeSettings(BaseModel):

@@ -14,10 +14,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
-from probes.base import Duration, ProbeSettings
+from probes.base import Duration, Fraction, ProbeSettings
 from probes.http_health import AbsolutePath
 from probes.observation import Observation, Status, Symptom
-from probes.sqlite_integrity import Fraction
 
 # SQLSTATEs of corruption: internal_error (amcheck's elog), data_corrupted, index_corrupted.
 CORRUPTION_STATES = {"XX000", "XX001", "XX002"}

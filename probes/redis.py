@@ -23,7 +23,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from probes.base import ProbeSettings
+from probes.base import Fraction, ProbeSettings
 from probes.http_health import AbsolutePath
 from probes.observation import Observation, Status, Symptom
 
@@ -48,7 +48,13 @@ class RedisSettings(ProbeSettings):
     session_pattern: str | None = None
     """SCAN MATCH pattern of the app's session keys, e.g. "session:*"; unset: not looked for."""
     min_sessions: int = Field(default=0, ge=0)
-    """Fewer session keys than this fails the probe (bad_response): sessions were lost."""
+    """Fewer session keys than this fails the probe (rows_collapsed): sessions were lost."""
+    sessions_max_drop: Fraction | None = None
+    """The largest fraction (0..1) the session count may drop by since the last passing check;
+    a larger drop fails the probe (rows_collapsed): sessions were lost, e.g. by a FLUSHALL."""
+    sessions_baseline_min: int = Field(default=10, ge=1)
+    """A drop is judged only from at least this many sessions: a handful expiring together
+    is not a loss."""
     scan_count: int = Field(default=100, ge=1, le=10_000)
     """COUNT of each SCAN call: small, so that no call holds the single-threaded server long."""
     scan_max_keys: int = Field(default=10_000, ge=1)
@@ -57,8 +63,10 @@ class RedisSettings(ProbeSettings):
 
     @model_validator(mode="after")
     def _pattern_for_min(self) -> RedisSettings:
-        if self.min_sessions and not self.session_pattern:
-            raise ValueError("min_sessions needs session_pattern (e.g. \"session:*\")")
+        for key, value in (("min_sessions", self.min_sessions),
+                           ("sessions_max_drop", self.sessions_max_drop)):
+            if value and not self.session_pattern:
+                raise ValueError(f"{key} needs session_pattern (e.g. \"session:*\")")
         return self
 
 
@@ -88,6 +96,8 @@ class RedisProbe:
     def __init__(self, name: str, settings: RedisSettings) -> None:
         self.name = name
         self.settings = settings
+        self._good_sessions: int | None = None
+        """Session count of the last passing, complete scan: what a drop is measured against."""
 
     @property
     def where(self) -> str:
@@ -204,6 +214,16 @@ class RedisProbe:
             if f.complete:
                 return self._obs(Status.FAIL, f"{said}, but only {found}, fewer than "
                                  f"min_sessions {s.min_sessions}: sessions were lost.", started,
-                                 Symptom.BAD_RESPONSE, metrics)
+                                 Symptom.ROWS_COLLAPSED, metrics)
             found += f" in the first {s.scan_max_keys} keys scanned (not conclusive)"
+        before = self._good_sessions
+        if f.complete and s.sessions_max_drop is not None and before is not None \
+                and before >= s.sessions_baseline_min \
+                and f.sessions < before * (1 - s.sessions_max_drop):
+            drop = 1 - f.sessions / before
+            return self._obs(Status.FAIL, f"{said}, but session keys fell from {before} to "
+                             f"{f.sessions} ({drop:.0%} drop, limit {s.sessions_max_drop:.0%}): "
+                             "sessions were lost.", started, Symptom.ROWS_COLLAPSED, metrics)
+        if f.complete:
+            self._good_sessions = f.sessions
         return self._obs(Status.OK, f"{said}, {found}.", started, None, metrics)

@@ -8,20 +8,17 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 from urllib.parse import quote
 
 from pydantic import Field
 
-from probes.base import PositiveDuration, ProbeSettings
+from probes.base import Fraction, PositiveDuration, ProbeSettings
 from probes.http_health import AbsolutePath
 from probes.observation import Observation, Status, Symptom
 
 MAX_PROBLEMS = 10
 """integrity_check stops after this many problems: one is enough to know, ten to show."""
-
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
 
 def open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     """A connection that can neither create the file nor write to it; blocking, use a thread.

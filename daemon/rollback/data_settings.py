@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from daemon.secrets import SecretValue, load_secret
-from probes.base import PositiveDuration
+from probes.base import Duration, PositiveDuration
 
 # daemon.config imports this module, so its small helper types are repeated here, not imported.
 
@@ -121,6 +121,11 @@ class PostgresDatabase(_Frozen):
     """Directory of pg_dump and pg_restore; default: found on PATH."""
     restore_work_mem: str = Field(default="512MB", pattern=r"^[0-9]+(kB|MB|GB)$")
     """maintenance_work_mem of pg_restore's sessions (index builds of the new database)."""
+    restore_tablespace: str | None = Field(default=None, min_length=1, max_length=63)
+    """Tablespace the database restored from a dump is created in (CREATE DATABASE ...
+    TABLESPACE), to stage the restore on another volume; after the swap the app's database
+    stays there. It must exist and its volume must hold the whole database. Default: the
+    cluster's default tablespace. Not used when the restore renames a snapshot database."""
     command_timeout: PositiveDuration = 120.0
     restore_timeout: PositiveDuration = 3600.0
 
@@ -140,6 +145,9 @@ class RedisSessions(_Frozen):
     flush: Literal["pattern", "database"] = "pattern"
     """"pattern": delete the session keys only; "database": FLUSHDB of the URL's database,
     refused when it holds keys matching none of the patterns."""
+    flush_after_restore: bool = False
+    """Flush the sessions after every database restore: a session issued against data the
+    restore discarded (a user or a role that no longer exists) must not outlive it."""
     scan_count: int = Field(default=500, ge=1, le=100_000)
     command_timeout: PositiveDuration = 30.0
 
@@ -203,6 +211,11 @@ class BackupSettings(_Frozen):
     """How often the target's database and key are backed up."""
     keep: PositiveDuration = 7 * 86400.0
     """Backups older than this are removed, but only once a newer verified backup exists."""
+    test_restore_every: Annotated[Duration, Field(ge=0)] = 86400.0
+    """How often the newest verified PostgreSQL dump is test-restored into a scratch database
+    (<db>_restoretest_<id>, dropped after) and checked: tables, row counts, alembic revision.
+    A dump that fails is marked unusable. 0 turns it off. SQLite copies need none: each passed
+    integrity_check when it was taken."""
 
 
 REVISION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:+,-]*$")

@@ -1,5 +1,5 @@
-"""Redis sessions: flush the sessions (after a verified snapshot of the keys), and restore
-password-reset tokens from a snapshot with their remaining TTLs."""
+"""Redis sessions: flush the sessions (after a verified snapshot of the keys); restore lost
+sessions and password-reset tokens from a snapshot with their remaining TTLs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from daemon.backup.base import BackupFailed, BackupRefused
 from daemon.backup.redis_keys import RedisKeysBackuper, client, matches, read_snapshot, scan_keys, why
@@ -41,9 +41,22 @@ class RedisSessionsExecutor(StoreWiring):
                      component=SESSIONS),
             StepSpec("check_sessions", idempotent=True, timeout=2 * t, component=SESSIONS),
         )
+        # Restoring only adds keys that are missing, so running it twice is harmless; it is
+        # destructive all the same: keys deleted on purpose since the snapshot (logouts, used
+        # reset tokens, a deliberate flush) come back, which is a person's call by default.
+        self.restore_steps: tuple[StepSpec, ...] = (
+            StepSpec("restore_sessions", idempotent=True, timeout=4 * t, destructive=True,
+                     component=SESSIONS),
+            StepSpec("check_sessions_restored", idempotent=True, timeout=4 * t,
+                     component=SESSIONS),
+        )
 
     def capabilities(self) -> Capabilities:
-        return {Capability.SESSIONS_FLUSH: self.flush_steps}
+        caps: dict[Capability, tuple[StepSpec, ...]] = {
+            Capability.SESSIONS_RESTORE: self.restore_steps}
+        if self.settings.flush_after_restore:
+            caps[Capability.SESSIONS_FLUSH] = self.flush_steps
+        return caps
 
     async def current_version(self) -> str | None:
         return None
@@ -71,12 +84,22 @@ class RedisSessionsExecutor(StoreWiring):
             n = await self._count(self.settings.session_keys)
         except RedisError as exc:
             raise StepFailed(f"Redis is not reachable: {why(exc)}") from None
-        return f"Redis reachable; {n} session key(s)"
+        found = f"Redis reachable; {n} session key(s)"
+        if "restore_sessions" not in ctx.plan.step_names:
+            return found
+        try:
+            b = await self.store.checked(self._snapshot_id(ctx), "sessions")
+        except BackupRefused as exc:
+            raise StepFailed(str(exc)) from None
+        return (f"{found}; snapshot {b.describe()} is verified and its checksum holds: "
+                f"{b.versions.get('sessions')} session(s), {b.versions.get('tokens')} token(s)")
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         steps: dict[str, Callable[[StepContext], Any]] = {
             "snapshot_sessions": self._snapshot, "flush_sessions": self._flush,
             "check_sessions": self._check, "restore_tokens": self._restore_step,
+            "restore_sessions": self._restore_sessions,
+            "check_sessions_restored": self._check_restored,
         }
         step = steps.get(name)
         if step is None:
@@ -145,11 +168,10 @@ class RedisSessionsExecutor(StoreWiring):
 
     # -- restore tokens ---------------------------------------------------------------------
 
-    async def restore(self, backup_id: int, patterns: Sequence[str] | None = None
-                      ) -> tuple[int, int]:
-        """RESTORE the snapshot's keys matching `patterns` (default: the token patterns) with
-        their remaining TTL (ABSTTL) and REPLACE; expired ones are skipped.
-        Returns (restored, expired)."""
+    async def _live_entries(self, backup_id: int, patterns: Sequence[str]
+                            ) -> tuple[list[dict[str, Any]], int]:
+        """The snapshot's entries matching `patterns` that have not expired by now, and how
+        many had."""
         try:
             b = await self.store.checked(backup_id, "sessions")
         except BackupRefused as exc:
@@ -158,31 +180,92 @@ class RedisSessionsExecutor(StoreWiring):
             data = await asyncio.to_thread(read_snapshot, b.path)
         except (OSError, ValueError, KeyError) as exc:
             raise StepFailed(f"backup #{backup_id} cannot be read: {exc}") from None
-        wanted = list(patterns if patterns is not None else self.settings.token_keys)
         now_ms = int(time.time() * 1000)
-        restored = expired = 0
+        live, expired = [], 0
+        for e in data["keys"]:
+            if not matches(base64.b64decode(e["key"]), list(patterns)):
+                continue
+            at = e["expires_at_ms"]
+            if at is not None and at <= now_ms + 1:
+                expired += 1
+                continue
+            live.append(e)
+        return live, expired
+
+    async def restore(self, backup_id: int, patterns: Sequence[str] | None = None,
+                      replace: bool = True) -> tuple[int, int, int]:
+        """RESTORE the snapshot's keys matching `patterns` (default: the token patterns) with
+        their remaining TTL (ABSTTL); expired ones are skipped. Without `replace`, a key that
+        exists now is newer than the snapshot and is kept. Returns (restored, expired, kept)."""
+        wanted = list(patterns if patterns is not None else self.settings.token_keys)
+        live, expired = await self._live_entries(backup_id, wanted)
+        restored = kept = 0
         r = client(self.settings)
         try:
-            pipe = r.pipeline(transaction=False)
-            for e in data["keys"]:
-                key = base64.b64decode(e["key"])
-                if not matches(key, wanted):
-                    continue
-                at = e["expires_at_ms"]
-                if at is not None and at <= now_ms + 1:
-                    expired += 1
-                    continue
-                pipe.restore(key, at or 0, base64.b64decode(e["value"]), replace=True,
-                             absttl=at is not None)
-                restored += 1
-            await pipe.execute()
+            for i in range(0, len(live), BATCH):
+                pipe = r.pipeline(transaction=False)
+                for e in live[i:i + BATCH]:
+                    at = e["expires_at_ms"]
+                    pipe.restore(base64.b64decode(e["key"]), at or 0,
+                                 base64.b64decode(e["value"]), replace=replace,
+                                 absttl=at is not None)
+                for res in await pipe.execute(raise_on_error=False):
+                    if isinstance(res, ResponseError) and "BUSYKEY" in str(res):
+                        kept += 1
+                    elif isinstance(res, Exception):
+                        raise res
+                    else:
+                        restored += 1
         finally:
             await r.aclose()
-        return restored, expired
+        return restored, expired, kept
 
     async def _restore_step(self, ctx: StepContext) -> str:
         value = ctx.target_of(SESSIONS)
         if not value.isdigit():
             raise StepFailed(f"the plan's sessions target {value!r} is not a backup id")
-        restored, expired = await self.restore(int(value))
+        restored, expired, _ = await self.restore(int(value))
         return f"{restored} token(s) restored from backup #{value}; {expired} had expired"
+
+    # -- restore lost sessions and tokens ----------------------------------------------------
+
+    def _snapshot_id(self, ctx: StepContext) -> int:
+        value = ctx.target_of(SESSIONS)
+        if not value.isdigit():
+            raise StepFailed(f"the plan's sessions target {value!r} is not a backup id")
+        return int(value)
+
+    @property
+    def _all_patterns(self) -> list[str]:
+        return [*self.settings.session_keys, *self.settings.token_keys]
+
+    async def _restore_sessions(self, ctx: StepContext) -> str:
+        backup_id = self._snapshot_id(ctx)
+        restored, expired, kept = await self.restore(backup_id, self._all_patterns,
+                                                     replace=False)
+        log.info("target=%s sessions=restored backup=%d restored=%d expired=%d kept=%d",
+                 ctx.target, backup_id, restored, expired, kept)
+        return (f"{restored} session and token key(s) restored from snapshot #{backup_id} with "
+                f"their remaining TTLs; {kept} existed already and were kept (newer); "
+                f"{expired} had expired")
+
+    async def _check_restored(self, ctx: StepContext) -> str:
+        backup_id = self._snapshot_id(ctx)
+        live, _ = await self._live_entries(backup_id, self._all_patterns)
+        r = client(self.settings)
+        try:
+            missing = 0
+            for i in range(0, len(live), BATCH):
+                keys = [base64.b64decode(e["key"]) for e in live[i:i + BATCH]]
+                pipe = r.pipeline(transaction=False)
+                for k in keys:
+                    pipe.exists(k)
+                missing += sum(1 for found in await pipe.execute() if not found)
+        finally:
+            await r.aclose()
+        # _live_entries has left out what expired since the restore. A key deleted in between
+        # (a user logging out this very second) fails the check: rare, and a person looks.
+        if missing:
+            raise StepFailed(f"{missing} of {len(live)} snapshot key(s) are still missing "
+                             "after the restore")
+        return f"all {len(live)} unexpired key(s) of snapshot #{backup_id} are in place"

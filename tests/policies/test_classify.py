@@ -261,9 +261,10 @@ HEALTH = {"http_health", "docker_container", "k8s_deployment"}
 
 def _matches(cls: IncidentClass, kind: str, symptom: Symptom | None) -> bool:
     """Each rule on its own, written from DESIGN.md, for one failing probe."""
-    if cls is C.DATA_CORRUPTION:
-        return kind in ("sqlite_integrity", "postgres_integrity") and symptom in (
-            S.INTEGRITY, S.MISSING_TABLE, S.BAD_REVISION, S.ROWS_COLLAPSED)
+    if cls is C.DATA_CORRUPTION:  # lost Redis sessions are lost data too
+        return (kind in ("sqlite_integrity", "postgres_integrity") and symptom in (
+            S.INTEGRITY, S.MISSING_TABLE, S.BAD_REVISION, S.ROWS_COLLAPSED)) or (
+            kind == "redis" and symptom is S.ROWS_COLLAPSED)
     if cls is C.DEPENDENCY_DOWN:
         return kind in ("redis", "postgres_integrity") and symptom in (
             S.UNREACHABLE, S.TIMEOUT, S.DEPENDENCY_DOWN)

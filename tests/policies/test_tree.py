@@ -58,14 +58,17 @@ RESTORE = (StepSpec("stop_app", idempotent=True),
            StepSpec("start_app", idempotent=True))
 KEY = (StepSpec("restore_key", idempotent=True),)
 FLUSH = (StepSpec("flush_sessions", idempotent=True, destructive=True),)
+SESSIONS_BACK = (StepSpec("restore_sessions", idempotent=True, destructive=True),
+                 StepSpec("check_sessions_restored", idempotent=True))
 ALL_CAPS: dict[Capability, tuple[StepSpec, ...]] = {
     Capability.DEPLOYMENT_ROLLBACK: DEPLOY,
     Capability.DEPLOYMENT_TEST_FIRST: TEST_FIRST,
     Capability.DATABASE_DOWNGRADE: DOWNGRADE,
     Capability.DATABASE_RESTORE: RESTORE,
     Capability.KEY_RESTORE: KEY,
-    Capability.SESSIONS_FLUSH: FLUSH,
+    Capability.SESSIONS_RESTORE: SESSIONS_BACK,
 }
+"""A target whose sessions executor does not flush after a restore (flush_after_restore off)."""
 
 
 def caps(*without: Capability) -> dict[Capability, tuple[StepSpec, ...]]:
@@ -346,6 +349,61 @@ def test_data_corruption_keeps_a_known_good_deployment() -> None:
     assert body(d.plan) == names(RESTORE)
     assert dict(d.plan.targets) == {Component.DATABASE: "3"}
     assert "rolling back" not in d.reason
+
+
+def test_a_restore_is_followed_by_a_session_flush_where_configured() -> None:
+    with_flush = {**ALL_CAPS, Capability.SESSIONS_FLUSH: FLUSH}
+    d = run(C.DATA_CORRUPTION, facts(capabilities=with_flush), pol(auto_destructive=True))
+    assert d.action is Action.EXECUTE, d.reason
+    assert body(d.plan) == names(RESTORE) + names(FLUSH) + names(DEPLOY)
+    assert "restoring backup #3 from" in d.reason and ", then flushing the sessions" in d.reason
+    d = run(C.AUTH_BROKEN, facts(capabilities=with_flush, ledger=LEDGER[:2]),
+            pol(auto_destructive=True))
+    assert body(d.plan)[-len(FLUSH):] == names(FLUSH), d.reason
+
+
+SESSION_SNAPSHOTS = (
+    BackupEntry(30, ago(2 * 3600), verified=True),
+    BackupEntry(31, ago(1200), verified=True),  # the newest verified one older than the onset
+    BackupEntry(32, ago(300), verified=True),  # taken after the loss
+    BackupEntry(33, ago(900), verified=True, checksum_ok=False),
+)
+
+
+def test_lost_sessions_are_restored_from_the_snapshot_before_the_loss() -> None:
+    f = facts(damaged=frozenset({Component.SESSIONS}), session_backups=SESSION_SNAPSHOTS,
+              ledger=(*LEDGER[:2], replace(LEDGER[2], healthy_since=ago(3500),
+                                           known_good_at=ago(2900))))
+    d = run(C.DATA_CORRUPTION, f, pol(auto_destructive=True))
+    assert d.action is Action.EXECUTE, d.reason
+    assert body(d.plan) == names(SESSIONS_BACK)
+    assert d.plan is not None and dict(d.plan.targets) == {Component.SESSIONS: "31"}
+    assert "restoring the lost sessions and tokens from snapshot #31" in d.reason
+    assert "logouts, come back" in d.reason
+    # Reviving sessions someone may have revoked is a person's call unless policy allows.
+    assert run(C.DATA_CORRUPTION, f).action is Action.AWAIT_APPROVAL
+    # Both stores damaged: the database first, then the sessions.
+    both = run(C.DATA_CORRUPTION, replace(f, damaged=frozenset(Component)),
+               pol(auto_destructive=True))
+    assert body(both.plan) == names(RESTORE) + names(SESSIONS_BACK)
+    # ...unless the restore flushes the sessions anyway.
+    flushing = replace(f, damaged=frozenset(Component),
+                       capabilities={**ALL_CAPS, Capability.SESSIONS_FLUSH: FLUSH})
+    assert body(run(C.DATA_CORRUPTION, flushing, pol(auto_destructive=True)).plan) == \
+        names(RESTORE) + names(FLUSH)
+
+
+@pytest.mark.parametrize("f", [
+    pytest.param(facts(damaged=frozenset({Component.SESSIONS})), id="no-snapshot"),
+    pytest.param(facts(damaged=frozenset({Component.SESSIONS}),
+                       session_backups=SESSION_SNAPSHOTS[2:]), id="none-before-the-loss"),
+    pytest.param(facts(damaged=frozenset({Component.SESSIONS}), session_backups=SESSION_SNAPSHOTS,
+                       capabilities=caps(Capability.SESSIONS_RESTORE)), id="no-redis-executor"),
+])
+def test_lost_sessions_escalate_without_a_snapshot(f: Facts) -> None:
+    d = run(C.DATA_CORRUPTION, f, pol(auto_destructive=True))
+    assert d.action is Action.ESCALATE and d.plan is None
+    assert "sessions were lost and no verified snapshot of them older than the onset" in d.reason
 
 
 @pytest.mark.parametrize("f", [

@@ -55,7 +55,7 @@ async def test_sessions_lost_then_back(redis_proc: RedisExecutor, redisdb: redis
     probe = probe_for(redis_proc, session_pattern="session:*", min_sessions=1)
     redisdb.set("reset-token:1", "t")
     obs = await check(probe)
-    assert (obs.status, obs.symptom) == (Status.FAIL, Symptom.BAD_RESPONSE)
+    assert (obs.status, obs.symptom) == (Status.FAIL, Symptom.ROWS_COLLAPSED)
     assert obs.detail.endswith(", but only 0 keys match 'session:*', fewer than min_sessions 1: "
                                "sessions were lost.")
     assert obs.metrics["sessions"] == 0 and obs.metrics["sessions_scan_complete"] == 1
@@ -64,6 +64,34 @@ async def test_sessions_lost_then_back(redis_proc: RedisExecutor, redisdb: redis
     obs = await check(probe)
     assert obs.ok and obs.metrics["sessions"] >= 1, obs.detail
     assert obs.metrics["dbsize"] == 3
+
+
+async def test_a_collapse_of_the_session_count_fails(redis_proc: RedisExecutor,
+                                                     redisdb: redis.Redis) -> None:
+    probe = probe_for(redis_proc, session_pattern="session:*", sessions_max_drop=0.5,
+                      sessions_baseline_min=10)
+    redisdb.mset({f"session:{i}": "u" for i in range(40)})
+    assert (await check(probe)).ok
+    redisdb.delete(*[f"session:{i}" for i in range(15)])  # 37% fewer: logouts, expiry
+    obs = await check(probe)
+    assert obs.ok, obs.detail
+    redisdb.delete(*[f"session:{i}" for i in range(15, 30)])  # 25 -> 10: 60% drop
+    obs = await check(probe)
+    assert (obs.status, obs.symptom) == (Status.FAIL, Symptom.ROWS_COLLAPSED)
+    assert "session keys fell from 25 to 10 (60% drop, limit 50%): sessions were lost." in \
+        obs.detail
+    obs = await check(probe)  # the baseline is the last passing check, not the failing one
+    assert obs.symptom is Symptom.ROWS_COLLAPSED
+
+
+async def test_a_small_session_count_is_not_judged(redis_proc: RedisExecutor,
+                                                  redisdb: redis.Redis) -> None:
+    probe = probe_for(redis_proc, session_pattern="session:*", sessions_max_drop=0.5)
+    redisdb.mset({f"session:{i}": "u" for i in range(9)})
+    assert (await check(probe)).ok
+    redisdb.flushdb()
+    obs = await check(probe)
+    assert obs.ok, obs.detail  # 9 sessions, below sessions_baseline_min 10: expiry, not loss
 
 
 async def test_sessions_are_counted_without_a_minimum(redis_proc: RedisExecutor,
@@ -155,6 +183,8 @@ async def test_unreadable_password_file(redis_proc: RedisExecutor, tmp_path: Pat
 def test_min_sessions_needs_a_pattern() -> None:
     with pytest.raises(ValidationError, match="min_sessions needs session_pattern"):
         RedisSettings(min_sessions=1)
+    with pytest.raises(ValidationError, match="sessions_max_drop needs session_pattern"):
+        RedisSettings(sessions_max_drop=0.5)
     with pytest.raises(ValidationError, match="absolute path"):
         RedisSettings(password_file=Path("pw"))
 

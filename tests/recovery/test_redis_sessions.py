@@ -102,14 +102,72 @@ def test_tokens_are_restored_with_their_ttls(redis_proc: RedisExecutor, redisdb:
     redisdb.delete("password_reset:abc", "password_reset:def")
     redisdb.set("password_reset:def", "mallory")
     asyncio.run(asyncio.sleep(0.4))  # password_reset:soon has expired meanwhile
-    restored, expired = asyncio.run(ex.restore(b.id))
-    assert (restored, expired) == (2, 1)
+    restored, expired, kept = asyncio.run(ex.restore(b.id))
+    assert (restored, expired, kept) == (2, 1, 0)
     assert redisdb.get("password_reset:abc") == b"alice"
     assert 590_000 < redisdb.pttl("password_reset:abc") <= 600_000
     assert redisdb.get("password_reset:def") == b"bob"  # REPLACE
     assert redisdb.pttl("password_reset:def") == -1
     assert not redisdb.exists("password_reset:soon")
     assert redisdb.get("cache:page") == b"html"
+
+
+def restore_plan(ex: RedisSessionsExecutor, backup_id: int) -> Any:
+    return plan_for(PlanKind.DATA_RECOVERY, IncidentClass.DATA_CORRUPTION,
+                    Capability.SESSIONS_RESTORE, ex.restore_steps,
+                    {Component.SESSIONS: str(backup_id)})
+
+
+def test_lost_sessions_come_back_and_newer_keys_are_kept(
+        redis_proc: RedisExecutor, redisdb: redis.Redis, store: BackupStore,
+        tmp_path: Path) -> None:
+    fill(redisdb)
+    ex = RedisSessionsExecutor(settings(redis_proc, tmp_path))
+    ex.attach(store)
+    b = asyncio.run(store.take(ex.backuper))
+    redisdb.flushdb()  # the loss
+    redisdb.set("session:7", "user7-after-login", ex=3600)  # logged in again since: newer
+    redisdb.set("session:new", "user-new", ex=3600)
+    c = ctx(restore_plan(ex, b.id), incident_id=9)
+    assert [s.name for s in ex.restore_steps if s.destructive] == ["restore_sessions"]
+
+    async def run() -> list[str]:
+        checked = await ex.verify_target(c)
+        return [checked] + [await ex.run_step(s.name, c) for s in ex.restore_steps]
+
+    checked, restored, check = asyncio.run(run())
+    assert f"snapshot #{b.id}" in checked and "121 session(s), 2 token(s)" in checked
+    assert restored.startswith(f"122 session and token key(s) restored from snapshot #{b.id}")
+    assert "1 existed already and were kept (newer)" in restored
+    assert check == f"all 123 unexpired key(s) of snapshot #{b.id} are in place"
+    assert redisdb.get("session:7") == b"user7-after-login"
+    assert redisdb.get("session:new") == b"user-new"
+    assert redisdb.get("session:3") == b"user3" and 3500_000 < redisdb.pttl("session:3") <= 3600_000
+    assert redisdb.hgetall("session:h") == {b"uid": b"7"}
+    assert redisdb.get("password_reset:abc") == b"alice"
+    assert not redisdb.exists("cache:page")  # not the app's sessions or tokens: not ours
+
+
+def test_a_session_missing_after_the_restore_fails_the_check(
+        redis_proc: RedisExecutor, redisdb: redis.Redis, store: BackupStore,
+        tmp_path: Path) -> None:
+    fill(redisdb)
+    ex = RedisSessionsExecutor(settings(redis_proc, tmp_path))
+    ex.attach(store)
+    b = asyncio.run(store.take(ex.backuper))
+    c = ctx(restore_plan(ex, b.id), incident_id=9)
+    redisdb.flushdb()
+    asyncio.run(ex.run_step("restore_sessions", c))
+    redisdb.delete("session:5")
+    with pytest.raises(StepFailed, match="1 of 123 snapshot key"):
+        asyncio.run(ex.run_step("check_sessions_restored", c))
+
+
+def test_flush_is_offered_only_when_configured(redis_proc: RedisExecutor, tmp_path: Path) -> None:
+    plain = RedisSessionsExecutor(settings(redis_proc, tmp_path))
+    assert set(plain.capabilities()) == {Capability.SESSIONS_RESTORE}
+    flushing = RedisSessionsExecutor(settings(redis_proc, tmp_path, flush_after_restore=True))
+    assert set(flushing.capabilities()) == {Capability.SESSIONS_RESTORE, Capability.SESSIONS_FLUSH}
 
 
 def test_changed_snapshot_is_refused(redis_proc: RedisExecutor, redisdb: redis.Redis,
@@ -131,5 +189,5 @@ def test_config_section(tmp_path: Path) -> None:
                      'session_keys = ["sess:*"]\n').targets["grading"]
     ex = build_executors(t)[Component.SESSIONS]
     assert isinstance(ex, RedisSessionsExecutor)
-    assert set(ex.capabilities()) == {Capability.SESSIONS_FLUSH}
+    assert set(ex.capabilities()) == {Capability.SESSIONS_RESTORE}
     assert "pw" not in repr(t.redis)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from daemon.control.commands.args import flag_arg, ledger_version, monitor_arg
 from daemon.control.commands.registry import command
@@ -41,11 +40,9 @@ def _class(open_inc: Incident | None, to: str | None) -> IncidentClass:
 
 
 async def _facts(m: TargetMonitor, version: str, open_inc: Incident | None) -> Facts:
-    # TargetMonitor.facts is becoming async (it counts a restore's losses): accept either.
-    found: Any = m.facts(version, open_inc.onset_at if open_inc else None)
-    if inspect.isawaitable(found):
-        found = await found
-    return cast(Facts, found)
+    if open_inc is None:
+        return await m.facts(version, None)
+    return await m.facts(version, open_inc.onset_at, list(open_inc.evidence.get("failing", [])))
 
 
 async def _plan(m: TargetMonitor, args: dict[str, Any],
