@@ -97,7 +97,7 @@ class RedisSessionsExecutor(StoreWiring):
     async def run_step(self, name: str, ctx: StepContext) -> str:
         steps: dict[str, Callable[[StepContext], Any]] = {
             "snapshot_sessions": self._snapshot, "flush_sessions": self._flush,
-            "check_sessions": self._check, "restore_tokens": self._restore_step,
+            "check_sessions": self._check,
             "restore_sessions": self._restore_sessions,
             "check_sessions_restored": self._check_restored,
         }
@@ -219,13 +219,6 @@ class RedisSessionsExecutor(StoreWiring):
         finally:
             await r.aclose()
         return restored, expired, kept
-
-    async def _restore_step(self, ctx: StepContext) -> str:
-        value = ctx.target_of(SESSIONS)
-        if not value.isdigit():
-            raise StepFailed(f"the plan's sessions target {value!r} is not a backup id")
-        restored, expired, _ = await self.restore(int(value))
-        return f"{restored} token(s) restored from backup #{value}; {expired} had expired"
 
     # -- restore lost sessions and tokens ----------------------------------------------------
 
