@@ -104,8 +104,10 @@ class ProbeScheduler:
 
     def schedule_backups(self, monitor: TargetMonitor) -> None:
         """The target's backups on their interval; first now unless a recent one is verified."""
-        backups = attach_backups(monitor.name, monitor.config.backups, monitor.journal,
-                                 monitor.components, lambda: monitor.busy)
+        backups = attach_backups(
+            monitor.name, monitor.config.backups, monitor.journal, monitor.components,
+            lambda: monitor.busy, self.metrics,
+            lambda event, subject, body: monitor.outbox.enqueue(None, event, subject, body))
         if backups is None:
             return
         self.scheduler.add_job(
@@ -114,6 +116,13 @@ class ProbeScheduler:
             next_run_time=backups.first_run(), max_instances=1, coalesce=True,
             misfire_grace_time=max(1, int(backups.interval)), replace_existing=True,
         )
+        if backups.testers:  # its own job: a long test restore never holds up a backup
+            self.scheduler.add_job(
+                backups.test_restores, "interval", id=f"{monitor.name}/restore-test",
+                name=f"restore test {monitor.name}", seconds=backups.test_check,
+                next_run_time=backups.first_test(), max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(backups.test_check)), replace_existing=True,
+            )
 
     def unschedule_all(self) -> None:
         self.scheduler.remove_all_jobs()

@@ -119,6 +119,19 @@ def _flush_after_restore(f: Facts, actions: list[tuple[Capability, tuple[StepSpe
     return ", then flushing the sessions"
 
 
+def _key_reset(f: Facts, cls: IncidentClass, policy: PolicySettings) -> tuple[Plan, str] | None:
+    """The key disaster's manual procedure, when the target is set up for it: clear what the
+    lost key encrypted, write a fresh key, restart. Offered, never run without approval."""
+    if not (can(f, Capability.KEY_REPLACE) and can(f, Capability.DATABASE_CLEAR_ENCRYPTED)):
+        return None
+    actions = [(Capability.DATABASE_CLEAR_ENCRYPTED, _steps(f, Capability.DATABASE_CLEAR_ENCRYPTED)),
+               (Capability.KEY_REPLACE, _steps(f, Capability.KEY_REPLACE))]
+    plan = build_plan(PlanKind.KEY_RESET, cls, actions, {}, {Component.KEY: f.current_key},
+                      policy.verify_timeout)
+    return plan, (f"{KEY_DISASTER}; the manual procedure (clear the encrypted columns, write a "
+                  "fresh key, restart) needs an explicit approval")
+
+
 def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
           policy: PolicySettings) -> tuple[Plan, str] | str:
     """The plan and its phrase for the reason, or why there is none."""
@@ -184,7 +197,7 @@ def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
     elif kind is PlanKind.KEY_RESTORE:
         kb = key_backup(f)
         if kb is None:
-            return KEY_DISASTER
+            return _key_reset(f, cls, policy) or KEY_DISASTER
         if not can(f, Capability.KEY_RESTORE):
             return "no key executor is configured"
         actions = [(Capability.KEY_RESTORE, _steps(f, Capability.KEY_RESTORE))]
@@ -239,6 +252,13 @@ def decide(
     if isinstance(found, str):
         return verdict(Action.ESCALATE, found + ": escalating")
     plan, phrase = found
+    if plan.kind is PlanKind.KEY_RESET:
+        # Never automatic, so the limits, cooldown and breaker that guard automatic action do
+        # not apply: a person reads the disaster text and decides.
+        if policy.shadow or policy.dry_run:
+            return verdict(Action.DRY_RUN, f"{phrase}; {'shadow' if policy.shadow else 'dry run'}"
+                           ": not offered for approval", plan)
+        return verdict(Action.AWAIT_APPROVAL, f"{phrase}: waiting for approval", plan)
     breaker = breaker_now(history.breakers.get(plan.kind, history.breaker), now,
                           policy.breaker_reset)
     if breaker.mode is BreakerMode.OPEN:
@@ -261,6 +281,7 @@ def decide(
     loss = _loss(facts, plan)
     if loss is not None:
         phrase += f"; the restore would lose {loss} writes"
+    # Encrypted data is lost for good by the key reset: a person decides, whatever the policy.
     needs_approval = plan.destructive_steps and not policy.auto_destructive
     restores = Component.DATABASE in plan.targets
     # A restore whose loss could not be counted is treated as losing too much: ask a person.

@@ -29,6 +29,8 @@ class Capability(StrEnum):
     DATABASE_RESTORE = "database_restore"
     DATABASE_DOWNGRADE = "database_downgrade"
     KEY_RESTORE = "key_restore"
+    KEY_REPLACE = "key_replace"  # a fresh key: only when no backup of the old one is left
+    DATABASE_CLEAR_ENCRYPTED = "database_clear_encrypted"  # what the lost key encrypted: NULL
     SESSIONS_FLUSH = "sessions_flush"  # after a database restore: sessions of discarded data go
     SESSIONS_RESTORE = "sessions_restore"  # lost sessions and tokens back from a snapshot
 
@@ -39,6 +41,8 @@ COMPONENT_OF: dict[Capability, Component] = {
     Capability.DATABASE_RESTORE: Component.DATABASE,
     Capability.DATABASE_DOWNGRADE: Component.DATABASE,
     Capability.KEY_RESTORE: Component.KEY,
+    Capability.KEY_REPLACE: Component.KEY,
+    Capability.DATABASE_CLEAR_ENCRYPTED: Component.DATABASE,
     Capability.SESSIONS_FLUSH: Component.SESSIONS,
     Capability.SESSIONS_RESTORE: Component.SESSIONS,
 }
@@ -76,6 +80,7 @@ class PlanKind(StrEnum):
     DATABASE_ROLLBACK = "database_rollback"  # downgrade if a migration ran since, else restore
     DATA_RECOVERY = "data_recovery"  # database restore, then deployment rollback
     KEY_RESTORE = "key_restore"
+    KEY_RESET = "key_reset"  # the key disaster's manual procedure: never without approval
     ESCALATE = "escalate"  # never act; tell people
 
 

@@ -18,6 +18,8 @@ class BackupEntry:
     alembic_revision: str | None = None
     writes_since: int | None = None
     """Writes made since this backup (what a restore would lose), when it could be counted."""
+    incident: int | None = None
+    """The incident this backup was taken for (its current state before a change), if any."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ def downgrade_revision(f: Facts) -> str | None:
 
 
 def _before_onset(f: Facts, backups: tuple[BackupEntry, ...]) -> BackupEntry | None:
-    usable = [b for b in backups if b.verified and b.checksum_ok
+    # A backup taken for an incident holds the state that incident found broken (a snapshot at
+    # the bad revision, a damaged file): evidence, never a later restore's target.
+    usable = [b for b in backups if b.verified and b.checksum_ok and b.incident is None
               and (f.onset is None or b.created_at < f.onset)]
     return max(usable, key=lambda b: b.created_at, default=None)
 

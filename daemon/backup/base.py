@@ -22,6 +22,11 @@ class BackupRefused(Exception):
     """A cataloged backup must not be restored: missing, never verified, or its checksum changed."""
 
 
+class RestoreTestFailed(Exception):
+    """A verified backup did not survive its test restore (it does not restore, or restores into
+    something other than what the catalog says it held): it must not count any more."""
+
+
 @dataclass(frozen=True)
 class BackupResult:
     versions: Mapping[str, Any] = field(default_factory=dict)
@@ -62,6 +67,18 @@ class CountsLosses(Protocol):
     async def writes_since(self, backup_id: int) -> int | None: ...
 
 
+@runtime_checkable
+class RestoreTestable(Protocol):
+    """A database executor whose dumps are proven by a scheduled test restore into a scratch
+    database. Copies already checked whole when taken (SQLite's integrity_check) do without.
+
+    `test_restore` returns what it proved (one line); raises RestoreTestFailed when the backup
+    is at fault, any other exception when the test could not be run (the server is down).
+    """
+
+    async def test_restore(self, b: StoredBackup) -> str: ...
+
+
 @dataclass(frozen=True)
 class StoredBackup:
     """One catalog row."""
@@ -77,6 +94,9 @@ class StoredBackup:
     verify_error: str | None
     duration: float
     versions: Mapping[str, Any]
+    restore_tested_at: datetime | None = None
+    """When its last test restore ran (RestoreTestable); with restore_test_error, it failed."""
+    restore_test_error: str | None = None
 
     @property
     def incident(self) -> int | None:

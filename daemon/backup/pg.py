@@ -4,8 +4,9 @@ optionally beside a snapshot database cloned with CREATE DATABASE ... TEMPLATE."
 from __future__ import annotations
 
 import logging
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -199,8 +200,28 @@ def snapshot_names(all_names: list[str], db: str) -> list[str]:
     return sorted(n for n in all_names if n.startswith(prefix))
 
 
-async def pg_restore_list(pg: Pg, path: Path, timeout: float) -> str | None:
-    """None when pg_restore can read the archive's table of contents, else why not."""
+# A table's own entry in `pg_restore --list`: "<id>; <tableoid> <oid> TABLE <schema> <name>
+# <owner>" (its rows are a separate "TABLE DATA" entry).
+_TOC_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE (?!DATA )\S+ (.*)$")
+
+
+def missing_tables(entries: list[str], tables: Sequence[str]) -> list[str]:
+    """The names in `tables` that no TABLE entry of the archive's table of contents holds.
+
+    The entry's "<name> <owner>" is split after the name, as a name may hold spaces."""
+    held = [m.group(1) for ln in entries if (m := _TOC_TABLE.match(ln))]
+
+    def holds(t: str) -> bool:
+        return any(h == t or (h.startswith(f"{t} ") and " " not in h[len(t) + 1:])
+                   for h in held)
+
+    return [t for t in tables if not holds(t)]
+
+
+async def pg_restore_list(pg: Pg, path: Path, timeout: float,
+                          tables: Sequence[str] = ()) -> str | None:
+    """None when pg_restore can read the archive's table of contents and it holds each of
+    `tables`, else why not."""
     try:
         tool = pg.tool("pg_restore")
     except PgError as exc:
@@ -212,6 +233,12 @@ async def pg_restore_list(pg: Pg, path: Path, timeout: float) -> str | None:
     entries = [ln for ln in res.output.splitlines() if ln and not ln.startswith(";")]
     if not entries:
         return "pg_restore --list: the archive holds no entries"
+    missing = missing_tables(entries, tables)
+    if missing:
+        # A dump of a database that lost a table (the checklist's copy of a damaged state, or a
+        # scheduled one nobody noticed was damaged) is evidence, never a restore candidate.
+        return (f"pg_restore --list: the archive holds no table {', '.join(missing)} of the "
+                f"{len(tables)} the backups are for")
     return None
 
 
@@ -312,7 +339,8 @@ class PgDumpBackuper:
         return name
 
     async def verify(self, path: Path) -> str | None:
-        return await pg_restore_list(self.pg, path, self.settings.command_timeout)
+        return await pg_restore_list(self.pg, path, self.settings.command_timeout,
+                                     self.settings.tables)
 
 
 def writes_between(before: Mapping[str, Any], now: Mapping[str, Any], same_db: bool) -> int:

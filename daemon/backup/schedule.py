@@ -1,28 +1,61 @@
-"""A target's scheduled backups: each backed-up executor gets the store; a job backs them up."""
+"""A target's scheduled backups: each backed-up executor gets the store; a job backs them up,
+and another proves on its own schedule that the newest database dump restores (test restore)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.backup.base import BacksUp, Backuper, BackupFailed
+from daemon.backup.base import (
+    BacksUp,
+    Backuper,
+    BackupFailed,
+    BackupRefused,
+    RestoreTestable,
+    RestoreTestFailed,
+    StoredBackup,
+)
 from daemon.backup.store import BackupStore
 from daemon.journal.store import Journal
 from daemon.rollback.data_settings import BackupSettings
 
+if TYPE_CHECKING:
+    from daemon.metrics import Metrics
+
 log = logging.getLogger("rollbackd.backup")
+
+BUSY_POLL = 1.0
+"""Seconds between looks at `busy` while a test restore runs: a rollback that starts stops it."""
+
+COSTLY = 60.0
+"""A test restore that could not finish (error) after this many seconds of work waits a whole
+period before the next attempt: a full disk or a timeout must not load the server every look."""
+
+Tell = Callable[[str, str, str], object]
+"""Mail people a notice that is about no incident: (event, subject, body) -> the outbox."""
 
 
 class TargetBackups:
     def __init__(self, store: BackupStore, backupers: Sequence[Backuper], interval: float,
-                 busy: Callable[[], bool]) -> None:
+                 busy: Callable[[], bool], testers: Sequence[tuple[str, RestoreTestable]] = (),
+                 test_every: float = 0.0, metrics: Metrics | None = None,
+                 tell: Tell | None = None) -> None:
         self.store = store
         self.backupers = list(backupers)
         self.interval = interval
         self.busy = busy
         """True while the target runs a rollback: its own backup_current step backs up then."""
+        self.testers = list(testers) if test_every > 0 else []
+        """(backup kind, executor) pairs whose backups get a scheduled test restore."""
+        self.test_every = test_every
+        self.metrics = metrics
+        self.tell = tell
+        self._retry_at: dict[str, datetime] = {}
+        """After a costly error, no attempt on that kind before this time (in memory only)."""
 
     @property
     def target(self) -> str:
@@ -60,14 +93,128 @@ class TargetBackups:
                 log.exception("target=%s backup=%s status=retention-failed", self.target,
                               b.kind)
 
+    # -- the scheduled test restore -------------------------------------------------------------
+
+    @property
+    def test_check(self) -> float:
+        """How often the test-restore job looks whether one is due (cheap when none is)."""
+        return min(self.interval, self.test_every)
+
+    def first_test(self, now: datetime | None = None) -> datetime:
+        """Now, unless a test restore passed within test_every: then when that period ends."""
+        now = now or datetime.now(UTC)
+        due = []
+        for kind, _ in self.testers:
+            last = self.store.last_restore_test(kind)
+            due.append(now if last is None else last + timedelta(seconds=self.test_every))
+        return max(now, min(due, default=now))
+
+    async def test_restores(self, now: datetime | None = None) -> dict[str, str]:
+        """One scheduled look: for each kind whose last passed test restore is older than
+        test_every, the newest verified backup is restored into a scratch database and checked.
+        Returns {kind: passed|failed|error|cancelled} for what ran; never raises."""
+        ran: dict[str, str] = {}
+        at = now or datetime.now(UTC)
+        for kind, tester in self.testers:
+            if self.busy():
+                log.info("target=%s restore-test=%s status=skipped reason=rollback running",
+                         self.target, kind)
+                break
+            if kind in self._retry_at and at < self._retry_at[kind]:
+                continue  # a costly error backs off for a period
+            b = self.store.due_for_restore_test(kind, self.test_every, now)
+            if b is None:
+                continue
+            try:
+                ran[kind] = await self._test_one(kind, tester, b)
+            except Exception:  # the daemon outlives a broken test restore
+                log.exception("target=%s backup=%s id=%d restore-test=crashed", self.target,
+                              kind, b.id)
+                ran[kind] = self._count("error")
+        return ran
+
+    async def _test_one(self, kind: str, tester: RestoreTestable, b: StoredBackup) -> str:
+        started = time.monotonic()
+        log.info("target=%s backup=%s id=%d restore-test=started", self.target, kind, b.id)
+        try:
+            b = await self.store.checked(b.id, kind)  # the file still is what was verified
+        except BackupRefused as exc:  # checked() marked it unusable already
+            return self._failed(kind, b, str(exc), marked=True)
+        task = asyncio.ensure_future(tester.test_restore(b))
+        try:
+            while not (await asyncio.wait({task}, timeout=BUSY_POLL))[0]:
+                if self.busy():  # a rollback started: it may need the server's every core
+                    task.cancel()
+                    await asyncio.wait({task})
+                    log.info("target=%s backup=%s id=%d restore-test=cancelled "
+                             "reason=rollback started", self.target, kind, b.id)
+                    return "cancelled"
+        finally:
+            if not task.done():  # we are cancelled ourselves: the scratch database goes too
+                task.cancel()
+                await asyncio.wait({task})
+        try:
+            detail = task.result()
+        except RestoreTestFailed as exc:
+            return self._failed(kind, b, str(exc))
+        except Exception as exc:  # noqa: BLE001 - not the backup's fault: tried again later
+            took = time.monotonic() - started
+            retry = self.test_every if took > COSTLY else 0.0  # else: at the next look
+            self._retry_at[kind] = datetime.now(UTC) + timedelta(seconds=retry)
+            log.error("target=%s backup=%s id=%d restore-test=error after=%.0fs retry_in=%s "
+                      "reason=%r", self.target, kind, b.id, took,
+                      f"{retry:.0f}s" if retry else "next look", str(exc) or type(exc).__name__)
+            return self._count("error")
+        self.store.record_restore_test(b, None)
+        log.info("target=%s backup=%s id=%d restore-test=passed duration=%.1fs detail=%r",
+                 self.target, kind, b.id, time.monotonic() - started, detail)
+        return self._count("passed")
+
+    def _failed(self, kind: str, b: StoredBackup, why: str, marked: bool = False) -> str:
+        self.store.record_restore_test(b, why)
+        if not marked:
+            self.store.mark_unusable(b, f"test restore failed: {why}")
+        log.error("target=%s backup=%s id=%d restore-test=failed reason=%r", self.target, kind,
+                  b.id, why)
+        if self.tell is not None:
+            try:
+                self.tell(
+                    f"restore-test-{self.target}-{kind}-{b.id}",
+                    f"[rollbackd] {self.target}: {kind} backup #{b.id} failed its test restore",
+                    f"The scheduled test restore of {kind} backup #{b.id} of {self.target} "
+                    f"({b.path.name}, taken {b.created_at:%Y-%m-%d %H:%M:%S} UTC) failed:\n\n"
+                    f"    {why}\n\nThe backup is marked unusable: no restore will use it; "
+                    "older verified backups still count. The live database was not touched.\n"
+                    f"`rollbackctl backups {self.target}` lists the catalog; "
+                    f"`rollbackctl backup {self.target} --kind {kind}` takes a new backup, which "
+                    "the next scheduled test restore proves.\n")
+            except Exception:  # a mail that cannot be queued must not hide the failure
+                log.exception("target=%s restore-test=failed mail=not queued", self.target)
+        return self._count("failed")
+
+    def _count(self, result: str) -> str:
+        if self.metrics is not None:
+            self.metrics.restore_tests.labels(self.target, result).inc()
+        return result
+
 
 def attach_backups(target: str, settings: BackupSettings, journal: Journal,
-                   components: Mapping[Any, Any], busy: Callable[[], bool]) -> TargetBackups | None:
-    """Give every backed-up executor of the target its store under state_dir/backups."""
+                   components: Mapping[Any, Any], busy: Callable[[], bool],
+                   metrics: Metrics | None = None, tell: Tell | None = None
+                   ) -> TargetBackups | None:
+    """Give every backed-up executor of the target its store under state_dir/backups; those
+    that can prove a dump restores get the scheduled test restore (backups.test_restore_every)."""
     store = BackupStore(journal, journal.path.parent / "backups", target, settings.keep)
     backupers: list[Backuper] = []
+    testers: list[tuple[str, RestoreTestable]] = []
     for executor in components.values():
         if isinstance(executor, BacksUp):
             executor.attach(store)
-            backupers += executor.backupers()
-    return TargetBackups(store, backupers, settings.interval, busy) if backupers else None
+            found = list(executor.backupers())
+            backupers += found
+            if isinstance(executor, RestoreTestable):
+                testers += [(b.kind, executor) for b in found if b.kind == "database"]
+    if not backupers:
+        return None
+    return TargetBackups(store, backupers, settings.interval, busy, testers,
+                         settings.test_restore_every, metrics, tell)

@@ -38,7 +38,16 @@ def stored(row: sqlite3.Row) -> StoredBackup:
         sha256=row["sha256"] or "", verified=row["verified_at"] is not None,
         verify_error=row["verify_error"], duration=float(row["duration"] or 0.0),
         versions=json.loads(row["versions"] or "{}"),
+        restore_tested_at=_when(row["restore_tested_at"]),
+        restore_test_error=row["restore_test_error"],
     )
+
+
+def _when(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 class BackupStore:
@@ -161,6 +170,33 @@ class BackupStore:
         self.journal.backup_unusable(b.id, why)
         log.error("target=%s backup=%s id=%d status=unusable reason=%r", self.target, b.kind,
                   b.id, why)
+
+    # -- test restores -------------------------------------------------------------------------
+
+    def last_restore_test(self, kind: str) -> datetime | None:
+        """When a test restore of one of the kind's backups last passed, if ever."""
+        return max((b.restore_tested_at for b in self.catalog(kind)
+                    if b.restore_tested_at is not None and b.restore_test_error is None),
+                   default=None)
+
+    def due_for_restore_test(self, kind: str, every: float,
+                             now: datetime | None = None) -> StoredBackup | None:
+        """The backup a scheduled test restore proves now: the newest verified one, unless a
+        test restore passed within `every` (a failed one makes the next newest due at once)."""
+        now = now or datetime.now(UTC)
+        last = self.last_restore_test(kind)
+        if last is not None and now - last < timedelta(seconds=every):
+            return None
+        return self.newest_verified(kind)
+
+    def record_restore_test(self, b: StoredBackup, error: str | None,
+                            at: datetime | None = None) -> None:
+        """Catalog a test restore's outcome: when, and why it failed (None: it passed). The
+        caller marks a failed backup unusable (mark_unusable), so no restore picks it."""
+        at = (at or datetime.now(UTC)).astimezone(UTC)
+        with self.journal.tx() as db:
+            db.execute("UPDATE backups SET restore_tested_at = ?, restore_test_error = ?"
+                       " WHERE id = ?", (at.isoformat(timespec="milliseconds"), error, b.id))
 
     # -- retention ----------------------------------------------------------------------------
 

@@ -105,6 +105,16 @@ def _override(r: dict[str, Any]) -> str:
     return f"{r['kind']} {r['target']} until {r['until']}: {r['reason']}"
 
 
+def _backups(rows: list[dict[str, Any]]) -> str:
+    def restore_test(b: dict[str, Any]) -> str | None:
+        at = b.get("restore_tested_at")
+        return None if not at else f"FAILED {at}" if b.get("restore_test_error") else f"ok {at}"
+
+    return table([{**b, "sha256": _short(b["sha256"]), "restore_test": restore_test(b)}
+                  for b in rows], ["id", "kind", "created_at", "size", "verified", "restore_test",
+                                   "sha256", "path"])
+
+
 RENDER: dict[str, Callable[[Any], str]] = {
     "status": _status,
     "incidents": lambda r: table(r, ["id", "target", "class", "state", "detected", "reason"]),
@@ -116,8 +126,7 @@ RENDER: dict[str, Callable[[Any], str]] = {
     "unmark": lambda r: f"{r['target']}: {_short(r['version'])} is {r['state']} again",
     "rollback": _rollback,
     "audit": _audit,
-    "backups": lambda r: table([{**b, "sha256": _short(b["sha256"])} for b in r],
-                               ["id", "kind", "created_at", "size", "verified", "sha256", "path"]),
+    "backups": _backups,
     "backup": lambda r: table(r, ["id", "kind", "size", "verified", "path"]),
     "emergency-admin": _emergency_admin,
     "unlock-admin": _unlock,

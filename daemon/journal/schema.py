@@ -146,4 +146,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_incident ON outbox (incident_id, id);
     CREATE INDEX incidents_detected ON incidents (detected_at);
     """,
+    # The scheduled test restore of a backup: when it last ran and, if it failed, why.
+    """
+    ALTER TABLE backups ADD COLUMN restore_tested_at TEXT;
+    ALTER TABLE backups ADD COLUMN restore_test_error TEXT;
+    """,
 ]

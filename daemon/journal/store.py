@@ -346,11 +346,13 @@ class Journal:
         return self.db.execute(sql + " ORDER BY created_at", args).fetchall()
 
     def backup_entries(self, target: str, kind: str) -> tuple[BackupEntry, ...]:
-        return tuple(
-            BackupEntry(r["id"], _dt(r["created_at"]) or now_utc(), r["verified_at"] is not None,
-                        True, json.loads(r["versions"]).get("alembic_revision"))
-            for r in self.backup_rows(target, kind)
-        )
+        entries = []
+        for r in self.backup_rows(target, kind):
+            versions = json.loads(r["versions"])
+            entries.append(BackupEntry(
+                r["id"], _dt(r["created_at"]) or now_utc(), r["verified_at"] is not None, True,
+                versions.get("alembic_revision"), incident=versions.get("incident")))
+        return tuple(entries)
 
     def forget_backup(self, backup_id: int) -> None:
         with self.tx() as db:

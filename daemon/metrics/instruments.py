@@ -75,6 +75,11 @@ class Metrics:
         self.webhook_alerts = Counter(
             "rollbackd_webhook_alerts_total", "Alerts mapped to a target's alertmanager probe",
             ["target", "probe", "status"], registry=r)
+        self.restore_tests = Counter(
+            "rollbackd_backup_restore_tests_total",
+            "Scheduled test restores of backups by result: passed, failed (the backup is marked "
+            "unusable) or error (the test could not be run, e.g. the server was down)",
+            ["target", "result"], registry=r)
         self.webhook_unmatched = Counter(
             "rollbackd_webhook_alerts_unmatched_total", "Alerts no alertmanager probe matched",
             registry=r)

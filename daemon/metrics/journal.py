@@ -155,6 +155,28 @@ class JournalCollector(Collector):
         for (target, kind), at in sorted(newest.items()):
             g.add_metric([target, kind], at)
         yield g
+        yield from self._restore_tests(db)
+
+    def _restore_tests(self, db: sqlite3.Connection) -> Iterator[Metric]:
+        passed = GaugeMetricFamily(
+            "rollbackd_backup_restore_test_timestamp_seconds",
+            "When a scheduled test restore of one of the target's backups last passed",
+            labels=["target", "kind"])
+        failed = GaugeMetricFamily(
+            "rollbackd_backup_restore_test_failed_timestamp_seconds",
+            "When a scheduled test restore of one of the target's backups last failed (that "
+            "backup is marked unusable)", labels=["target", "kind"])
+        last: dict[bool, dict[tuple[str, str], float]] = {True: {}, False: {}}
+        for target, kind, tested, error in db.execute(
+                "SELECT target, kind, restore_tested_at, restore_test_error FROM backups"
+                " WHERE restore_tested_at IS NOT NULL"):
+            at, seen = _ts(tested), last[error is None]
+            if at is not None and at > seen.get((target, kind), float("-inf")):
+                seen[(target, kind)] = at
+        for family, ok in ((passed, True), (failed, False)):
+            for (target, kind), at in sorted(last[ok].items()):
+                family.add_metric([target, kind], at)
+            yield family
 
     def _ledger(self, db: sqlite3.Connection, now: datetime) -> Iterator[Metric]:
         info = InfoMetricFamily("rollbackd_known_good_version",

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.rollback.base import StepFailed
+
+_ERROR_LINE = re.compile(r"\b(error|fatal|panic)\b", re.IGNORECASE)
+"""A line that reports a failure: "pg_restore: error: ...", "ERROR:  ...", "FATAL: ..."."""
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,18 @@ class CommandResult:
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
+
+    def failure(self, lines: int = 3) -> str:
+        """The last `lines` of the output, after its first error line when that came earlier.
+
+        Many tools print the cause first and its consequences after it: pg_restore -j reports
+        the failed COPY and why ("No space left on device"), then its hint and context, then "a
+        worker process died unexpectedly"; the last lines alone would lose the cause.
+        """
+        out = self.output.splitlines()
+        first = next((ln for ln in out[:-lines] if _ERROR_LINE.search(ln)), None)
+        cause = [first, "..."] if first is not None else []
+        return "\n".join(cause + out[-lines:])
 
 
 async def run_argv(
@@ -47,7 +63,8 @@ async def run_argv(
         raise
     result = CommandResult(tuple(argv), proc.returncode or 0, out.decode(errors="replace"))
     if check and result.returncode != 0:
-        raise StepFailed(f"{' '.join(argv[:3])} exited {result.returncode}: {result.tail(3)}")
+        raise StepFailed(f"{' '.join(argv[:3])} exited {result.returncode}: "
+                         f"{result.failure(3)}")
     return result
 
 

@@ -36,6 +36,11 @@ ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
 Secret = Annotated[SecretValue, PlainValidator(load_secret), PlainSerializer(str)]
 Argv = Annotated[list[str], Field(min_length=1)]
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_COLUMN = r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$"
+EncryptedColumns = list[Annotated[str, Field(pattern=_COLUMN)]]
+"""table.column names of fields the target's key encrypts: set to NULL, after an approval, by
+the key disaster's procedure (no backup of the key is left), so that the app can run with a
+fresh key. Empty: the procedure is not offered, the disaster is only escalated."""
 
 
 class _Frozen(BaseModel):
@@ -74,6 +79,8 @@ class SqliteDatabase(_Frozen):
     timestamp_column: str = Field(default="created_at", pattern=_NAME)
     """Per-row timestamp used to count writes beside rowids; an updated_at column counts updates."""
     alembic_table: str = Field(default="alembic_version", min_length=1)
+    encrypted_columns: EncryptedColumns = []
+    """table.column fields encrypted with the target's key (see the key disaster procedure)."""
     command_timeout: PositiveDuration = 120.0
 
     _has_placeholder = field_validator("migrate")(_migrate_has_placeholder)
@@ -116,6 +123,8 @@ class PostgresDatabase(_Frozen):
     """CREATE DATABASE STRATEGY of a snapshot clone (PostgreSQL 15+)."""
     tables: list[Annotated[str, Field(min_length=1)]] = []
     """Tables whose rows are counted in each backup and must match after a restore; empty: all."""
+    encrypted_columns: EncryptedColumns = []
+    """table.column fields encrypted with the target's key (see the key disaster procedure)."""
     alembic_table: str = Field(default="alembic_version", min_length=1)
     bin_dir: ConfigPath | None = None
     """Directory of pg_dump and pg_restore; default: found on PATH."""
@@ -192,7 +201,11 @@ class KeySettings(_Frozen):
     canary: str | None = None
     """A Fernet token made with the good key: a backup counts only if its key decrypts it."""
     canary_file: ConfigPath | None = None
-    """A file holding the canary token, instead of `canary`."""
+    """A file holding the canary token, instead of `canary`. The key disaster procedure writes
+    a new canary made with the fresh key here (an inline `canary` cannot be rewritten, so with
+    one the procedure is not offered); point the fernet_key probe at the same file."""
+    canary_plaintext: str = "rollbackd canary"
+    """What a canary written by the key disaster procedure decrypts to (match the probe's)."""
     restart: Argv | None = None
     """argv that restarts the app after a key restore, so it reads the key again."""
     passphrase_file: Secret | None = None

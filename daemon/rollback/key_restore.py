@@ -10,6 +10,8 @@ import asyncio
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cryptography.fernet import Fernet
+
 from daemon.backup.base import BackupFailed, BackupRefused
 from daemon.backup.envfile import replace_file, with_value
 from daemon.backup.key import KeyBackuper, KeyUnusable, problem
@@ -41,9 +43,16 @@ class KeyExecutor(StoreWiring):
             steps.append(StepSpec("restart_app", idempotent=False,
                                   timeout=settings.command_timeout, component=KEY))
         self.steps = tuple(steps)
+        # A second fresh key after the app has restarted on the first would strand whatever it
+        # encrypted since: an interrupted write waits for a person.
+        self.replace_steps = (StepSpec("new_key", idempotent=False, timeout=60, destructive=True,
+                                       component=KEY), *steps[1:])
 
     def capabilities(self) -> Capabilities:
-        return {Capability.KEY_RESTORE: self.steps}
+        caps: dict[Capability, tuple[StepSpec, ...]] = {Capability.KEY_RESTORE: self.steps}
+        if self.settings.canary is None:  # an inline canary could never pass with a fresh key
+            caps[Capability.KEY_REPLACE] = self.replace_steps
+        return caps
 
     def _current(self) -> tuple[str | None, str | None]:
         """(fingerprint, problem) of the key in place now."""
@@ -94,6 +103,8 @@ class KeyExecutor(StoreWiring):
         return int(value), key
 
     async def verify_target(self, ctx: StepContext) -> str:
+        if "new_key" in ctx.plan.step_names:
+            return "no usable key backup is left: a fresh key will be written"
         backup_id, key = await self._load(ctx)
         what = "decrypts the canary" if self.backuper.canary() else "is a valid Fernet key"
         return f"key backup #{backup_id} (key {fingerprint(key)}) {what}"
@@ -101,6 +112,8 @@ class KeyExecutor(StoreWiring):
     async def run_step(self, name: str, ctx: StepContext) -> str:
         if name == "restore_key":
             return await self._restore(ctx)
+        if name == "new_key":
+            return await self._new_key()
         if name == "restart_app" and self.settings.restart:
             res = await run_argv(self.settings.restart, self.settings.command_timeout)
             return f"app restarted with {Path(self.settings.restart[0]).name} " \
@@ -122,6 +135,28 @@ class KeyExecutor(StoreWiring):
         return (f"key {after} from backup #{backup_id} written to {self.settings.file.name}"
                 f"{f' ({self.settings.env_var})' if self.settings.env_var else ''}; "
                 f"it replaced key {before or '(unreadable)'}")
+
+    async def _new_key(self) -> str:
+        """The key disaster's procedure: a fresh key, and a canary made with it."""
+        before, _ = await asyncio.to_thread(self._current)
+        key = Fernet.generate_key().decode()
+        s = self.settings
+        try:
+            if s.canary_file is not None:
+                token = Fernet(key.encode()).encrypt(s.canary_plaintext.encode())
+                await asyncio.to_thread(replace_file, s.canary_file, token + b"\n")
+            await asyncio.to_thread(self._write, key)
+        except OSError as exc:
+            raise StepFailed(f"cannot write the fresh key: {exc.strerror} ({exc.filename})"
+                             ) from None
+        after, why = await asyncio.to_thread(self._current)
+        if after != fingerprint(key) or why:
+            raise StepFailed(f"after writing the fresh key, {s.file.name} holds {after} "
+                             f"({why or 'unexpected'})")
+        canary = f"; a new canary in {s.canary_file.name}" if s.canary_file else ""
+        return (f"fresh key {after} written to {s.file.name}"
+                f"{f' ({s.env_var})' if s.env_var else ''}, replacing {before or '(unreadable)'}"
+                f"{canary}; back it up off this host now")
 
     def _write(self, key: str) -> None:
         path, var = self.settings.file, self.settings.env_var

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from daemon.backup.base import BackupFailed, BackupRefused, StoredBackup
+from daemon.backup.base import BackupFailed, BackupRefused, RestoreTestFailed, StoredBackup
 from daemon.backup.envfile import read_env
 from daemon.backup.pg import (
     Pg,
@@ -35,6 +35,7 @@ from daemon.backup.store import BackupStore
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, PostgresDatabase
+from daemon.rollback.encrypted_columns import clear_postgres, clear_step, describe
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
@@ -42,6 +43,9 @@ log = logging.getLogger("rollbackd.rollback.postgres")
 
 DB = Component.DATABASE
 TERMINATE_WAIT_MS = 5000
+# How PostgreSQL says its disk is full: ENOSPC, or a short write when extending a file (both
+# with this hint).
+DISK_FULL = ("No space left on device", "Check free disk space")
 
 
 def restored_name(db: str, backup_id: int) -> str:
@@ -120,6 +124,7 @@ class PostgresExecutor(StoreWiring):
                      component=DB),
             StepSpec("check_revision", idempotent=True, timeout=60, component=DB),
         )
+        self.clear_steps = (clear_step(DB, t),)
 
     @property
     def dbname(self) -> str:
@@ -132,6 +137,8 @@ class PostgresExecutor(StoreWiring):
             Capability.DATABASE_RESTORE: self.restore_steps}
         if self.settings.migrate:
             caps[Capability.DATABASE_DOWNGRADE] = self.downgrade_steps
+        if self.settings.encrypted_columns:
+            caps[Capability.DATABASE_CLEAR_ENCRYPTED] = self.clear_steps
         return caps
 
     # -- the checklist ------------------------------------------------------------------------
@@ -187,7 +194,7 @@ class PostgresExecutor(StoreWiring):
             "prepare_restore": self._prepare, "swap_database": self._swap_step,
             "check_restored": self._check_restored, "start_app": self._start,
             "snapshot_database": self._snapshot, "alembic_downgrade": self._downgrade,
-            "check_revision": self._check_revision,
+            "check_revision": self._check_revision, "clear_encrypted": self._clear_encrypted,
         }
         step = steps.get(name)
         if step is None:
@@ -256,11 +263,7 @@ class PostgresExecutor(StoreWiring):
                     sql.Identifier(snap), sql.Identifier(target)))
                 await allow_connections(conn, target, True)
             else:
-                q = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
-                    sql.Identifier(target))
-                if owner:
-                    q = q + sql.SQL(" OWNER {}").format(sql.Identifier(owner))
-                await conn.execute(q)
+                await self._create_empty(conn, target, owner)
         try:
             if not snap:
                 await self._pg_restore(b.path, target)
@@ -278,6 +281,18 @@ class PostgresExecutor(StoreWiring):
         return (f"backup #{b.id} restored into {target} ({how}) in "
                 f"{time.perf_counter() - started:.1f}s; tables and row counts match"
                 f"{f', revision {rev}' if rev else ''}")
+
+    async def _create_empty(self, conn: psycopg.AsyncConnection[Any], name: str,
+                            owner: str | None) -> None:
+        """The empty database a dump is restored into: the live one's owner, and the
+        restore_tablespace where one is set."""
+        q = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+        if owner:
+            q = q + sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+        if self.settings.restore_tablespace:
+            q = q + sql.SQL(" TABLESPACE {}").format(
+                sql.Identifier(self.settings.restore_tablespace))
+        await conn.execute(q)
 
     async def _pg_restore(self, path: Path, target: str) -> None:
         argv = [self.pg.tool("pg_restore"), "-j", str(self.settings.jobs), "--exit-on-error",
@@ -328,8 +343,15 @@ class PostgresExecutor(StoreWiring):
         try:
             return await self.prepare(b)
         except psycopg.Error as exc:
-            raise StepFailed(f"restoring backup #{b.id} failed: {one_line(exc)}; the current "
-                             "database is untouched") from None
+            why = (f"restoring backup #{b.id} failed: {one_line(exc)}; the current database "
+                   "is untouched")
+        except StepFailed as exc:
+            why = str(exc)
+        if any(sign in why for sign in DISK_FULL):
+            space = self.settings.restore_tablespace
+            where = f"tablespace {space}" if space else "the default tablespace"
+            why = f"not enough space in {where} to restore backup #{b.id}: {why}"
+        raise StepFailed(why)
 
     async def swap(self, backup_id: int) -> tuple[str, int, float]:
         """Swap the prepared database in; returns the kept name, sessions ended, seconds."""
@@ -390,6 +412,18 @@ class PostgresExecutor(StoreWiring):
         res = await run_argv(self.settings.start, self.settings.command_timeout)
         return f"app started with {Path(self.settings.start[0]).name} (exit {res.returncode})"
 
+    # -- the key disaster ---------------------------------------------------------------------
+
+    async def _clear_encrypted(self, ctx: StepContext) -> str:
+        conn = await self.pg.connect()
+        async with conn:
+            try:
+                cleared = await clear_postgres(conn, list(self.settings.encrypted_columns))
+            except psycopg.Error as exc:
+                raise StepFailed(f"clearing the encrypted columns failed: {one_line(exc)}; "
+                                 "nothing was changed") from None
+        return f"set to NULL (undecryptable without the lost key): {describe(cleared)}"
+
     # -- Alembic downgrade --------------------------------------------------------------------
 
     def _revision(self, ctx: StepContext) -> str:
@@ -431,3 +465,67 @@ class PostgresExecutor(StoreWiring):
         if now != rev:
             raise StepFailed(f"alembic_version is {now} after the downgrade, expected {rev}")
         return f"alembic_version is {rev}"
+
+    # -- the scheduled test restore -----------------------------------------------------------
+
+    async def test_restore(self, b: StoredBackup) -> str:
+        """Prove that dump `b` restores, by the path a real restore takes: pg_restore -j into a
+        scratch database <db>_restoretest_<id>, whose tables, row counts and alembic revision
+        must match the catalog; the scratch database is dropped in every case (failure,
+        cancellation). The live database and any snapshot database are never touched.
+
+        Raises RestoreTestFailed when the dump is at fault, PgError when PostgreSQL could not
+        be asked (down, or no room): then nothing is known about the dump.
+        """
+        scratch = derived_name(self.dbname, "restoretest", str(b.id))
+        started = time.perf_counter()
+        conn = await self.pg.maintenance()
+        async with conn:
+            try:
+                for old in await self._restore_test_leftovers(conn):
+                    await drop_database(conn, old)  # of a test a crash interrupted: ours
+                # Made as a real restore makes it, so the test needs what a restore needs.
+                await self._create_empty(conn, scratch, await owner_of(conn, self.dbname))
+            except psycopg.Error as exc:
+                raise PgError(f"cannot create the scratch database {scratch}: "
+                              f"{one_line(exc)}") from None
+        try:
+            try:
+                await self._pg_restore(b.path, scratch)
+                problem = await self._verify_db(scratch, dict(b.versions))
+            except (StepFailed, PgError, psycopg.Error) as exc:
+                why = one_line(exc, 400)
+                if await self._server_trouble(why):
+                    raise PgError(f"the test restore of backup #{b.id} could not run: "
+                                  f"{why}") from None
+                raise RestoreTestFailed(f"backup #{b.id} does not restore: {why}") from None
+            if problem:
+                raise RestoreTestFailed(f"the database restored from backup #{b.id} does not "
+                                        f"hold what the backup held: {problem}")
+        finally:  # also when cancelled: the drop runs to its end even if we are cancelled again
+            await asyncio.shield(self._drop_quietly(scratch))
+        rev = b.versions.get("alembic_revision")
+        return (f"backup #{b.id} restored into {scratch} (pg_restore -j {self.settings.jobs} of "
+                f"{b.path.name}) in {time.perf_counter() - started:.1f}s; tables and row counts "
+                f"match{f', revision {rev}' if rev else ''}; {scratch} dropped")
+
+    async def _restore_test_leftovers(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        prefix = derived_name(self.dbname, "restoretest", "")
+        cur = await conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                                 (prefix,))
+        return [str(r[0]) for r in await cur.fetchall()
+                if str(r[0])[len(prefix):].isdigit() and str(r[0]) != self.dbname]
+
+    async def _server_trouble(self, why: str) -> bool:
+        """Whether a failed test restore says nothing about the dump: the server is gone, or
+        out of room (a dump that restores needs that room at a real restore too, but it is
+        not the dump that is broken)."""
+        if any(s in why for s in ("No space left on device", "could not extend file",
+                                  "timed out after", "cannot connect to database")):
+            return True
+        try:
+            conn = await self.pg.maintenance()
+        except PgError:
+            return True
+        async with conn:
+            return False

@@ -26,6 +26,7 @@ from daemon.backup.store import BackupStore
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, SqliteDatabase
+from daemon.rollback.encrypted_columns import clear_sqlite, clear_step, describe
 from daemon.rollback.sqlite_swap import stage, staged_path, swap_in
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
@@ -61,6 +62,7 @@ class SqliteExecutor(StoreWiring):
                      component=DB),
             StepSpec("check_revision", idempotent=True, timeout=60, component=DB),
         )
+        self.clear_steps = (clear_step(DB, t),)
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -70,6 +72,8 @@ class SqliteExecutor(StoreWiring):
             caps[Capability.DATABASE_RESTORE] = self.restore_steps
         if self.settings.migrate:
             caps[Capability.DATABASE_DOWNGRADE] = self.downgrade_steps
+        if self.settings.encrypted_columns:
+            caps[Capability.DATABASE_CLEAR_ENCRYPTED] = self.clear_steps
         return caps
 
     # -- what the checklist asks of every executor --------------------------------------------
@@ -127,7 +131,7 @@ class SqliteExecutor(StoreWiring):
             "prepare_restore": self._prepare, "swap_database": self._swap_step,
             "check_restored": self._check_restored, "start_app": self._start,
             "snapshot_database": self._snapshot, "alembic_downgrade": self._downgrade,
-            "check_revision": self._check_revision,
+            "check_revision": self._check_revision, "clear_encrypted": self._clear_encrypted,
         }
         step = steps.get(name)
         if step is None:
@@ -280,3 +284,15 @@ class SqliteExecutor(StoreWiring):
         if now != rev:
             raise StepFailed(f"alembic_version is {now} after the downgrade, expected {rev}")
         return f"alembic_version is {rev}"
+
+    # -- the key disaster ---------------------------------------------------------------------
+
+    async def _clear_encrypted(self, ctx: StepContext) -> str:
+        s = self.settings
+        try:
+            cleared = await asyncio.to_thread(clear_sqlite, self.path, list(s.encrypted_columns),
+                                              s.command_timeout)
+        except sqlite3.Error as exc:
+            raise StepFailed(f"clearing the encrypted columns failed: {exc}; nothing was "
+                             "changed") from None
+        return f"set to NULL (undecryptable without the lost key): {describe(cleared)}"

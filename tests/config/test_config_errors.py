@@ -92,6 +92,14 @@ def test_parse_config_with_base_dir() -> None:
     assert config.daemon.state_dir == Path("/srv/x/state")
 
 
+@pytest.mark.parametrize(("line", "seconds"), [
+    ("", 86400.0), ('test_restore_every = "6h"', 21600.0), ("test_restore_every = 0", 0.0)])
+def test_test_restore_period_is_daily_by_default_and_0_turns_it_off(line: str,
+                                                                    seconds: float) -> None:
+    cfg = parse_config(PROBE + f"[targets.grading.backups]\n{line}\n", "rollbackd.toml")
+    assert cfg.targets["grading"].backups.test_restore_every == seconds
+
+
 def test_full_workspace_config_is_valid(tmp_path: Path) -> None:
     from daemon.workspace import Workspace
 
@@ -215,6 +223,15 @@ BAD_CONFIGS = [
                  "targets.grading.deployment.restart: must not be empty", id="empty-argv"),
     pytest.param(PROBE + '[targets.grading.database]\nkind = "mysql"\n',
                  "targets.grading.database.kind: must be one of", id="bad-database-kind"),
+    pytest.param(PROBE + "[targets.grading.backups]\ntest_restore_every = -1\n",
+                 "targets.grading.backups.test_restore_every: must be at least 0",
+                 id="negative-test-restore-period"),
+    pytest.param(PROBE + '[targets.grading.backups]\ntest_restore_every = "weekly"\n',
+                 "targets.grading.backups.test_restore_every: bad duration 'weekly'",
+                 id="bad-test-restore-period"),
+    pytest.param(PROBE + "[targets.grading.backups]\ntest_restore_every = true\n",
+                 "targets.grading.backups.test_restore_every: expected a duration",
+                 id="bool-test-restore-period"),
     pytest.param(
         '[targets."api.example.com"]\n[targets."api.example.com".probes.health]\n'
         'kind = "http_health"\nurl = "http://127.0.0.1:8080/"\n[targets."api.example.com"]\n',

@@ -351,6 +351,14 @@ def test_data_corruption_keeps_a_known_good_deployment() -> None:
     assert "rolling back" not in d.reason
 
 
+def test_a_backup_taken_for_an_incident_is_never_a_restore_target() -> None:
+    # A verified snapshot taken by an earlier incident (say, at the bad revision before a
+    # downgrade) is newer than the right backup, and still must not be chosen.
+    evidence = BackupEntry(8, ago(1000), verified=True, incident=4)
+    d = run(C.DATA_CORRUPTION, facts(backups=(*BACKUPS, evidence)), pol(auto_destructive=True))
+    assert d.plan is not None and d.plan.targets[Component.DATABASE] == "3", d.reason
+
+
 def test_a_restore_is_followed_by_a_session_flush_where_configured() -> None:
     with_flush = {**ALL_CAPS, Capability.SESSIONS_FLUSH: FLUSH}
     d = run(C.DATA_CORRUPTION, facts(capabilities=with_flush), pol(auto_destructive=True))
@@ -448,6 +456,26 @@ def test_key_invalid_without_a_valid_backup_is_a_disaster(
     assert d.plan is None
     assert KEY_DISASTER in d.reason
     assert "never cleared" in KEY_DISASTER
+
+
+CLEAR = (StepSpec("clear_encrypted", idempotent=True, destructive=True),)
+NEW_KEY = (StepSpec("new_key", idempotent=False, destructive=True),
+           StepSpec("restart_app", idempotent=False))
+
+
+@pytest.mark.parametrize("policy", [DEFAULT, pol(auto_destructive=True)], ids=["default", "auto"])
+def test_the_key_disaster_procedure_is_offered_only_for_approval(policy: PolicySettings) -> None:
+    f = facts(key_backups=(), capabilities={**ALL_CAPS, Capability.KEY_REPLACE: NEW_KEY,
+                                            Capability.DATABASE_CLEAR_ENCRYPTED: CLEAR})
+    d = run(C.KEY_INVALID, f, policy)
+    assert d.action is Action.AWAIT_APPROVAL, d.reason
+    assert d.plan is not None and d.plan.kind is PlanKind.KEY_RESET
+    assert body(d.plan) == names(CLEAR) + names(NEW_KEY)  # data first, then the fresh key
+    assert KEY_DISASTER in d.reason and "needs an explicit approval" in d.reason
+    # Without the columns to clear, a fresh key would leave rows nobody can read: escalate.
+    d = run(C.KEY_INVALID, replace(f, capabilities={**ALL_CAPS,
+                                                     Capability.KEY_REPLACE: NEW_KEY}), policy)
+    assert d.action is Action.ESCALATE and d.plan is None and KEY_DISASTER in d.reason
 
 
 def test_key_invalid_without_a_key_executor_escalates() -> None:
@@ -890,6 +918,8 @@ def test_key_invalid_never_acts_without_a_valid_key_backup(
                                      if not (b.verified and b.checksum_ok)))
     classes = {k: v for k, v in p.classes.items() if k != "key_invalid"}
     d = _decide(C.KEY_INVALID, f, h, p.model_copy(update={"classes": classes}))
-    assert d.plan is None
-    if d.action is Action.ESCALATE:
+    # Only the disaster procedure may be planned, and it never runs without a person.
+    assert d.action is not Action.EXECUTE
+    assert d.plan is None or d.plan.kind is PlanKind.KEY_RESET
+    if d.action in (Action.ESCALATE, Action.AWAIT_APPROVAL):
         assert KEY_DISASTER in d.reason

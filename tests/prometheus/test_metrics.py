@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.alerts.rules import rules_text
+from daemon.backup.store import BackupStore
 from daemon.journal.store import Journal
 from daemon.metrics import JournalCollector, Metrics, MonitorCollector
 from policies.breaker import Breaker, BreakerMode
@@ -178,6 +179,32 @@ def test_newest_verified_backup(registry: CollectorRegistry, journal: Journal) -
     assert stamp is not None and abs(stamp - time.time()) < 5
 
 
+def test_restore_test_times_passed_and_failed(registry: CollectorRegistry,
+                                             journal: Journal) -> None:
+    store = BackupStore(journal, journal.path.parent / "backups", "grading")
+    ids = [journal.catalog_backup("grading", "database", f"/b/{n}", 1, "x", 0.1, {},
+                                  verified=True) for n in range(3)]
+    b = [store.get(i) for i in ids]
+    assert None not in b
+    store.record_restore_test(b[0], None, now() - timedelta(days=2))  # type: ignore[arg-type]
+    store.record_restore_test(b[1], None, now() - timedelta(hours=1))  # type: ignore[arg-type]
+    store.record_restore_test(b[2], "does not restore", now())  # type: ignore[arg-type]
+    collect(registry, journal)
+    labels = {"target": "grading", "kind": "database"}
+    passed = registry.get_sample_value("rollbackd_backup_restore_test_timestamp_seconds", labels)
+    failed = registry.get_sample_value(
+        "rollbackd_backup_restore_test_failed_timestamp_seconds", labels)
+    assert passed is not None and abs(passed - (time.time() - 3600)) < 5
+    assert failed is not None and abs(failed - time.time()) < 5
+
+
+def test_restore_test_counter_starts_at_zero(registry: CollectorRegistry) -> None:
+    m = Metrics(registry)
+    m.restore_tests.labels("grading", "failed").inc()
+    assert registry.get_sample_value("rollbackd_backup_restore_tests_total",
+                                     {"target": "grading", "result": "failed"}) == 1
+
+
 def test_known_good_version_info(registry: CollectorRegistry, journal: Journal) -> None:
     t = now() - timedelta(hours=3)
     journal.save_ledger("grading", LedgerEntry("aaa111", t, t, t + timedelta(minutes=10)))
@@ -280,6 +307,8 @@ def test_every_metric_the_rules_use_is_exported(registry: CollectorRegistry,
         "rollbackd_breaker_state", "rollbackd_rollback_last_failure_timestamp_seconds",
         "rollbackd_incident_detected_timestamp_seconds",
         "rollbackd_backup_newest_verified_timestamp_seconds",
+        "rollbackd_backup_restore_test_timestamp_seconds",
+        "rollbackd_backup_restore_test_failed_timestamp_seconds",
         # Fed by the recovery drills (daemon/metrics/drills.py), not by this module.
         "rollbackd_drill_last_success_timestamp_seconds", "rollbackd_drill_overdue",
     }

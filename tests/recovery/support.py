@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 import time
 from contextlib import closing
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+from psycopg import sql
 
 from daemon.rollback.base import StepContext
 from daemon.rollback.data_settings import KeySettings, SqliteDatabase
@@ -169,9 +172,67 @@ def downgrade() -> None:
 '''
 
 
-def add_bad_migration(ws: Workspace) -> str:
-    """Add a migration after the current head that breaks login; returns the head it follows."""
-    head = revision(db_path(ws))
+def add_bad_migration(ws: Workspace, head: str | None = None) -> str:
+    """Add a migration after the current head that breaks login; returns the head it follows.
+
+    The head is read from the workspace's SQLite database unless given (an app on PostgreSQL).
+    """
+    head = head or revision(db_path(ws))
     (ws.app_dir / "migrations" / "versions" / "9b4d_rename_password.py").write_text(
         BAD_MIGRATION.replace("{head}", head))
     return head
+
+
+# -- the sample app on PostgreSQL ----------------------------------------------------------------
+
+
+def pg_connect(dsn: str, dbname: str | None = None) -> psycopg.Connection[Any]:
+    """An autocommit connection to `dsn` (or to another database of its cluster)."""
+    kw: dict[str, Any] = {"dbname": dbname} if dbname else {}
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=10, **kw)
+
+
+def use_postgres(ws: Workspace, dsn: str) -> None:
+    """Point the workspace's app at the (empty) PostgreSQL database `dsn`, migrate it to head
+    and seed the demo user, as Workspace.create does on SQLite."""
+    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    lines = [f"DATABASE_URL={url}" if line.startswith("DATABASE_URL=") else line
+             for line in ws.env_file.read_text().splitlines()]
+    ws.env_file.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, **ws.env()}
+    for argv in (["-m", "alembic", "upgrade", "head"], ["seed.py", *DEMO_USER]):
+        subprocess.run([sys.executable, *argv], cwd=ws.app_dir, env=env, check=True,
+                       capture_output=True, timeout=60)
+
+
+def pg_add_grades(dsn: str, n: int, course: str = "math") -> None:
+    with pg_connect(dsn) as db:
+        db.execute("INSERT INTO grades (user_id, course, grade) SELECT "
+                   "(SELECT min(id) FROM users), %s, (g %% 100)::text "
+                   "FROM generate_series(1, %s) g", (course, n))
+
+
+def pg_count(dsn: str, table: str, dbname: str | None = None) -> int:
+    with pg_connect(dsn, dbname) as db:
+        row = db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                         ).fetchone()
+        return int(row[0]) if row else -1
+
+
+def pg_tables(dsn: str, dbname: str | None = None) -> list[str]:
+    with pg_connect(dsn, dbname) as db:
+        return sorted(str(r[0]) for r in db.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+
+
+def pg_revision(dsn: str, dbname: str | None = None) -> str:
+    with pg_connect(dsn, dbname) as db:
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        return str(row[0]) if row else ""
+
+
+def pg_databases(dsn: str, prefix: str) -> list[str]:
+    """The cluster's databases whose name starts with `prefix`."""
+    with pg_connect(dsn, "postgres") as db:
+        return sorted(str(r[0]) for r in db.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from contextlib import closing
@@ -292,3 +293,76 @@ command_timeout = "30s"
     markdown = d.result("show", id=inc["id"], report=True)["markdown"]
     for text in (journal, markdown, d.log_text(), json.dumps(report)):
         assert good not in text and bad not in text
+
+
+def test_a_lost_key_with_no_backup_waits_for_approval_then_resets(
+        workspace: Workspace, smtp: SmtpSink, start_daemon: Any, tmp_path: Path) -> None:
+    """The key disaster: nothing can decrypt the data. Escalated with the disaster text; only
+    after `rollbackctl approve` are the encrypted columns cleared and a fresh key written."""
+    ws = workspace
+    canary_file = tmp_path / "canary"
+    good = ws.env()["DB_ENCRYPTION_KEY"]
+    canary_file.write_text(Fernet(good.encode()).encrypt(b"rollbackd canary").decode() + "\n")
+    key = f"""
+[targets.grading.probes.key]
+kind = "fernet_key"
+key_file = "{ws.env_file}"
+env_var = "DB_ENCRYPTION_KEY"
+canary_file = "{canary_file}"
+interval = "500ms"
+failure_threshold = 2
+
+[targets.grading.key]
+file = "{ws.env_file}"
+env_var = "DB_ENCRYPTION_KEY"
+canary_file = "{canary_file}"
+restart = {toml_list(ws.restart_argv())}
+command_timeout = "30s"
+"""
+    lost = Fernet.generate_key().decode()  # the good key is gone, and was never backed up
+    ws.env_file.write_text(ws.env_file.read_text().replace(good, lost))
+    with closing(sqlite3.connect(db_path(ws))) as db:
+        ciphertexts = [r[0] for r in db.execute("SELECT national_id_encrypted FROM users")]
+    assert all(ciphertexts)
+    ws.start()
+    secret = tmp_path / "probe-password"
+    secret.write_text(DEMO_USER[1] + "\n")
+    extra = data_config(ws, secret, "auto_destructive = true\n", key).replace(
+        'tables = ["users", "grades"]',
+        'tables = ["users", "grades"]\nencrypted_columns = ["users.national_id_encrypted"]')
+    d = start_daemon(ws.config_toml(smtp.port, targets_extra=extra))
+
+    inc = wait_for(lambda: incident(d, "awaiting_approval"), 30, f"approval\n{d.log_text()}")
+    assert inc["reason"].startswith("key_invalid: ")
+    assert "no valid backup of the encryption key" in inc["reason"]
+    assert "needs an explicit approval" in inc["reason"]  # even with auto_destructive on
+    mail = wait_for(lambda: next((m for _, m in smtp.messages
+                                  if "waiting for approval" in str(m["Subject"])), None), 15,
+                    "approval mail")
+    assert "encrypted data cannot be recovered without the key" in plain_text(mail)
+    with closing(sqlite3.connect(db_path(ws))) as db:  # nothing changed without a person
+        assert [r[0] for r in db.execute("SELECT national_id_encrypted FROM users")] == ciphertexts
+    assert ws.env()["DB_ENCRYPTION_KEY"] == lost
+
+    d.result("approve", id=inc["id"])
+    wait_for(lambda: incident(d, "resolved"), 60, f"key reset resolved\n{d.log_text()}")
+    report = show(d, inc["id"])
+    assert steps(report) == [(n, "done") for n in [*CHECKLIST, "clear_encrypted", "new_key",
+                                                   "restart_app", "verify"]]
+    assert_timeline(report, "approved")
+    fresh = ws.env()["DB_ENCRYPTION_KEY"]
+    assert fresh not in (good, lost)
+    assert Fernet(fresh.encode()).decrypt(canary_file.read_text().strip().encode()) == \
+        b"rollbackd canary"
+    with closing(sqlite3.connect(db_path(ws))) as db:
+        assert [r[0] for r in db.execute("SELECT national_id_encrypted FROM users")] == \
+            [None] * len(ciphertexts)
+    assert login(ws) == 200
+    # The ciphertexts are kept: the checklist backed the database up before the clear.
+    (kept,) = [b for b in catalog(d, "database")
+               if json.loads(b["versions"]).get("incident") == inc["id"]]
+    with closing(sqlite3.connect(kept["path"])) as db:
+        assert [r[0] for r in db.execute("SELECT national_id_encrypted FROM users")] == \
+            ciphertexts
+    for text in (d.log_text(), json.dumps(report)):
+        assert fresh not in text and lost not in text

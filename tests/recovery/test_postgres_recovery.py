@@ -4,6 +4,10 @@ database and a rename swap, snapshot clones, what a restore would lose, and refu
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +18,7 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import PostgreSQLExecutor
 
+from daemon.backup.pg import missing_tables
 from daemon.backup.store import BackupStore
 from daemon.config import parse_config
 from daemon.rollback.base import StepFailed
@@ -236,3 +241,84 @@ def test_config_builds_the_executor_only_with_a_dsn(tmp_path: Path) -> None:
     env = ex.pg.env()
     assert env["PGPASSWORD"] == "s3cret" and env["PGDATABASE"] == "grading"
     assert "s3cret" not in repr(t.database)
+
+
+# -- restore_tablespace, and what a dump must hold to count as verified -------------------------
+
+def database_tablespace(proc: PostgreSQLExecutor, db: str) -> str:
+    with admin(proc) as c:
+        row = c.execute("SELECT t.spcname FROM pg_database d JOIN pg_tablespace t "
+                        "ON t.oid = d.dattablespace WHERE d.datname = %s", (db,)).fetchone()
+        return str(row[0]) if row else ""
+
+
+@pytest.fixture
+def tablespace(postgresql_proc: PostgreSQLExecutor) -> Iterator[str]:
+    """A tablespace in a directory of its own; its databases are dropped afterwards, then it."""
+    base = Path(tempfile.mkdtemp(prefix="rollbackd-test-ts-"))  # the postgres user reaches it
+    base.chmod(0o711)
+    location = base / "ts"
+    location.mkdir(mode=0o700)
+    if os.geteuid() == 0:  # the cluster runs as postgres (tests/infra/fixtures.py)
+        owner = pwd.getpwnam("postgres")
+        os.chown(location, owner.pw_uid, owner.pw_gid)
+    name = f"ts{uuid.uuid4().hex[:8]}"
+    with admin(postgresql_proc) as c:
+        c.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
+            sql.Identifier(name), sql.Literal(str(location))))
+    try:
+        yield name
+    finally:
+        with admin(postgresql_proc) as c:
+            for (db,) in c.execute(
+                    "SELECT d.datname FROM pg_database d JOIN pg_tablespace t "
+                    "ON t.oid = d.dattablespace WHERE t.spcname = %s", (name,)).fetchall():
+                c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(str(db))))
+            c.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(name)))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_restore_is_staged_in_the_restore_tablespace(
+        postgresql_proc: PostgreSQLExecutor, appdb: str, tablespace: str, store: BackupStore,
+        tmp_path: Path) -> None:
+    ex = PostgresExecutor(settings(postgresql_proc, appdb, tmp_path,
+                                   restore_tablespace=tablespace))
+    ex.attach(store)
+    b = asyncio.run(store.take(ex.backuper))
+    with admin(postgresql_proc, appdb) as c:
+        c.execute("DELETE FROM grades WHERE grade < 50")
+    asyncio.run(run_restore(ex, b.id))
+    assert rows(postgresql_proc, appdb, "grades") == 2000
+    assert database_tablespace(postgresql_proc, appdb) == tablespace  # it stays there
+    (kept,) = databases(postgresql_proc, f"{appdb}_corrupted_")
+    assert database_tablespace(postgresql_proc, kept) == "pg_default"
+    assert rows(postgresql_proc, kept, "grades") == 1000
+
+
+def test_a_dump_that_lacks_a_table_it_is_for_is_kept_but_never_verified(
+        postgresql_proc: PostgreSQLExecutor, appdb: str, store: BackupStore,
+        tmp_path: Path) -> None:
+    """The checklist's dump of a database that lost a table is evidence: were it verified, it
+    would be the newest backup older than a later incident's onset, and restored then."""
+    ex = PostgresExecutor(settings(postgresql_proc, appdb, tmp_path))
+    with admin(postgresql_proc, appdb) as c:
+        c.execute("DROP TABLE grades")
+    b = asyncio.run(store.take(ex.backuper, "incident-1", 1))
+    assert not b.verified and b.path.exists() and b.incident == 1
+    assert b.verify_error == ("pg_restore --list: the archive holds no table grades of the 2 "
+                              "the backups are for")
+    assert store.newest_verified("database") is None
+    # With no tables named, the backups are for whatever tables there are.
+    every = PostgresExecutor(settings(postgresql_proc, appdb, tmp_path, tables=[]))
+    assert asyncio.run(store.take(every.backuper)).verified
+
+
+def test_missing_tables_reads_the_archive_listing() -> None:
+    toc = ["216; 1259 16392 TABLE public grades postgres",
+           "215; 1259 16389 TABLE public my table postgres",
+           "214; 1259 16386 TABLE app users_archive postgres",
+           "3346; 0 16386 TABLE DATA public users postgres",
+           "3349; 2606 16400 CONSTRAINT public users users_pkey postgres"]
+    assert missing_tables(toc, ["grades", "my table", "users", "my"]) == ["users", "my"]
+    assert missing_tables(toc, []) == []

@@ -85,4 +85,6 @@ async def _backups(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     return [{"id": r["id"], "kind": r["kind"], "created_at": r["created_at"],
              "size": r["size"], "sha256": r["sha256"], "verified": r["verified_at"] is not None,
              "verify_error": r["verify_error"], "path": r["path"],
-             "versions": json.loads(r["versions"] or "{}")} for r in rows]
+             "versions": json.loads(r["versions"] or "{}"),
+             "restore_tested_at": r["restore_tested_at"],
+             "restore_test_error": r["restore_test_error"]} for r in rows]
