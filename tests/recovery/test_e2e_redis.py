@@ -80,6 +80,7 @@ def me(ws: Workspace, token: str) -> int:
 def app_on_redis(workspace: Workspace, redis_proc: RedisExecutor,
                  redisdb: redis.Redis) -> Workspace:
     """The grading app with its sessions in the fixtures' Redis (redisdb empties it after)."""
+    redisdb.flushdb()  # the server is the worker's: another file's test may have left keys
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     workspace.env_file.write_text(workspace.env_file.read_text() + f"REDIS_URL={url}\n")
     workspace.start()
