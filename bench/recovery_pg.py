@@ -7,21 +7,28 @@ It starts a throwaway PostgreSQL of its own (initdb in a temporary directory, 12
 port, as the postgres user when run as root, exactly like the test fixture), fills a database
 with `pgbench -i -s SCALE`, and times in one run:
 
-- the runbook: drop the damaged database, create it, `psql -f` a plain SQL dump;
-- rollbackd from its pg_dump -Fc -Z 0 backup: pg_restore -j into a NEW database, verify it (tables,
-  exact row counts, alembic revision), swap names (the damaged one kept as <db>_corrupted_<time>);
+- the runbook: drop the damaged database, create it, `psql -f` a plain SQL dump (psql's \\timing
+  splits it into schema, table data and indexes);
+- rollbackd from its pg_dump -Fc -Z 0 backup into a NEW database, verified (tables, exact row
+  counts, alembic revision), then swapped in by name (the damaged one kept as
+  <db>_corrupted_<time>), by each restore_method: "sections" (the default: pg_restore of the
+  schema, the table data on rollbackd's own COPY streams, pg_restore -j of the indexes; the row
+  counts are the COPY counts) and "pg_restore" (one pg_restore -j run, then count(*));
 - rollbackd from a snapshot database: CREATE DATABASE ... TEMPLATE snapshot (STRATEGY FILE_COPY),
   verify, swap; beside the floors CREATE DATABASE ... TEMPLATE with FILE_COPY and with WAL_LOG;
 - the rename swap alone.
 
-Goals: snapshot restore >= 50x faster than the runbook; dump restore >= 1.2x faster than it.
-Exits 1 when a goal is missed. The server is stopped by its own pg_ctl at the end.
+Goals: snapshot restore >= 50x faster than the runbook; dump restore (the default method) >= 1.2x
+faster than it. Exits 1 when a goal is missed. Every timed restore starts right after a CHECKPOINT,
+so none pays for the dirty pages and WAL of the one before it; the server's settings are the same
+for all. The server is stopped by its own pg_ctl at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -66,10 +73,49 @@ def timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
+def psql_phases(out: str) -> dict[str, float]:
+    """Seconds of schema, table data and indexes in `psql -e` output with \\timing on: each
+    "Time:" line is the statement echoed first since the previous one. Before the first COPY is
+    the schema; the COPYs and the sequence values after them are the data; the rest is the
+    indexes, constraints and privileges."""
+    timed_stmts: list[tuple[str, float]] = []
+    first = ""
+    for line in out.splitlines():
+        if line.startswith("Time: "):
+            timed_stmts.append((first, float(line.split()[1]) / 1000))
+            first = ""
+        elif not first and line.strip():
+            first = line.strip()
+    copies = [i for i, (q, _) in enumerate(timed_stmts) if q.startswith("COPY ")]
+    phases = {"pre-data": 0.0, "data": 0.0, "post-data": 0.0}
+    for i, (q, sec) in enumerate(timed_stmts):
+        if not copies or i < copies[0]:
+            phases["pre-data"] += sec
+        elif i <= copies[-1] or q.startswith("SELECT pg_catalog.setval"):
+            phases["data"] += sec
+        else:
+            phases["post-data"] += sec
+    return phases
+
+
+PHASES = [
+    ("drop", "drop the damaged database"),
+    ("create", "create the new database"),
+    ("pre-data", "schema (pre-data)"),
+    ("data", "table data (COPY)"),
+    ("post-data", "indexes, constraints, privileges"),
+    ("pg_restore", "pre-data + data + post-data in one pg_restore"),
+    ("verify", "verify: tables, exact rows, revision"),
+    ("swap", "swap (terminate + 2 renames)"),
+    ("other", "the rest (client, connections)"),
+]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=int, default=70)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--streams", type=int, default=2, help="copy_streams of the sections method")
     ap.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     a = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="rollbackd-bench-pg-", dir=a.dir))
@@ -84,16 +130,14 @@ def main() -> int:
             user="postgres", postgres_options="-c listen_addresses=127.0.0.1")
         pg.start()
         pg.wait_for_postgres()
-        return bench(pg, base, a.scale, a.jobs)
+        return bench(pg, base, a.scale, a.jobs, a.streams)
     finally:
         if pg is not None and pg.running():
             pg.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def bench(pg: PostgreSQLExecutor, base: Path, scale: int, jobs: int) -> int:
-    import os
-
+def bench(pg: PostgreSQLExecutor, base: Path, scale: int, jobs: int, streams: int) -> int:
     env = {**os.environ, "PGHOST": pg.host, "PGPORT": str(pg.port), "PGUSER": pg.user}
     work = base / "work"
     work.mkdir()
@@ -114,9 +158,12 @@ def bench(pg: PostgreSQLExecutor, base: Path, scale: int, jobs: int) -> int:
     dsn = work / "dsn"
     dsn.write_text(f"postgresql://{pg.user}@{pg.host}:{pg.port}/{DB}\n")
     settings = PostgresDatabase(kind="postgres", dsn_file=str(dsn), jobs=jobs,  # type: ignore[arg-type]
-                                snapshot=True, tables=[])
+                                snapshot=True, tables=[], copy_streams=streams)
     ex = PostgresExecutor(settings)
     ex.attach(store)
+    # The same backup restored by the previous method, for comparison.
+    old = PostgresExecutor(settings.model_copy(update={"restore_method": "pg_restore"}))
+    old.attach(store)
     t0 = time.perf_counter()
     b = asyncio.run(store.take(ex.backuper))
     t_backup = time.perf_counter() - t0
@@ -148,28 +195,43 @@ def bench(pg: PostgreSQLExecutor, base: Path, scale: int, jobs: int) -> int:
     # The runbook: drop the damaged database, create it, psql the plain dump.
     sql(pg, f"CREATE DATABASE runbook TEMPLATE \"{snap}\" STRATEGY FILE_COPY")  # the damaged copy
 
-    def runbook() -> None:
-        sql(pg, "DROP DATABASE runbook")
-        sql(pg, "CREATE DATABASE runbook")
-        run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-f", str(plain), "runbook"], env)
+    def runbook() -> dict[str, float]:
+        phases = {"drop": timed(lambda: sql(pg, "DROP DATABASE runbook")),
+                  "create": timed(lambda: sql(pg, "CREATE DATABASE runbook"))}
+        t = time.perf_counter()
+        out = subprocess.run(["psql", "-q", "-X", "-e", "-v", "ON_ERROR_STOP=1", "-c",
+                              "\\timing on", "-f", str(plain), "runbook"], check=True, env=env,
+                             capture_output=True, text=True).stdout
+        psql = time.perf_counter() - t
+        phases.update(psql_phases(out))
+        phases["other"] = psql - sum(psql_phases(out).values())
+        return phases
 
-    t_runbook = timed(runbook)
+    sql(pg, "CHECKPOINT")
+    t = time.perf_counter()
+    rb_phases = runbook()
+    t_runbook = time.perf_counter() - t
     sql(pg, "DROP DATABASE runbook")
 
-    def restore(backup: Any) -> tuple[float, float, str]:
+    def restore(backup: Any, how: PostgresExecutor = ex) -> tuple[float, float, str, dict[str, float]]:
         sql(pg, "DROP TABLE pgbench_history", DB)  # the damage
+        sql(pg, "CHECKPOINT")
         t = time.perf_counter()
-        asyncio.run(ex.prepare(backup))
-        kept, _, swap = asyncio.run(ex.swap(backup.id))
+        asyncio.run(how.prepare(backup))
+        kept, _, swap = asyncio.run(how.swap(backup.id))
         total = time.perf_counter() - t
-        problem = asyncio.run(ex._verify_db(DB, dict(backup.versions)))
+        problem = asyncio.run(how._verify_db(DB, dict(backup.versions)))
         assert problem is None, problem
         sql(pg, f'DROP DATABASE "{kept}"')  # only to free the disk for the next method
-        return total, swap, kept
+        phases = dict(how.phase_seconds)
+        phases["swap"] = swap
+        phases["other"] = total - sum(phases.values())
+        return total, swap, kept, phases
 
-    t_snap, swap_snap, _ = restore(b)
-    t_dump, swap_dump, kept = restore(replace(b, versions={
-        k: v for k, v in b.versions.items() if k != "snapshot_db"}))
+    t_snap, swap_snap, _, _ = restore(b)
+    dump_only = replace(b, versions={k: v for k, v in b.versions.items() if k != "snapshot_db"})
+    t_old, _, _, old_phases = restore(dump_only, old)
+    t_dump, swap_dump, kept, dump_phases = restore(dump_only)
     journal.close()
 
     rows = [
@@ -177,7 +239,9 @@ def bench(pg: PostgreSQLExecutor, base: Path, scale: int, jobs: int) -> int:
         ("rollbackd: snapshot db renamed in + check + swap", t_snap,
          f"FILE_COPY {floors['file_copy']:.2f}s / WAL_LOG {floors['wal_log']:.2f}s",
          f"{t_runbook / t_snap:.1f}x (goal >= {SNAPSHOT_GOAL:g}x)"),
-        (f"rollbackd: pg_restore -j {jobs} new db + verify + swap", t_dump, "runbook",
+        (f"rollbackd: pg_restore -j {jobs} new db + count(*) + swap", t_old, "runbook",
+         f"{t_runbook / t_old:.2f}x (the previous method)"),
+        (f"rollbackd: sections, {streams} COPY streams + swap", t_dump, "runbook",
          f"{t_runbook / t_dump:.2f}x (goal >= {DUMP_GOAL:g}x)"),
         ("rename swap (terminate + 2 renames)", swap_dump,
          f"{floors['rename'] * 1000:.0f} ms", f"snapshot path {swap_snap * 1000:.0f} ms"),
@@ -187,6 +251,19 @@ def bench(pg: PostgreSQLExecutor, base: Path, scale: int, jobs: int) -> int:
     print(f"{'method':<56} {'seconds':>8}  {'floor':<34} speed-up vs runbook")
     for name, sec, floor, ratio in rows:
         print(f"{name:<56} {sec:>8.2f}  {floor:<34} {ratio}")
+
+    print(f"\nWhere the time goes (seconds), load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    cols = [("runbook", rb_phases, t_runbook), (f"pg_restore -j {jobs}", old_phases, t_old),
+            (f"sections x{streams}", dump_phases, t_dump)]
+    print(f"{'phase':<48}" + "".join(f"{c:>18}" for c, _, _ in cols))
+    for key, label in PHASES:
+        if any(key in p for _, p, _ in cols):
+            print(f"{label:<48}" + "".join(
+                f"{p[key]:>18.2f}" if key in p else f"{'-':>18}" for _, p, _ in cols))
+    print(f"{'total':<48}" + "".join(f"{tot:>18.2f}" for _, _, tot in cols))
+    print(f"{'speed-up vs runbook':<48}" + "".join(
+        f"{t_runbook / tot:>17.2f}x" for _, _, tot in cols))
     ok = t_runbook / t_snap >= SNAPSHOT_GOAL and t_runbook / t_dump >= DUMP_GOAL
     print("goals met" if ok else "GOAL MISSED")
     return 0 if ok else 1

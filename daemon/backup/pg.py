@@ -120,9 +120,14 @@ async def exists(conn: psycopg.AsyncConnection[Any], table: str) -> bool:
 
 
 async def figures(conn: psycopg.AsyncConnection[Any], tables: list[str],
-                  alembic_table: str, counts: bool = True) -> dict[str, Any]:
+                  alembic_table: str, counts: bool = True,
+                  copied: Mapping[int, int] | None = None) -> dict[str, Any]:
     """alembic revision, the database's oid, and per table: exact rows and the cumulative
-    insert+update+delete counter (pg_stat_user_tables) that writes_since compares against."""
+    insert+update+delete counter (pg_stat_user_tables) that writes_since compares against.
+
+    `copied`: exact rows already known, by table oid, of the tables a restore created empty and
+    filled by COPY (the server's COPY counts); used instead of count(*) where `copied_rows` says
+    they are the table's whole content, every other table is counted."""
     names = [t for t in (tables or await user_tables(conn)) if t != alembic_table]
     found: dict[str, Any] = {"tables": {}}
     cur = await conn.execute("SELECT oid::int8 FROM pg_database WHERE datname = current_database()")
@@ -132,14 +137,32 @@ async def figures(conn: psycopg.AsyncConnection[Any], tables: list[str],
     for t in names:
         if not await exists(conn, t):
             continue
-        rows = None
+        n = 0
         if counts:
-            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(t)))
-            rows = await cur.fetchone()
-        found["tables"][t] = {"rows": int(rows[0]) if rows else 0,
-                              "writes": await table_writes(conn, t)}
+            known = await copied_rows(conn, t, copied) if copied else None
+            if known is None:
+                cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier(t)))
+                rows = await cur.fetchone()
+                known = int(rows[0]) if rows else 0
+            n = known
+        found["tables"][t] = {"rows": n, "writes": await table_writes(conn, t)}
     return found
+
+
+async def copied_rows(conn: psycopg.AsyncConnection[Any], table: str,
+                      copied: Mapping[int, int]) -> int | None:
+    """`SELECT count(*) FROM table` without the scan, or None when it must be scanned.
+
+    `copied` holds only tables the restore created empty; in a pg_dump archive nothing but their
+    own COPYs puts rows into them and nothing removes any. `table` is resolved as count(*) would
+    resolve it, and its COPY count is its count(*) only for a plain table: a partition's rows may
+    have come through its parent's COPY, an inheritance parent's count(*) has its children's."""
+    cur = await conn.execute(
+        "SELECT c.oid::int8 FROM pg_class c WHERE c.oid = to_regclass(quote_ident(%s)) "
+        "AND c.relkind = 'r' AND NOT c.relhassubclass AND NOT c.relispartition", (table,))
+    row = await cur.fetchone()
+    return copied.get(int(row[0])) if row else None
 
 
 async def table_writes(conn: psycopg.AsyncConnection[Any], table: str) -> int:

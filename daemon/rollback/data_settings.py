@@ -135,6 +135,15 @@ class PostgresDatabase(_Frozen):
     TABLESPACE), to stage the restore on another volume; after the swap the app's database
     stays there. It must exist and its volume must hold the whole database. Default: the
     cluster's default tablespace. Not used when the restore renames a snapshot database."""
+    restore_method: Literal["sections", "pg_restore"] = "sections"
+    """How a dump is restored into the new database. "sections": pg_restore of the schema, the
+    table data COPYed by rollbackd (a large table split over copy_streams connections, a smaller
+    one in one TRUNCATE + COPY FREEZE), pg_restore -j of the indexes and constraints, then the
+    privileges; each table's exact row count is the server's count of the rows its COPYs
+    loaded. "pg_restore": one pg_restore -j run, its tables counted again with count(*)."""
+    copy_streams: int = Field(default=2, ge=1, le=16)
+    """Concurrent COPYs a large table's rows are split over in a "sections" restore (1: one
+    COPY FREEZE per table). More than the server's free cores only adds contention."""
     command_timeout: PositiveDuration = 120.0
     restore_timeout: PositiveDuration = 3600.0
 

@@ -98,6 +98,7 @@ class RowChunks:
         self.size = size
         self._parts: list[tuple[bytes, int, int]] = []  # (data, offset, length)
         self._last_nl: list[int] = []  # per part: its last newline (relative), -1 if none
+        self._no_nl_from = 0  # no newline in [size, this) of what is held: a long row
         self.held = 0
         self.fed = 0
 
@@ -114,33 +115,63 @@ class RowChunks:
         return out
 
     def _cut(self) -> Chunk | None:
-        """Everything up to the last newline that leaves at least TAIL bytes behind it."""
-        limit = self.held - TAIL  # the cut is at most here
-        start = self.held
-        for i in range(len(self._parts) - 1, -1, -1):
-            data, off, n = self._parts[i]
-            start -= n
-            if start >= limit:
-                continue  # wholly inside the tail
-            if start + n <= limit:
-                nl = self._last_nl[i]
-            else:  # the limit falls inside this part: look left of it only
-                nl = data.rfind(b"\n", off, off + limit - start)
-                nl = nl - off if nl >= 0 else -1
-            if nl >= 0:
-                return self._take(i, nl + 1)
-        return None  # a row longer than what is held: wait for its end
+        """About `size` bytes: up to the last newline before `size`, or for a row longer than
+        that the first newline after it; at least TAIL bytes always stay behind."""
+        limit = self.held - TAIL
+        want = min(self.size, limit)
+        at = self._last_newline_before(want)
+        if at is None:
+            at = self._first_newline_in(max(want, self._no_nl_from), limit)
+            if at is None:
+                self._no_nl_from = limit
+                return None  # a row longer than what is held: wait for its end
+        self._no_nl_from = 0
+        return self._take(at + 1)
 
-    def _take(self, i: int, k: int) -> Chunk:
-        data, off, n = self._parts[i]
-        chunk = tuple(memoryview(d)[o:o + m] for d, o, m in self._parts[:i]) + (
-            memoryview(data)[off:off + k],)
-        nl = self._last_nl[i]
-        rest = [(data, off + k, n - k)] if n > k else []
-        self._parts = rest + self._parts[i + 1:]
-        self._last_nl = ([nl - k if nl >= k else -1] if rest else []) + self._last_nl[i + 1:]
-        self.held -= sum(len(p) for p in chunk)
-        return chunk
+    def _last_newline_before(self, end: int) -> int | None:
+        pos, found = 0, None
+        for (data, off, n), last in zip(self._parts, self._last_nl, strict=True):
+            if pos >= end:
+                break
+            if pos + n <= end:
+                if last >= 0:
+                    found = pos + last
+            else:
+                i = data.rfind(b"\n", off, off + end - pos)
+                if i >= 0:
+                    found = pos + i - off
+            pos += n
+        return found
+
+    def _first_newline_in(self, start: int, end: int) -> int | None:
+        pos = 0
+        for data, off, n in self._parts:
+            if pos + n > start and pos < end:
+                i = data.find(b"\n", off + max(start - pos, 0), off + min(end - pos, n))
+                if i >= 0:
+                    return pos + i - off
+            pos += n
+        return None
+
+    def _take(self, k: int) -> Chunk:
+        """The first k bytes held, as slices of what was fed."""
+        pieces: list[memoryview] = []
+        while k > 0:
+            data, off, n = self._parts[0]
+            if n <= k:
+                pieces.append(memoryview(data)[off:off + n])
+                self._parts.pop(0)
+                self._last_nl.pop(0)
+                k -= n
+                self.held -= n
+            else:
+                pieces.append(memoryview(data)[off:off + k])
+                last = self._last_nl[0]
+                self._parts[0] = (data, off + k, n - k)
+                self._last_nl[0] = last - k if last >= k else -1
+                self.held -= k
+                k = 0
+        return tuple(pieces)
 
     def end(self) -> Chunk:
         """The rows held before the end-of-data line; raises when there is no such line."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +36,7 @@ from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, PostgresDatabase
 from daemon.rollback.encrypted_columns import clear_postgres, clear_step, describe
+from daemon.rollback.pg_load import Restored, restore_env, restore_in_sections
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
@@ -110,6 +111,8 @@ class PostgresExecutor(StoreWiring):
         self.backuper = PgDumpBackuper(settings)
         self.pg = self.backuper.pg
         self._store: BackupStore | None = None
+        self.phase_seconds: dict[str, float] = {}
+        """Seconds of each phase of the last prepare (create, the restore's, verify)."""
         t, r = settings.command_timeout, settings.restore_timeout
         self.restore_steps: tuple[StepSpec, ...] = (
             StepSpec("prepare_restore", idempotent=True, timeout=r, component=DB),
@@ -251,6 +254,7 @@ class PostgresExecutor(StoreWiring):
         target = restored_name(self.dbname, b.id)
         snap = await self._snapshot_of(b)
         started = time.perf_counter()
+        seconds: dict[str, float] = {}
         conn = await self.pg.maintenance()
         async with conn:
             await drop_database(conn, target)  # a leftover of an interrupted attempt: ours
@@ -264,22 +268,31 @@ class PostgresExecutor(StoreWiring):
                 await allow_connections(conn, target, True)
             else:
                 await self._create_empty(conn, target, owner)
+        seconds["create"] = time.perf_counter() - started
+        restored = Restored(f"the snapshot {snap} renamed, no copy")
         try:
             if not snap:
-                await self._pg_restore(b.path, target)
-            problem = await self._verify_db(target, dict(b.versions), counts=not snap)
+                restored = await self._pg_restore(b.path, target)
+                seconds.update(restored.seconds)
+            checked = time.perf_counter()
+            # After a restore in sections the exact row counts are the COPY counts of the tables
+            # it created (see figures); every other table is counted with count(*).
+            problem = await self._verify_db(target, dict(b.versions), counts=not snap,
+                                            copied=restored.rows)
+            seconds["verify"] = time.perf_counter() - checked
         except BaseException:
             await self._undo_prepare(target, snap)
             raise
+        finally:
+            self.phase_seconds = seconds
         if problem:
             await self._undo_prepare(target, snap)
             raise StepFailed(f"the database restored from backup #{b.id} does not hold what "
                              f"the backup held: {problem}; the current database is untouched")
-        how = f"the snapshot {snap} renamed, no copy" if snap else \
-            f"pg_restore -j {self.settings.jobs} of {b.path.name}"
         rev = b.versions.get("alembic_revision")
-        return (f"backup #{b.id} restored into {target} ({how}) in "
-                f"{time.perf_counter() - started:.1f}s; tables and row counts match"
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+        return (f"backup #{b.id} restored into {target} ({restored.how}) in "
+                f"{time.perf_counter() - started:.1f}s ({phases}); tables and row counts match"
                 f"{f', revision {rev}' if rev else ''}")
 
     async def _create_empty(self, conn: psycopg.AsyncConnection[Any], name: str,
@@ -294,27 +307,36 @@ class PostgresExecutor(StoreWiring):
                 sql.Identifier(self.settings.restore_tablespace))
         await conn.execute(q)
 
-    async def _pg_restore(self, path: Path, target: str) -> None:
-        argv = [self.pg.tool("pg_restore"), "-j", str(self.settings.jobs), "--exit-on-error",
-                "-d", target, str(path)]
-        env = self.pg.env(target)
+    async def _pg_restore(self, path: Path, target: str) -> Restored:
+        """Restore the dump at `path` into the new, empty database `target` (see restore_method);
+        raises StepFailed, and leaves `target` for the caller to drop."""
+        s = self.settings
         # The new database is nobody's until it is verified and swapped in: sort index builds
         # in memory and do not wait for each commit to reach the disk (fsync'd at the checkpoint).
-        env["PGOPTIONS"] = " ".join(filter(None, (
-            env.get("PGOPTIONS"), f"-c maintenance_work_mem={self.settings.restore_work_mem}",
-            "-c synchronous_commit=off")))
+        env = restore_env(self.pg, target, s.restore_work_mem)
+        if s.restore_method == "sections":
+            return await restore_in_sections(self.pg, path, target, env, s.jobs, s.copy_streams,
+                                             s.restore_timeout)
+        argv = [self.pg.tool("pg_restore"), "-j", str(s.jobs), "--exit-on-error",
+                "-d", target, str(path)]
+        started = time.perf_counter()
         try:
-            await run_argv(argv, self.settings.restore_timeout, env=env)
+            await run_argv(argv, s.restore_timeout, env=env)
         except StepFailed as exc:
             raise StepFailed(f"pg_restore into {target} failed: {one_line(exc, 300)}; the "
                              "current database is untouched") from None
+        return Restored(f"pg_restore -j {s.jobs} of {path.name}",
+                        seconds={"pg_restore": time.perf_counter() - started})
 
-    async def _verify_db(self, name: str, expected: dict[str, Any], counts: bool = True
-                         ) -> str | None:
+    async def _verify_db(self, name: str, expected: dict[str, Any], counts: bool = True,
+                         copied: Mapping[int, int] | None = None) -> str | None:
+        """Why database `name` does not hold what the backup held, or None: its tables, their
+        exact row counts (`copied`: those a restore's COPYs already gave, by table oid), and its
+        alembic revision."""
         conn = await self.pg.connect(name)
         async with conn:
             found = await figures(conn, list(expected.get("tables", {})),
-                                  self.settings.alembic_table, counts)
+                                  self.settings.alembic_table, counts, copied)
         return mismatch(expected, found, counts)
 
     async def _undo_prepare(self, target: str, snap: str | None) -> None:
@@ -491,7 +513,8 @@ class PostgresExecutor(StoreWiring):
                               f"{one_line(exc)}") from None
         try:
             try:
-                await self._pg_restore(b.path, scratch)
+                restored = await self._pg_restore(b.path, scratch)
+                # Nothing waits on a test restore: count every table, not just the COPY tags.
                 problem = await self._verify_db(scratch, dict(b.versions))
             except (StepFailed, PgError, psycopg.Error) as exc:
                 why = one_line(exc, 400)
@@ -505,8 +528,8 @@ class PostgresExecutor(StoreWiring):
         finally:  # also when cancelled: the drop runs to its end even if we are cancelled again
             await asyncio.shield(self._drop_quietly(scratch))
         rev = b.versions.get("alembic_revision")
-        return (f"backup #{b.id} restored into {scratch} (pg_restore -j {self.settings.jobs} of "
-                f"{b.path.name}) in {time.perf_counter() - started:.1f}s; tables and row counts "
+        return (f"backup #{b.id} restored into {scratch} ({restored.how}) in "
+                f"{time.perf_counter() - started:.1f}s; tables and row counts "
                 f"match{f', revision {rev}' if rev else ''}; {scratch} dropped")
 
     async def _restore_test_leftovers(self, conn: psycopg.AsyncConnection[Any]) -> list[str]:
