@@ -24,6 +24,13 @@ class StepContext:
             raise StepFailed(f"the plan names no {component} target")
         return value
 
+    def backup_of(self, component: Component) -> int:
+        """The catalog id of the backup the plan restores `component` from."""
+        value = self.target_of(component)
+        if not value.isdigit():
+            raise StepFailed(f"the plan's {component} target {value!r} is not a backup id")
+        return int(value)
+
 
 class Executor(Protocol):
     component: ClassVar[Component]

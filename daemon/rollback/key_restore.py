@@ -86,21 +86,19 @@ class KeyExecutor(StoreWiring):
 
     async def _load(self, ctx: StepContext) -> tuple[int, str]:
         """The key of the plan's backup, after its checksum, the canary and validity held."""
-        value = ctx.target_of(KEY)
-        if not value.isdigit():
-            raise StepFailed(f"the plan's key target {value!r} is not a backup id")
+        backup_id = ctx.backup_of(KEY)
         try:
-            b = await self.store.checked(int(value), "key")
+            b = await self.store.checked(backup_id, "key")
             key = await asyncio.to_thread(self.backuper.load, b.path)
         except BackupRefused as exc:
             raise StepFailed(str(exc)) from None
         except KeyUnusable as exc:
-            found = self.store.get(int(value))
+            found = self.store.get(backup_id)
             if found is not None:
                 self.store.mark_unusable(found, str(exc))
-            raise StepFailed(f"key backup #{value} is no longer usable: {exc}; refusing to "
+            raise StepFailed(f"key backup #{backup_id} is no longer usable: {exc}; refusing to "
                              "restore it") from None
-        return int(value), key
+        return backup_id, key
 
     async def verify_target(self, ctx: StepContext) -> str:
         if "new_key" in ctx.plan.step_names:

@@ -229,15 +229,10 @@ class PostgresExecutor(StoreWiring):
 
     # -- restore ----------------------------------------------------------------------------
 
-    def _backup_id(self, ctx: StepContext) -> int:
-        value = ctx.target_of(DB)
-        if not value.isdigit():
-            raise StepFailed(f"the plan's database target {value!r} is not a backup id")
-        return int(value)
 
     async def _checked(self, ctx: StepContext) -> StoredBackup:
         try:
-            return await self.store.checked(self._backup_id(ctx), "database")
+            return await self.store.checked(ctx.backup_of(DB), "database")
         except BackupRefused as exc:
             raise StepFailed(str(exc)) from None
 
@@ -396,7 +391,7 @@ class PostgresExecutor(StoreWiring):
         return kept, ended, seconds
 
     async def _swap_step(self, ctx: StepContext) -> str:
-        backup_id = self._backup_id(ctx)
+        backup_id = ctx.backup_of(DB)
         s = self.settings
         if s.stop:
             await run_argv(s.stop, s.command_timeout)
@@ -419,7 +414,7 @@ class PostgresExecutor(StoreWiring):
             log.error("database=%s status=start-failed reason=%r", self.dbname, str(exc))
 
     async def _check_restored(self, ctx: StepContext) -> str:
-        b = self.store.get(self._backup_id(ctx))
+        b = self.store.get(ctx.backup_of(DB))
         if b is None:
             raise StepFailed("the restored backup is no longer in the catalog")
         problem = await self._verify_db(self.dbname, dict(b.versions))

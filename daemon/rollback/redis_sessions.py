@@ -88,7 +88,7 @@ class RedisSessionsExecutor(StoreWiring):
         if "restore_sessions" not in ctx.plan.step_names:
             return found
         try:
-            b = await self.store.checked(self._snapshot_id(ctx), "sessions")
+            b = await self.store.checked(ctx.backup_of(SESSIONS), "sessions")
         except BackupRefused as exc:
             raise StepFailed(str(exc)) from None
         return (f"{found}; snapshot {b.describe()} is verified and its checksum holds: "
@@ -222,18 +222,13 @@ class RedisSessionsExecutor(StoreWiring):
 
     # -- restore lost sessions and tokens ----------------------------------------------------
 
-    def _snapshot_id(self, ctx: StepContext) -> int:
-        value = ctx.target_of(SESSIONS)
-        if not value.isdigit():
-            raise StepFailed(f"the plan's sessions target {value!r} is not a backup id")
-        return int(value)
 
     @property
     def _all_patterns(self) -> list[str]:
         return [*self.settings.session_keys, *self.settings.token_keys]
 
     async def _restore_sessions(self, ctx: StepContext) -> str:
-        backup_id = self._snapshot_id(ctx)
+        backup_id = ctx.backup_of(SESSIONS)
         restored, expired, kept = await self.restore(backup_id, self._all_patterns,
                                                      replace=False)
         log.info("target=%s sessions=restored backup=%d restored=%d expired=%d kept=%d",
@@ -243,7 +238,7 @@ class RedisSessionsExecutor(StoreWiring):
                 f"{expired} had expired")
 
     async def _check_restored(self, ctx: StepContext) -> str:
-        backup_id = self._snapshot_id(ctx)
+        backup_id = ctx.backup_of(SESSIONS)
         live, _ = await self._live_entries(backup_id, self._all_patterns)
         r = client(self.settings)
         try:

@@ -151,15 +151,10 @@ class SqliteExecutor(StoreWiring):
 
     # -- restore --------------------------------------------------------------------------
 
-    def _backup_id(self, ctx: StepContext) -> int:
-        value = ctx.target_of(DB)
-        if not value.isdigit():
-            raise StepFailed(f"the plan's database target {value!r} is not a backup id")
-        return int(value)
 
     async def _checked(self, ctx: StepContext) -> StoredBackup:
         try:
-            return await self.store.checked(self._backup_id(ctx), "database")
+            return await self.store.checked(ctx.backup_of(DB), "database")
         except BackupRefused as exc:
             raise StepFailed(str(exc)) from None
 
@@ -167,9 +162,9 @@ class SqliteExecutor(StoreWiring):
         return staged_path(self.path, backup_id)
 
     async def _prepare(self, ctx: StepContext) -> str:
-        b = self.store.get(self._backup_id(ctx))
+        b = self.store.get(ctx.backup_of(DB))
         if b is None or not b.verified:
-            raise StepFailed(f"backup #{self._backup_id(ctx)} is not a verified database backup")
+            raise StepFailed(f"backup #{ctx.backup_of(DB)} is not a verified database backup")
         try:
             return await asyncio.to_thread(stage, self.path, b, self.settings.alembic_table)
         except BackupRefused as exc:
@@ -180,7 +175,7 @@ class SqliteExecutor(StoreWiring):
         return swap_in(self.path, staged)
 
     async def _swap_step(self, ctx: StepContext) -> str:
-        backup_id = self._backup_id(ctx)
+        backup_id = ctx.backup_of(DB)
         staged = self.staged(backup_id)
         if not staged.exists():
             raise StepFailed(f"the staged copy {staged.name} is missing: prepare_restore must "
@@ -213,7 +208,7 @@ class SqliteExecutor(StoreWiring):
             log.error("path=%s status=start-failed reason=%r", self.path, str(exc))
 
     async def _check_restored(self, ctx: StepContext) -> str:
-        b = self.store.get(self._backup_id(ctx))
+        b = self.store.get(ctx.backup_of(DB))
         expected = b.versions.get("alembic_revision") if b else None
         problem, rev = await asyncio.to_thread(self._check_live)
         if problem:
