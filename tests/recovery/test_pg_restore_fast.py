@@ -28,20 +28,9 @@ from daemon.rollback.data_settings import PostgresDatabase
 from daemon.rollback.pg_copytext import END, CopyTextError, RowChunks, parse_header
 from daemon.rollback.pg_toc import sections
 from daemon.rollback.postgres_restore import PostgresExecutor, restored_name
+from tests.recovery.pg_support import admin, databases
 
 ROWS = 30_000  # of the big table: ~3 MB of COPY text, split when SPLIT_AT is 256 KiB
-
-
-def admin(proc: PostgreSQLExecutor, db: str = "postgres", user: str | None = None
-          ) -> psycopg.Connection[Any]:
-    return psycopg.connect(host=proc.host, port=proc.port, user=user or proc.user, dbname=db,
-                           autocommit=True)
-
-
-def databases(proc: PostgreSQLExecutor, prefix: str) -> list[str]:
-    with admin(proc) as c:
-        return sorted(str(r[0]) for r in c.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)))
 
 
 def tool_env(proc: PostgreSQLExecutor, user: str | None = None) -> dict[str, str]:

@@ -5,14 +5,12 @@ and dropped; a dump that does not restore becomes unusable; the live database is
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg import sql
@@ -33,49 +31,16 @@ from daemon.rollback.sqlite_restore import SqliteExecutor
 from daemon.scheduler import ProbeScheduler
 from daemon.workspace import free_port
 from policies.plans import Component
+from tests.recovery.pg_support import admin, app_database, databases, rows
 
 REV = "c0ffee"
 
 
-def admin(proc: PostgreSQLExecutor, db: str = "postgres") -> psycopg.Connection[Any]:
-    return psycopg.connect(host=proc.host, port=proc.port, user=proc.user, dbname=db,
-                           autocommit=True)
-
-
-def databases(proc: PostgreSQLExecutor, prefix: str) -> list[str]:
-    with admin(proc) as c:
-        return sorted(str(r[0]) for r in c.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)))
-
-
-def count(proc: PostgreSQLExecutor, db: str, table: str) -> int:
-    with admin(proc, db) as c:
-        row = c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-                        ).fetchone()
-        return int(row[0]) if row else -1
-
-
 @pytest.fixture
 def live(postgresql_proc: PostgreSQLExecutor) -> Iterator[str]:
-    """The app's live database (small: the tests are about the path, not the size); every
-    database named after it is dropped afterwards."""
-    name = f"live{uuid.uuid4().hex[:8]}"
-    with admin(postgresql_proc) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with admin(postgresql_proc, name) as c:
-        c.execute("CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE NOT NULL)")
-        c.execute("CREATE TABLE grades (id serial PRIMARY KEY, user_id int REFERENCES users, "
-                  "grade int NOT NULL)")
-        c.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
-        c.execute("INSERT INTO alembic_version VALUES (%s)", (REV,))
-        c.execute("INSERT INTO users (email) SELECT 'u' || g || '@x' FROM generate_series(1, 40) g")
-        c.execute("INSERT INTO grades (user_id, grade) SELECT 1 + g % 40, g % 100 "
-                  "FROM generate_series(1, 3000) g")
-    yield name
-    with admin(postgresql_proc) as c:
-        for db in databases(postgresql_proc, name):
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(db)))
+    """The app's live database (small: the tests are about the path, not the size)."""
+    with app_database(postgresql_proc, "live", REV, users=40, grades=3000) as name:
+        yield name
 
 
 def pg_settings(proc: PostgreSQLExecutor, db: str, tmp: Path, port: int | None = None
@@ -138,7 +103,7 @@ async def test_a_scheduled_test_restore_passes_records_the_time_and_leaves_nothi
     assert tested.restore_tested_at is not None and tested.restore_test_error is None
     assert rig.store.last_restore_test("database") == tested.restore_tested_at
     assert databases(postgresql_proc, f"{live}_") == []  # scratch and leftover dropped
-    assert count(postgresql_proc, live, "grades") == 3000
+    assert rows(postgresql_proc, live, "grades") == 3000
     assert rig.tests("passed") == 1 and rig.told.mails == []
     # Not due again until the period has passed since the pass; then the newest is proven.
     assert await rig.backups.test_restores() == {}
@@ -176,7 +141,7 @@ async def test_a_garbled_dump_fails_its_test_restore_and_is_never_restored(
     assert rig.store.newest_verified("database") is None  # no restore picks it
     assert rig.store.last_restore_test("database") is None
     assert databases(postgresql_proc, f"{live}_") == []
-    assert count(postgresql_proc, live, "grades") == 3000
+    assert rows(postgresql_proc, live, "grades") == 3000
     assert rig.tests("failed") == 1
     ((event, subject, body),) = rig.told.mails
     assert event == f"restore-test-grading-database-{b.id}"
@@ -211,7 +176,7 @@ async def test_row_counts_unlike_the_catalog_fail_and_the_scratch_database_is_dr
     failed = rig.store.get(b.id)
     assert failed is not None and not failed.verified
     assert "table users has 40 rows, the backup held 39" in (failed.restore_test_error or "")
-    assert count(postgresql_proc, live, "users") == 40
+    assert rows(postgresql_proc, live, "users") == 40
 
 
 async def test_skipped_while_a_rollback_runs_and_stopped_when_one_starts(

@@ -27,50 +27,16 @@ from daemon.rollback.postgres_restore import PostgresExecutor, restored_name
 from daemon.rollback.registry import build_executors
 from policies.classify import IncidentClass
 from policies.plans import Capability, Component, PlanKind
+from tests.recovery.pg_support import admin, app_database, databases, rows
 from tests.recovery.support import ctx, plan_for
 
 REV = "a1b2c3"
 
 
-def admin(proc: PostgreSQLExecutor, db: str = "postgres") -> psycopg.Connection[Any]:
-    return psycopg.connect(host=proc.host, port=proc.port, user=proc.user, dbname=db,
-                           autocommit=True)
-
-
-def databases(proc: PostgreSQLExecutor, prefix: str) -> list[str]:
-    with admin(proc) as c:
-        return sorted(str(r[0]) for r in c.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)))
-
-
-def rows(proc: PostgreSQLExecutor, db: str, table: str) -> int:
-    with admin(proc, db) as c:
-        row = c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-                        ).fetchone()
-        return int(row[0]) if row else -1
-
-
 @pytest.fixture
 def appdb(postgresql_proc: PostgreSQLExecutor) -> Iterator[str]:
-    """A fresh app database: users, grades, alembic_version; every database named after it is
-    dropped afterwards (restored, corrupted, snapshots)."""
-    name = f"app{uuid.uuid4().hex[:8]}"
-    with admin(postgresql_proc) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with admin(postgresql_proc, name) as c:
-        c.execute("CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE NOT NULL)")
-        c.execute("CREATE TABLE grades (id serial PRIMARY KEY, user_id int REFERENCES users, "
-                  "grade int NOT NULL)")
-        c.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
-        c.execute("INSERT INTO alembic_version VALUES (%s)", (REV,))
-        c.execute("INSERT INTO users (email) SELECT 'u' || g || '@x' FROM generate_series(1, 50) g")
-        c.execute("INSERT INTO grades (user_id, grade) SELECT 1 + g % 50, g % 100 "
-                  "FROM generate_series(1, 2000) g")
-    yield name
-    with admin(postgresql_proc) as c:
-        for db in databases(postgresql_proc, name):
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(db)))
+    with app_database(postgresql_proc, "app", REV, users=50, grades=2000) as name:
+        yield name
 
 
 def settings(proc: PostgreSQLExecutor, db: str, tmp: Path, **kw: Any) -> PostgresDatabase:
