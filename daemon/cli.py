@@ -95,6 +95,15 @@ def cmd_rules(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_schema(ns: argparse.Namespace) -> int:
+    import json
+
+    from daemon.config_reference import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -132,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.add_argument("--strict", action="store_true", help="warnings count as errors (exit 2)")
     check.set_defaults(func=cmd_check_config)
+    schema = sub.add_parser("config-schema", help="print the config file's JSON Schema (for "
+                            "editors; docs/config-reference.md is the same for people)")
+    schema.set_defaults(func=cmd_config_schema)
     probe = sub.add_parser("probe", help="run every probe once; exit 1 if any fails")
     probe.add_argument("--config", required=True)
     probe.add_argument("target", nargs="?")
