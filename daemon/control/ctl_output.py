@@ -127,6 +127,15 @@ def _backups(rows: list[dict[str, Any]]) -> str:
                                    "sha256", "path"])
 
 
+def _reload(r: dict[str, Any]) -> str:
+    lines = [f"config reloaded: {', '.join(r['targets'])}"]
+    waiting = r.get("needs_restart", [])
+    if waiting:
+        lines.append("not applied until a restart (the old value stays in force):")
+        lines += [f"  {w['key']}: {w['old']} -> {w['new']}" for w in waiting]
+    return "\n".join(lines)
+
+
 RENDER: dict[str, Callable[[Any], str]] = {
     "status": _status,
     "incidents": lambda r: table(r, ["id", "target", "class", "state", "detected", "reason"]),
@@ -149,7 +158,7 @@ RENDER: dict[str, Callable[[Any], str]] = {
     "pause": _override,
     "silence": _override,
     "resume": lambda r: f"{r['target']}: {r['ended']} override(s) ended",
-    "reload": lambda r: f"config reloaded: {', '.join(r['targets'])}",
+    "reload": _reload,
     "help": lambda r: "\n".join(f"{k:16} {v}" for k, v in r.items()),
 }
 
