@@ -105,7 +105,18 @@ def cmd_config_schema(ns: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MODULES = ("flask", "sqlalchemy", "alembic", "bcrypt", "aiosmtpd")
+"""What the demo's sample app and mail sink import: the demo extra."""
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
+    from daemon.config_check import module_installed
+
+    missing = [m for m in DEMO_MODULES if not module_installed(m)]
+    if missing:
+        print(f"rollbackd demo: needs the demo extra ({', '.join(missing)} missing): "
+              "pip install 'rollbackd[demo]'", file=sys.stderr)
+        return EXIT_CONFIG
     from daemon.demo import run_demo
 
     return run_demo(keep=ns.keep, verbose=ns.verbose)

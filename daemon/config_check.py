@@ -29,12 +29,16 @@ class Finding:
         return f"{self.key}: {self.message}"
 
 
-def extra_installed(extra: str) -> bool:
+def module_installed(module: str) -> bool:
     """Looked up, not imported: check-config stays fast and the daemon imports it when used."""
     try:
-        return importlib.util.find_spec(EXTRA_MODULES[extra]) is not None
+        return importlib.util.find_spec(module) is not None
     except ImportError:  # a finder that refuses the name: as good as not installed
         return False
+
+
+def extra_installed(extra: str) -> bool:
+    return module_installed(EXTRA_MODULES[extra])
 
 
 def _probes(target: TargetConfig) -> dict[str, ProbeSettings]:

@@ -167,3 +167,15 @@ def test_missing_extra_is_an_error_naming_the_extra(no_kubernetes: None) -> None
         "targets.shop.probes.pods.kind: needs the kubernetes extra, which is not installed: "
         "pip install 'rollbackd[kubernetes]'",
     ]
+
+
+def test_demo_without_the_demo_extra_names_it(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli import main
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "flask"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_Hide({"flask"}), *sys.meta_path])
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == ("rollbackd demo: needs the demo extra (flask missing): "
+                                       "pip install 'rollbackd[demo]'\n")
