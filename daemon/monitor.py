@@ -249,6 +249,18 @@ class TargetMonitor:
                                             max_age=2.0 if found is None else 0.0)
         return Picture(found, all_passing(health), version)
 
+    async def confirm(self) -> tuple[Picture, dict[str, str]]:
+        """Every probe of the target afresh, at once, each within its own timeout; recorded like
+        any run. The picture after them, and what each said (for the incident's timeline)."""
+        names = list(self.probes)
+        observations = await asyncio.gather(*(run_probe(self.probes[p], self.settings[p].timeout)
+                                              for p in names))
+        said = {}
+        for obs in observations:
+            self._record(obs)
+            said[obs.probe] = "ok" if obs.ok else f"{obs.status}: {obs.detail}"
+        return await self.picture(), said
+
     def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
         evidence = "; ".join(f"{p} {h.last.detail}" for p in probes
                              if (h := self.health[p]).last is not None)

@@ -38,6 +38,8 @@ _STATE_OF = {Action.EXECUTE: State.OPEN, Action.DRY_RUN: State.DRY_RUN,
              Action.HOLD: State.HELD}
 _SAYS = {Action.DRY_RUN: "would act (dry run)", Action.HOLD: "held for a person",
          Action.ESCALATE: "escalated", Action.AWAIT_APPROVAL: "waiting for approval"}
+_TREE = frozenset(IncidentClass._value2member_map_)
+"""Incident classes of the decision tree (a lockdown request is an operator's, not these)."""
 CACHE_AGE = 5.0
 """Seconds the desk trusts its copy of the open incident when no change of its own was made
 (every change the daemon makes goes through the desk; the age bounds anything else)."""
@@ -62,6 +64,10 @@ class TargetView(Protocol):
     policy: PolicySettings
 
     async def picture(self) -> Picture: ...
+
+    async def confirm(self) -> tuple[Picture, dict[str, str]]:
+        """Every probe afresh: the picture after them and what each said."""
+        ...
 
     def probe_evidence(self) -> dict[str, Any]: ...
 
@@ -151,13 +157,39 @@ class IncidentDesk:
         decision = decide(incident_class, evidence,
                           await self.view.facts(pic.version, onset, probes),
                           self.view.history(), now_utc(), self.view.policy, self.target)
+        if decision.action is Action.EXECUTE:
+            confirmed = await self._confirm(decision)
+            if confirmed is None:
+                return
+            decision, onset, pic, probes, said = confirmed
+        else:
+            said = {}
         if decision.action in (Action.SUPPRESS, Action.IGNORE):
             if self._last_suppressed != decision.reason:  # say it once, not every run
                 self._last_suppressed = decision.reason
                 log.info("target=%s action=%s reason=%r", self.target, decision.action,
                          decision.reason)
             return
-        self._open(decision, onset, pic.version, probes)
+        incident_id = self._open(decision, onset, pic.version, probes, said)
+        if decision.action is Action.EXECUTE and decision.plan:
+            self._start(incident_id, decision.plan)
+
+    async def _confirm(self, decision: Decision) -> tuple[
+            Decision, datetime | None, Picture, list[str], dict[str, str]] | None:
+        """No action on a stale or partial picture: every probe afresh, then the tree again.
+        None: the class no longer stands (wait for the next evaluation; nothing is opened)."""
+        pic, said = await self.view.confirm()
+        if pic.found is None or pic.found[0] != decision.incident_class:
+            now = pic.found[0] if pic.found else "nothing failing"
+            log.info("target=%s action=wait reason=%r", self.target,
+                     f"{decision.incident_class} not confirmed by a fresh run of every probe "
+                     f"(now: {now}); no plan started")
+            return None
+        incident_class, probes = pic.found
+        evidence, onset = self.view.failing_detail(probes)
+        again = decide(incident_class, evidence, await self.view.facts(pic.version, onset, probes),
+                       self.view.history(), now_utc(), self.view.policy, self.target)
+        return again, onset, pic, probes, said
 
     def _close_recovered(self, incident: Incident) -> None:
         acted = bool(self.journal.steps(incident.id))
@@ -178,12 +210,15 @@ class IncidentDesk:
             self._changed()
 
     def _open(self, decision: Decision, onset: datetime | None, version: str | None,
-              probes: list[str]) -> None:
+              probes: list[str], confirmed: dict[str, str]) -> int:
         state = _STATE_OF[decision.action]
         incident_id = self.journal.open_incident(
             self.target, decision.incident_class, decision.reason, onset,
             {"probes": self.view.probe_evidence(), "version": version,
              "failing": sorted(probes)}, state=state.value)
+        if confirmed:
+            self.journal.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
+                f"{p} {v}" for p, v in confirmed.items())[:2000])
         self._changed()
         self.metrics.incidents.labels(self.target, decision.incident_class).inc()
         self.metrics.detected(self.target, decision.incident_class, onset)
@@ -193,14 +228,14 @@ class IncidentDesk:
             self.journal.update_incident(incident_id, "planned", ", ".join(
                 decision.plan.step_names), plan=json.dumps(plan_to_dict(decision.plan)))
         if decision.action is Action.EXECUTE and decision.plan:
-            self._start(incident_id, decision.plan)
-            return
+            return incident_id  # the plan's own notify step tells people
         if self._silenced():
             self.journal.add_event(incident_id, "silenced", "no mail: silenced by an operator")
-            return
+            return incident_id
         self.outbox.send(notices.decided(
             self.target, incident_id, decision, _SAYS.get(decision.action, str(decision.action)),
             approval=decision.action is Action.AWAIT_APPROVAL))
+        return incident_id
 
     def _silenced(self) -> bool:
         return active(self.journal.overrides(), self.target, now_utc(),
@@ -220,9 +255,29 @@ class IncidentDesk:
                 raise Refused("no_plan", f"incident {inc.id} has no plan to run; act by hand")
             if self.busy:
                 raise Refused("busy", f"{self.target} is already running a plan")
+            if inc.state == State.AWAITING_APPROVAL and inc.incident_class in _TREE:
+                await self._confirm_approval(inc)
             self.journal.add_event(inc.id, "approved", f"approved by {by}")
             self._start(inc.id, plan)
             return plan
+
+    async def _confirm_approval(self, inc: Incident) -> None:
+        """Approved maybe hours later: the plan runs only if its class still stands now."""
+        pic, said = await self.view.confirm()
+        seen = "; ".join(f"{p} {v}" for p, v in said.items())[:2000]
+        if pic.found is not None and pic.found[0] == inc.incident_class:
+            self.journal.add_event(inc.id, "confirmed", f"every probe afresh: {seen}")
+            return
+        if pic.found is None and pic.passing:
+            self._move(inc, State.TRANSIENT, "recovered", "every probe passes again; the "
+                       f"approved plan was not run ({seen})", closed_at=now_utc())
+            raise Refused("not_confirmed", f"incident {inc.id}: every probe passes now, so the "
+                          "plan was not run; the incident is closed")
+        now = pic.found[0] if pic.found else "no class yet (probes still settling)"
+        self.journal.add_event(inc.id, "not_confirmed", f"now {now}: {seen}")
+        raise Refused("not_confirmed", f"incident {inc.id} is {inc.incident_class} but a fresh "
+                      f"run of every probe shows {now}: the plan was not run (approve again "
+                      "once it settles, or deny it)")
 
     def deny(self, incident_id: int, by: str) -> State:
         """Refuse a waiting plan (denied), or abandon a held incident (a person finishes it)."""
@@ -253,7 +308,7 @@ class IncidentDesk:
         """A person's rollback: take the open incident over when nothing ran in it yet, else
         open one of its own; then start. Call with `lock` held (the caller planned under it)."""
         open_inc = self.current()
-        tree = open_inc is not None and open_inc.incident_class in IncidentClass._value2member_map_
+        tree = open_inc is not None and open_inc.incident_class in _TREE
         if self.busy or (open_inc and open_inc.state in (State.REMEDIATING, State.VERIFYING)):
             raise Refused("busy", f"{self.target} is already running a plan"
                           + (f" (incident {open_inc.id})" if open_inc else ""))

@@ -55,6 +55,12 @@ def waiting_rollback(journal: Journal) -> int:
     return inc
 
 
+async def failing(m: TargetMonitor) -> None:
+    """The health probe (nothing listens on port 9) past its failure threshold: app_down."""
+    for _ in range(m.settings["health"].failure_threshold):
+        await m.confirm()
+
+
 def steps(journal: Journal, inc: int) -> dict[str, tuple[str, str]]:
     return {s.name: (s.state, s.detail) for s in journal.steps(inc)}
 
@@ -65,6 +71,7 @@ async def test_a_target_marked_bad_after_the_plan_was_made_is_refused(
     inc = waiting_rollback(journal)
     # Between the decision (the stored plan) and its approval, a person marks GOOD bad.
     journal.mark_bad("web", GOOD, "leaks memory (found by hand)")
+    await failing(m)
     await m.desk.approve(inc, "uid 0")
     assert m.desk.task is not None
     assert await m.desk.task is False
@@ -82,12 +89,29 @@ async def test_the_same_plan_passes_the_check_when_the_target_stays_known_good(
     """The control for the refusal above: only the bad mark makes verify_target fail."""
     m = monitor(journal, tmp_path)
     inc = waiting_rollback(journal)
+    await failing(m)
     await m.desk.approve(inc, "uid 0")
     assert m.desk.task is not None
     await m.desk.task
     assert steps(journal, inc)["verify_target"][0] == "done"
     # No deployment executor is configured here: the first step that needs one fails.
     assert steps(journal, inc)["git_checkout"][0] == "failed"
+
+
+async def test_an_approval_runs_nothing_while_the_class_is_not_confirmed(
+        journal: Journal, tmp_path: Path) -> None:
+    """Approved later, the plan runs only if a fresh run of every probe still shows its class:
+    here the health probe has failed once, below its threshold: no class yet."""
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    with pytest.raises(Refused) as refused:
+        await m.desk.approve(inc, "uid 0")
+    assert refused.value.code == "not_confirmed"
+    assert "the plan was not run" in str(refused.value)
+    assert m.desk.task is None and journal.steps(inc) == []
+    found = journal.incident(inc)
+    assert found is not None and found.state == State.AWAITING_APPROVAL
+    assert journal.timeline(inc)[-1][1] == "not_confirmed"
 
 
 async def test_approve_and_deny_refuse_what_is_not_waiting(journal: Journal,
