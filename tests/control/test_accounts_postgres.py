@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from daemon.config import parse_config
 from daemon.control.accounts import LOCKED_FOREVER, Accounts
 from daemon.control.protocol import CommandError
-from daemon.sampleapp import scaffold
+from daemon.demo.sampleapp import scaffold
 
 
 @pytest.fixture
