@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.config import GitDeployment
-from daemon.drills.injectors import DrillError, InjectContext
+from daemon.drills.injector_base import DrillError, InjectContext
 from daemon.rollback.base import StepFailed
 from daemon.rollback.commands import run_argv
 
