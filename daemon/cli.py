@@ -80,7 +80,7 @@ def cmd_rules(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.demo.main import run_demo
 
     return run_demo(keep=ns.keep, verbose=ns.verbose)
 

@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from daemon.backup.base import (
-    BacksUp,
     Backuper,
     BackupFailed,
     BackupRefused,
@@ -198,6 +197,16 @@ class TargetBackups:
         if self.metrics is not None:
             self.metrics.restore_tests.labels(self.target, result).inc()
         return result
+
+
+@runtime_checkable
+class BacksUp(Protocol):
+    """An executor whose component is backed up: attach_backups gives it the target's store.
+    Here, not in base.py: it names the store, and the store is built on base.py."""
+
+    def backupers(self) -> Sequence[Backuper]: ...
+
+    def attach(self, store: BackupStore) -> None: ...
 
 
 def attach_backups(target: str, settings: BackupSettings, journal: Journal,

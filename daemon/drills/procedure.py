@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from daemon.backup.base import BacksUp, BackupFailed
+from daemon.backup.base import BackupFailed
+from daemon.backup.schedule import BacksUp
 from daemon.drills.health import Snapshot, snapshot
 from daemon.drills.injectors import DrillError, InjectContext, Injector, build_injector
 from daemon.drills.preflight import gate, not_known_good, not_ready, unfit

@@ -15,9 +15,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from daemon.config import parse_config
+from daemon.demo.sampleapp import scaffold
 from daemon.refusal import Refused
 from daemon.rollback.accounts import LOCKED_FOREVER, Accounts
-from daemon.sampleapp import scaffold
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from daemon.control.ctl import request
-from daemon.workspace import Workspace, free_port
+from daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 pytestmark = pytest.mark.e2e

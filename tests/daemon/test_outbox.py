@@ -16,9 +16,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from daemon.config import Config, parse_config
+from daemon.demo.workspace import free_port
 from daemon.escalation.outbox import Outbox, _retry_delay
 from daemon.journal.store import Journal
-from daemon.workspace import free_port
 from tests.notices import notice
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 from tests.drills.conftest import Staging
 
 pytestmark = pytest.mark.e2e

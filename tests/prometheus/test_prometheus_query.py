@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.workspace import free_port
+from daemon.demo.workspace import free_port
 from probes.observation import Status, Symptom
 from probes.prometheus_query import PrometheusQueryProbe, PrometheusQuerySettings
 from probes.registry import PROBE_KINDS

@@ -6,7 +6,8 @@ import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from daemon.backup.base import BacksUp, Backuper, BackupFailed
+from daemon.backup.base import Backuper, BackupFailed
+from daemon.backup.schedule import BacksUp
 from daemon.backup.store import DEFAULT_KEEP, BackupStore
 from daemon.control.commands.args import monitor_arg
 from daemon.control.commands.registry import command

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daemon.control.protocol import CommandError
+from daemon.control.redact import redact
 from daemon.control.server import Peer
 from daemon.refusal import Refused
 
@@ -28,11 +28,6 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 
-# Argument names whose values never reach the audit log.
-_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|dsn|credential", re.IGNORECASE)
-REDACTED = "<redacted>"
-
-
 def command(name: str, help: str) -> Callable[[CommandFunc], CommandFunc]:
     def register(func: CommandFunc) -> CommandFunc:
         if name in COMMANDS:
@@ -41,16 +36,6 @@ def command(name: str, help: str) -> Callable[[CommandFunc], CommandFunc]:
         return func
 
     return register
-
-
-def redact(value: Any) -> Any:
-    """A copy of request arguments fit for the audit log: secret-looking keys are blanked."""
-    if isinstance(value, dict):
-        return {k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 async def dispatch(d: DaemonFace, cmd: str, args: dict[str, Any], peer: Peer) -> Any:
