@@ -28,6 +28,7 @@ from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
 from daemon.report import keep_reports, write_report
 from daemon.scheduler import ProbeScheduler
+from daemon.statelock import StateLock
 
 log = logging.getLogger("rollbackd")
 
@@ -89,6 +90,9 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.config
         cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # First of all: a second daemon on this state directory must touch nothing (socket,
+        # journal, probes). StateDirInUse propagates; `rollbackd run` exits 1 with its message.
+        self.state_lock = StateLock.acquire(cfg.daemon.state_dir)
         self.journal = open_journal(cfg)
         self.cluster = Cluster.for_config(self, self.journal, cfg)
         self.outbox = self.cluster.outbox(cfg) if self.cluster else Outbox(self.journal, cfg)
@@ -170,6 +174,7 @@ class Daemon:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self.journal.close()
+        self.state_lock.release()
         log.info("daemon status=stopped")
 
     # -- parts -------------------------------------------------------------------------------
