@@ -22,6 +22,8 @@ from daemon.control.protocol import (
     REQUEST_TIMEOUT,
     CommandError,
     Reply,
+    nested_deeper,
+    too_deep,
     version_error,
 )
 
@@ -165,8 +167,12 @@ class ControlServer:
                              "and daemon.allowed_groups name who may)"}
         try:
             req = json.loads(line)
-        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or absurdly deep nesting
+        except RecursionError:  # deeper than even the parser goes (some thousand levels)
+            return too_deep()
+        except ValueError:  # bad JSON or bad UTF-8
             return {"ok": False, "code": "bad_request", "error": "request is not one JSON line"}
+        if nested_deeper(req):  # what parsed still must not reach the recursive audit redaction
+            return too_deep()
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "code": "bad_request",
                     "error": 'expected {"cmd": "...", "args": {...}}'}
