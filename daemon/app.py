@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from daemon.alerts.service import AlertReceiver, start_alerts
+from daemon.backup.store import sweep_leftovers
 from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
 from daemon.control.commands import dispatch
@@ -93,6 +94,8 @@ class Daemon:
         # First of all: a second daemon on this state directory must touch nothing (socket,
         # journal, probes). StateDirInUse propagates; `rollbackd run` exits 1 with its message.
         self.state_lock = StateLock.acquire(cfg.daemon.state_dir)
+        # Locked, and no backup started yet: every .partial there is what a crash left.
+        sweep_leftovers(cfg.daemon.state_dir / "backups")
         self.journal = open_journal(cfg)
         self.cluster = Cluster.for_config(self, self.journal, cfg)
         self.outbox = self.cluster.outbox(cfg) if self.cluster else Outbox(self.journal, cfg)
