@@ -29,6 +29,7 @@ from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
 from daemon.report import keep_reports, write_report
 from daemon.scheduler import ProbeScheduler
+from daemon.selfcheck import SelfCheck, raise_fd_limit
 from daemon.statelock import StateLock
 
 log = logging.getLogger("rollbackd")
@@ -96,9 +97,14 @@ class Daemon:
         self.state_lock = StateLock.acquire(cfg.daemon.state_dir)
         # Locked, and no backup started yet: every .partial there is what a crash left.
         sweep_leftovers(cfg.daemon.state_dir / "backups")
+        raise_fd_limit()  # systemd's default soft limit of 1,024 is easily used up
         self.journal = open_journal(cfg)
         self.cluster = Cluster.for_config(self, self.journal, cfg)
         self.outbox = self.cluster.outbox(cfg) if self.cluster else Outbox(self.journal, cfg)
+        # The daemon's own faults (descriptors, memory, disk, spawn, loop lag) are not the
+        # targets': while self_degraded, observations do not count and nothing is evaluated.
+        self.selfcheck = SelfCheck(cfg.daemon.state_dir, self.metrics.registry,
+                                   lambda e, s, b: self.outbox.enqueue(None, e, s, b))
         self.scheduler = ProbeScheduler(self.metrics)
         self.drills = DrillService(self)  # before the monitors: it schedules their drills
         self.scheduler.drills = self.drills.scheduled
@@ -110,11 +116,13 @@ class Daemon:
         self._build_monitors()
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
-                                     cfg.daemon.socket_group, cfg.daemon.allowed_groups)
+                                     cfg.daemon.socket_group, cfg.daemon.allowed_groups,
+                                     cfg.daemon.max_control_connections)
         await self.control.start()
         self._start_metrics()
         self.alerts = await start_alerts(cfg.alerts, self.acting_monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        self._tasks.append(asyncio.create_task(self.selfcheck.run(), name="selfcheck"))
         # Unacknowledged escalations page the next tier; cancelled with the other tasks.
         tiers = TierChecker(self.cluster.tier_journal() if self.cluster else self.journal,
                             self.outbox)
@@ -217,7 +225,7 @@ class Daemon:
     def new_monitor(self, name: str) -> TargetMonitor:
         return TargetMonitor(name, self.config.targets[name], self.config.policy_for(name),
                              self.journal, self.outbox, self.metrics, self.reports_dir,
-                             self._fault_hook())
+                             self._fault_hook(), own_fault=self.selfcheck.judge)
 
     def _build_monitors(self) -> None:
         self.monitors = {name: self.new_monitor(name) for name in self.config.targets}

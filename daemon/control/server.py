@@ -86,10 +86,22 @@ def _member_by_database(uid: int, gids: frozenset[int]) -> bool:
         user.pw_name in g.gr_mem for g in grp.getgrall() if g.gr_gid in gids)
 
 
+BUSY: Reply = {"ok": False, "code": "busy",
+              "error": "too many control connections at once (daemon.max_control_connections); "
+                       "try again"}
+
+
 class ControlServer:
     def __init__(self, path: Path, handler: Handler, allowed_uids: list[int],
-                 socket_group: str | None = None, allowed_groups: list[str] | None = None) -> None:
+                 socket_group: str | None = None, allowed_groups: list[str] | None = None,
+                 max_connections: int = 64) -> None:
         self.path = path
+        self.max_connections = max_connections
+        """Beyond this many clients at once, a new one is refused at once: idle clients must
+        not use up the descriptors the probes need."""
+        self.active = 0
+        self._refused = 0
+        """Connections refused since the burst began (0: not refusing)."""
         self.handler = handler
         self.allowed = {0, os.getuid(), *allowed_uids}
         self.socket_group = socket_group
@@ -136,6 +148,31 @@ class ControlServer:
 
     async def _serve_client(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
+        if self.active >= self.max_connections:
+            self._refuse(writer)
+            return
+        if self._refused:
+            log.warning("control status=accepting refused=%d max_connections=%d", self._refused,
+                        self.max_connections)
+            self._refused = 0
+        self.active += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.active -= 1
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Close at once, with a best-effort `busy` line: nothing waits on this client."""
+        if not self._refused:  # once per burst; the end of the burst says how many
+            log.warning("control status=refusing reason=too many connections "
+                        "max_connections=%d", self.max_connections)
+        self._refused += 1
+        with contextlib.suppress(Exception):
+            writer.write(json.dumps(BUSY).encode() + b"\n")
+        writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
         try:
             reply = await self._one_request(reader, writer)
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
