@@ -68,8 +68,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(config.daemon.log_level)
     from daemon.app import Daemon
+    from daemon.statelock import StateDirInUse
 
-    return Daemon(config, Path(ns.config)).run()
+    try:
+        return Daemon(config, Path(ns.config)).run()
+    except StateDirInUse as exc:  # the running daemon keeps its socket and its probes
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_rules(ns: argparse.Namespace) -> int:

@@ -79,6 +79,9 @@ class DaemonSettings(Frozen):
     """Group that owns the control socket (mode 0660); unset: the daemon's own group."""
     allowed_groups: list[str] = []
     """Control-socket peers in one of these groups (primary or supplementary) are allowed too."""
+    max_control_connections: int = Field(default=64, ge=1, le=10_000)
+    """Control-socket clients served at once; more are refused at once (reply `busy`), so idle
+    clients cannot use up the descriptors the probes need."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     test_hooks: bool = False
     """Enables fault-injection commands for the test suite; never in production."""

@@ -69,8 +69,11 @@ def journal_history(journal: Journal, target: str,
 class TargetMonitor:
     def __init__(self, name: str, config: TargetConfig, policy: PolicySettings, journal: Journal,
                  outbox: Outbox, metrics: Metrics, reports_dir: Path,
-                 fault_hook: Callable[[str], None] | None = None) -> None:
+                 fault_hook: Callable[[str], None] | None = None,
+                 own_fault: Callable[[Observation], bool] | None = None) -> None:
         self.name = name
+        self.own_fault = own_fault
+        """selfcheck.SelfCheck.judge: True while the daemon itself is self_degraded."""
         self.config = config
         self.policy = policy
         self.journal = journal
@@ -161,6 +164,8 @@ class TargetMonitor:
     async def run_scheduled(self, probe_name: str) -> None:
         try:
             obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            if self.own_fault is not None and self.own_fault(obs):
+                return  # the daemon's own fault: the target is neither blamed nor evaluated
             self._record(obs)
             try:
                 await self.desk.evaluate()

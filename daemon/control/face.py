@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from daemon.escalation.outbox import Outbox
     from daemon.journal.store import Journal
     from daemon.monitor import TargetMonitor
+    from daemon.selfcheck import SelfCheck
 
 
 class ClusterFace(Protocol):
@@ -49,6 +50,9 @@ class DaemonFace(Protocol):
 
     @property
     def cluster(self) -> ClusterFace | None: ...
+
+    @property
+    def selfcheck(self) -> SelfCheck: ...
 
     @property
     def reports_dir(self) -> Path: ...

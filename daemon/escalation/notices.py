@@ -210,8 +210,10 @@ def backup_problem(target: str, key: str, subject: str, body: str) -> Notice:
 
 
 def self_degraded(key: str, reason: str, body: str) -> Notice:
-    return Notice(NoticeKind.SELF_DEGRADED, f"[rollbackd] daemon degraded: {reason}", body,
-                  key=key)
+    """The daemon's own fault (descriptors, memory, disk, spawn, loop lag): one per episode."""
+    return Notice(NoticeKind.SELF_DEGRADED,
+                  f"[rollbackd] rollbackd itself is degraded ({reason}): acting on no target",
+                  body, key=key)
 
 
 # -- storm digests -------------------------------------------------------------------------------

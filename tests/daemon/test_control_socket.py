@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from daemon.control.ctl import request
+from daemon.control.protocol import MAX_DEPTH
 from daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
@@ -217,6 +218,32 @@ def test_deeply_nested_json_gets_a_bad_request_reply(env: ControlEnv) -> None:
         assert json.loads(buf)["code"] == "bad_request"
     finally:
         env.assert_healthy()
+
+
+def nested_args(depth: int) -> bytes:
+    """A status request whose args nest `depth` levels deep, counting args itself."""
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    return b'{"cmd": "status", "args": {"x": ' + inner.encode() + b"}}\n"
+
+
+@pytest.mark.parametrize("depth", [100, 500, 980, 5000])
+def test_a_request_nested_too_deep_is_bad_request_at_any_depth(env: ControlEnv,
+                                                               depth: int) -> None:
+    # 500-980 once parsed, then blew the audit's recursive redaction: `internal`, no audit row.
+    reply = raw_request(env.socket, nested_args(depth))
+    assert reply == {"ok": False, "code": "bad_request",
+                     "error": f"request nested deeper than {MAX_DEPTH} levels of arrays and "
+                              "objects"}
+    env.assert_healthy()
+
+
+def test_a_request_nested_as_deep_as_allowed_runs(env: ControlEnv) -> None:
+    # The request object is level 1, args level 2: args may hold MAX_DEPTH - 2 more levels.
+    reply = raw_request(env.socket, nested_args(MAX_DEPTH - 1))
+    assert reply["ok"] is True, reply
+    env.expected_audit.append(("status", os.getuid(), os.getpid(), "ok"))
+    reply = raw_request(env.socket, nested_args(MAX_DEPTH))
+    assert reply["code"] == "bad_request", reply
 
 
 def test_unknown_command(env: ControlEnv) -> None:

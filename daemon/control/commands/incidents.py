@@ -40,6 +40,7 @@ async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
         "pid": os.getpid(),
         "uptime": round(time.time() - d.started_at, 1),
         "summary": d.summary(),
+        "self_degraded": d.selfcheck.degraded,
         **({"instance": d.cluster.instance} if d.cluster else {}),
         "targets": targets,
         "breakers": [{"target": t, "plan": k, "mode": b.mode} for t, k, b in d.journal.breakers()],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,3 +36,26 @@ async def _freeze(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     seconds = float(args.get("seconds", 1))
     time.sleep(min(seconds, 120))  # deliberately blocking: simulates a hung event loop
     return {"froze": seconds}
+
+
+@command("exhaust-fds", "test hook: open files until EMFILE, hold them `seconds` (only with "
+                        "test_hooks)")
+async def _exhaust_fds(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
+    if not d.config.daemon.test_hooks:
+        raise CommandError("forbidden", "exhaust-fds needs daemon.test_hooks = true")
+    seconds = min(float(args.get("seconds", 1)), 120)
+    held: list[int] = []
+    while True:
+        try:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            break
+
+    def release() -> None:
+        for fd in held:
+            os.close(fd)
+
+    asyncio.get_running_loop().call_later(seconds, release)
+    return {"held": len(held), "seconds": seconds}
