@@ -173,6 +173,7 @@ class HttpClient:
         self.https = s.url.startswith("https:")
         self._transport: ProbeTransport | None = None
         self._built_for: tuple[Any, ...] | None = None
+        self._plain: dict[tuple[str, str], httpx.Request] = {}
 
     async def _transport_now(self) -> ProbeTransport:
         s = self.settings
@@ -194,7 +195,11 @@ class HttpClient:
         No redirect is followed, no proxy from the environment is used, and the probe's whole
         timeout covers connect, request and body."""
         transport = await self._transport_now()
-        request = httpx.Request(method, url, json=json, data=data)
+        if json is None and data is None:  # the same request every run: built once
+            request = self._plain.get((method, url)) or self._plain.setdefault(
+                (method, url), httpx.Request(method, url))
+        else:
+            request = httpx.Request(method, url, json=json, data=data)
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.timeout):

@@ -111,8 +111,8 @@ class _Backend(httpcore.AsyncNetworkBackend):
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, stream: Any, connection: httpcore.AsyncHTTPConnection | None) -> None:
+        self._stream, self._connection = stream, connection
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _as_httpx():
@@ -120,29 +120,46 @@ class _Body(httpx.AsyncByteStream):
                 yield part
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._connection is not None:
+                await self._connection.aclose()
 
 
 class ProbeTransport(httpx.AsyncBaseTransport):
-    """At most one connection; kept between requests only when `keep_alive`."""
+    """A new connection per request, closed with its response; with `keep_alive`, one
+    connection kept in a pool of one between requests."""
 
     def __init__(self, tls: ssl.SSLContext | None, keep_alive: bool) -> None:
+        self._tls, self._backend = tls, _Backend()
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=tls, max_connections=1, max_keepalive_connections=int(keep_alive),
-            network_backend=_Backend())
+            ssl_context=tls, max_connections=1, max_keepalive_connections=1,
+            network_backend=self._backend) if keep_alive else None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         assert isinstance(request.stream, httpx.AsyncByteStream)
+        port = url.port or (443 if url.raw_scheme == b"https" else 80)
         req = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=port,
                              target=url.raw_path),
             headers=request.headers.raw, content=request.stream, extensions=request.extensions)
+        # Without keep-alive a pool only adds locking: one connection, used once.
+        connection = None if self._pool is not None else httpcore.AsyncHTTPConnection(
+            origin=req.url.origin, ssl_context=self._tls, network_backend=self._backend)
         with _as_httpx():
-            resp = await self._pool.handle_async_request(req)
-        return httpx.Response(resp.status, headers=resp.headers, stream=_Body(resp.stream),
-                              extensions=resp.extensions, request=request)
+            try:
+                resp = await (connection or self._pool).handle_async_request(req)  # type: ignore[union-attr]
+            except BaseException:
+                if connection is not None:
+                    await connection.aclose()
+                raise
+        return httpx.Response(resp.status, headers=resp.headers,
+                              stream=_Body(resp.stream, connection), extensions=resp.extensions,
+                              request=request)
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
