@@ -196,7 +196,7 @@ PolicyOverrides = create_model(  # type: ignore[call-overload]
     },
 )
 
-_probe_models = tuple(model for model, _ in PROBE_KINDS.values())
+_probe_models = tuple(kind.settings for kind in PROBE_KINDS.values())
 ProbeConfig = (
     _probe_models[0]
     if len(_probe_models) == 1

@@ -33,13 +33,13 @@ from policies.settings import PolicySettings
 from policies.targets import Facts
 from probes.base import Probe, ProbeSettings
 from probes.observation import Observation, Status, Symptom
-from probes.registry import build_probe
+from probes.registry import Tells, build_probe, kinds_that
 
 log = logging.getLogger("rollbackd.monitor")
 
 # Probe kinds whose Observation.version tells the schema revision or the key fingerprint.
-REVISION_KINDS = ("sqlite_integrity", "postgres_integrity")
-KEY_KINDS = ("fernet_key",)
+REVISION_KINDS = tuple(sorted(kinds_that(Tells.REVISION)))
+KEY_KINDS = tuple(sorted(kinds_that(Tells.KEY_FINGERPRINT)))
 
 async def run_probe(probe: Probe, timeout: float) -> Observation:
     """The scheduler owns the timeout; whatever escapes a probe becomes an error observation."""
