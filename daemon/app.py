@@ -28,6 +28,7 @@ from daemon.journal.backend import journal_collector, open_journal
 from daemon.metrics import Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
+from daemon.reload_diff import Unapplied, as_applied, unapplied
 from daemon.report import keep_reports
 from daemon.scheduler import ProbeScheduler
 from daemon.selfcheck import SelfCheck, raise_fd_limit
@@ -240,9 +241,10 @@ class Daemon:
         except OSError as exc:  # metrics are not worth failing the daemon for
             log.error("metrics status=disabled address=%s reason=%s", addr, exc.strerror)
 
-    def reload(self) -> bool:
+    def reload(self) -> list[Unapplied] | None:
+        """Applies the config file again: None if it is rejected, else the keys left for a restart."""
         if self.config_path is None:
-            return False
+            return None
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
@@ -251,7 +253,12 @@ class Daemon:
                 log.error("reload status=rejected file=%s error=%r", exc.path, line)
             log.error("reload status=rejected keeping=previous config")
             self.notifier.ready(self.summary())
-            return False
+            return None
+        waiting = unapplied(self.config, new)
+        for item in waiting:
+            log.warning("reload key=%s status=needs-restart old=%s new=%s", item.key, item.old,
+                        item.new)
+        new = as_applied(self.config, new)
         # Running rollbacks keep their monitor objects; the journal keeps one incident per target.
         self.scheduler.unschedule_all()
         for name in set(self.monitors) - set(new.targets):
@@ -267,7 +274,7 @@ class Daemon:
             self.alerts.replay()
         log.info("reload status=done targets=%d", len(self.monitors))
         self.notifier.ready(self.summary())
-        return True
+        return waiting
 
     def summary(self) -> str:
         failing = sum(1 for m in self.monitors.values() if any(h.failing for h in m.health.values()))

@@ -53,8 +53,10 @@ def _number(text: str, bad: str) -> float:
         raise ValueError(bad) from None
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+# The input type is what the JSON Schema shows: seconds, or a string such as "30s".
+_parse_duration = BeforeValidator(parse_duration, json_schema_input_type=float | str)
+Duration = Annotated[float, _parse_duration]
+PositiveDuration = Annotated[float, _parse_duration, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 """A share from 0 to 1, such as the largest allowed drop of a count."""
 
@@ -72,7 +74,7 @@ AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 class ProbeSettings(BaseModel):
     """Settings every probe kind has; each kind subclasses this with its own fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     kind: str
     interval: PositiveDuration = 10.0

@@ -67,7 +67,7 @@ class LatencySettings(BaseModel):
     probes never import policies): perf_degraded when the p95 of `windows` windows in a row is
     above both the baseline p95 times `factor` and `floor`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     factor: float = Field(default=2.0, gt=1.0)
     """A window is slow when its p95 exceeds the baseline p95 times this."""

@@ -27,6 +27,7 @@ class PrometheusQuerySettings(HttpSettings):
     query: str = Field(min_length=1)
     """The PromQL expression, e.g. 'histogram_quantile(0.95, sum by (le) (rate(...[5m])))'."""
     threshold: float
+    """The number each series' value is compared with."""
     comparison: Comparison = ">"
     """The probe fails when `value <comparison> threshold` holds for any returned series."""
     symptom: Symptom = Symptom.SLOW

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from daemon.escalation.outbox import Outbox
     from daemon.journal.store import Journal
     from daemon.monitor import TargetMonitor
+    from daemon.reload_diff import Unapplied
     from daemon.selfcheck import SelfCheck
 
 
@@ -59,4 +60,6 @@ class DaemonFace(Protocol):
 
     def summary(self) -> str: ...
 
-    def reload(self) -> bool: ...
+    def reload(self) -> list[Unapplied] | None:
+        """None: the new config was rejected; else the keys that wait for a restart."""
+        ...

@@ -57,7 +57,7 @@ SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class InjectorSettings(_Frozen):
@@ -67,6 +67,7 @@ class InjectorSettings(_Frozen):
     """Run as it is (no shell) with ROLLBACKD_DRILL_TARGET, _SCENARIO and _ID in its
     environment; exit 0 means the fault is in place."""
     builtin: BuiltinName | None = None
+    """A fault rollbackd knows how to put in (see the list of built-ins in docs/drills.md)."""
     cwd: ConfigPath | None = None
     """Working directory of argv."""
     cleanup: Argv | None = None
@@ -113,6 +114,7 @@ class DrillSettings(_Frozen):
     schedule: Annotated[str, AfterValidator(_cron_ok)] = QUARTERLY
     """Cron syntax (minute hour day-of-month month day-of-week), in `timezone`."""
     timezone: str = "UTC"
+    """The IANA time zone `schedule` is read in, e.g. "Europe/Berlin"."""
     scheduled: bool = True
     """false: drills run only when asked (`rollbackctl drill`); overdue is still reported."""
     scenarios: list[ScenarioName] = []

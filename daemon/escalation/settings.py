@@ -21,7 +21,7 @@ EventKind = Literal["opened", "started", "resolved", "failed", "held", "escalate
 
 class _Frozen(BaseModel):
     # The same settings as daemon.config.Frozen; config.py imports this module, not the reverse.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Contact(_Frozen):

@@ -159,7 +159,7 @@ async def test_firing_status_with_past_end_is_resolved(env: Env) -> None:
 
 async def test_reload_keeps_firing_alerts(env: Env) -> None:
     await env.post(notification(alert(LATENCY)))
-    assert env.daemon.reload()
+    assert env.daemon.reload() == []
     await env.daemon.monitors["grading"].run_scheduled("latency")  # the rebuilt probe runs
     assert env.sample("rollbackd_probe_failing", target="grading", probe="latency") == 1
 

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from daemon.control.face import DaemonFace
 
 
-@command("reload", "re-read the config file; an invalid one is rejected and the old one kept")
+@command("reload", "re-read the config file; an invalid one is rejected and the old one kept; "
+         "keys read only at start keep their old value until a restart, and are named")
 async def _reload(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
-    if not d.reload():
+    waiting = d.reload()
+    if waiting is None:
         raise CommandError("reload_failed", "config rejected; the previous one keeps running "
                            "(the daemon log names each error)")
-    return {"targets": sorted(d.monitors)}
+    return {"targets": sorted(d.monitors),
+            "needs_restart": [{"key": w.key, "old": w.old, "new": w.new} for w in waiting]}
 
 
 @command("help", "the commands this daemon knows")

@@ -40,7 +40,7 @@ async def _plan(m: TargetMonitor, args: dict[str, Any],
     if to is not None:
         entry = ledger_version(list(facts.ledger), to)
         if entry.version == current:
-            raise CommandError("bad_args", f"{entry.version[:12]} is already deployed")
+            raise CommandError("no_plan", f"{entry.version[:12]} is already deployed")
         if not entry.known_good:
             why = f"marked bad: {entry.bad_reason}" if entry.bad_at else "not known-good yet"
             raise CommandError("not_known_good", f"{entry.version[:12]} is {why}; only a "
