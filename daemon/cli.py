@@ -1,20 +1,25 @@
-"""rollbackd's command line: run, check-config, probe, demo."""
+"""rollbackd's command line: run, check-config, probe, demo.
+
+Only argparse at the top: `rollbackd --help` must not pay for the daemon (config models,
+every probe kind, the HTTP stack); each command imports what it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.logs import setup_logging
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 EXIT_CONFIG = 2
 
 
 def _load(path: str) -> Config | None:
+    from daemon.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -52,6 +57,8 @@ async def _probe_all(config: Config, only: str | None) -> int:
 
 
 def cmd_probe(ns: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(ns.config)
     if config is None:
         return EXIT_CONFIG
@@ -66,8 +73,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
     config = _load(ns.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.daemon.log_level)
     from daemon.app import Daemon
+    from daemon.logs import setup_logging
+
+    setup_logging(config.daemon.log_level)
 
     return Daemon(config, Path(ns.config)).run()
 
