@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
 
-import psycopg
 from apscheduler.jobstores.base import JobLookupError
 
 from daemon.cluster.session import LockSession
@@ -158,6 +157,8 @@ class Ownership:
                 await asyncio.sleep(self.timing.retry)
 
     async def _connect(self) -> None:
+        import psycopg  # here: only a daemon in a cluster (journal on PostgreSQL) loads it
+
         t = self.timing
         session: LockSession | None = None
         try:
