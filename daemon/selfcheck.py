@@ -71,7 +71,7 @@ class Limits:
     """Seconds between checks of descriptors, disk, memory and loop lag."""
     spawn_every: float = 30.0
     """Seconds between test spawns of a trivial command."""
-    clear_after: float = 10.0
+    clear_after: float = 5.0
     """The episode ends once no fault was seen for this long: one mail per episode, not per
     flap."""
 

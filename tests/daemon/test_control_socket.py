@@ -321,13 +321,20 @@ def test_idle_clients_time_out_without_blocking_others(env: ControlEnv) -> None:
 
 def request_waiting_for_accept(path: str, cmd: str, timeout: float = 30.0) -> dict[str, Any]:
     """Like ctl.request, but connects in blocking mode: a full listen backlog makes a Unix
-    connect wait for the daemon instead of failing at once with EAGAIN."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(path)
-        s.settimeout(timeout)
-        s.sendall(json.dumps({"cmd": cmd, "args": {}}).encode() + b"\n")
-        reply: dict[str, Any] = json.loads(_read_line(s))
-    return reply
+    connect wait for the daemon instead of failing at once with EAGAIN. Beyond the daemon's
+    max_control_connections it answers `busy`: tried again, as rollbackctl does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.settimeout(timeout)
+            with contextlib.suppress(BrokenPipeError):  # refused before it read our line
+                s.sendall(json.dumps({"cmd": cmd, "args": {}}).encode() + b"\n")
+            line = _read_line(s)
+        reply: dict[str, Any] = json.loads(line) if line else {"code": "busy"}
+        if reply.get("code") != "busy" or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.05)
 
 
 def test_200_concurrent_status_clients(env: ControlEnv) -> None:

@@ -159,7 +159,7 @@ def test_real_descriptor_exhaustion_is_self_degraded_not_the_apps_fault(env: Env
     assert reply["ok"], reply
     # Open files until EMFILE: everything the 1,024 allow but what was open already.
     assert NOFILE - 64 < reply["result"]["held"] < NOFILE
-    # The held descriptors come back after 3 s; the episode ends 10 s after the last fault.
+    # The held descriptors come back after 3 s; the episode ends 5 s after the last fault.
     wait_for(lambda: "self_degraded status=cleared" in d.log_text(), 40,
              f"the episode to end\n{d.log_text()[-3000:]}")
     log = d.log_text()
