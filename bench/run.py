@@ -70,7 +70,7 @@ def _s(v: float) -> str:
 
 
 async def _detect(runs: int, docker: bool) -> list[tuple[str, ...]]:
-    from daemon.demo_run import DemoSession
+    from daemon.demo.run import DemoSession
 
     work = Path(tempfile.mkdtemp(prefix="rollbackd-bench-detect-"))
     found: dict[str, list[Any]] = {}

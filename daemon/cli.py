@@ -1,22 +1,26 @@
-"""rollbackd's command line: run, check-config, probe, demo."""
+"""rollbackd's command line: run, check-config, probe, demo.
+
+Only argparse at the top: `rollbackd --help` must not pay for the daemon (config models,
+every probe kind, the HTTP stack); each command imports what it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.logs import setup_logging
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 EXIT_CONFIG = 2
 
 
 def _load(path: str) -> Config | None:
     """The config, or None after printing every error (a missing extra is one too)."""
+    from daemon.config import ConfigError, load_config
     from daemon.config_check import missing_extras
 
     try:
@@ -69,6 +73,8 @@ async def _probe_all(config: Config, only: str | None) -> int:
 
 
 def cmd_probe(ns: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(ns.config)
     if config is None:
         return EXIT_CONFIG
@@ -76,6 +82,7 @@ def cmd_probe(ns: argparse.Namespace) -> int:
         print(f"{ns.config}: no target {ns.target!r} (have: {', '.join(config.targets)})",
               file=sys.stderr)
         return EXIT_CONFIG
+
     return asyncio.run(_probe_all(config, ns.target))
 
 
@@ -83,10 +90,17 @@ def cmd_run(ns: argparse.Namespace) -> int:
     config = _load(ns.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.daemon.log_level)
     from daemon.app import Daemon
+    from daemon.logs import setup_logging
+    from daemon.statelock import StateDirInUse
 
-    return Daemon(config, Path(ns.config)).run()
+    setup_logging(config.daemon.log_level)
+
+    try:
+        return Daemon(config, Path(ns.config)).run()
+    except StateDirInUse as exc:  # the running daemon keeps its socket and its probes
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_rules(ns: argparse.Namespace) -> int:
@@ -117,7 +131,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         print(f"rollbackd demo: needs the demo extra ({', '.join(missing)} missing): "
               "pip install 'rollbackd[demo]'", file=sys.stderr)
         return EXIT_CONFIG
-    from daemon.demo import run_demo
+    from daemon.demo.main import run_demo
 
     return run_demo(keep=ns.keep, verbose=ns.verbose)
 

@@ -81,6 +81,9 @@ class DaemonSettings(Frozen):
     """Group that owns the control socket (mode 0660); unset: the daemon's own group."""
     allowed_groups: list[str] = []
     """Control-socket peers in one of these groups (primary or supplementary) are allowed too."""
+    max_control_connections: int = Field(default=64, ge=1, le=10_000)
+    """Control-socket clients served at once; more are refused at once (reply `busy`), so idle
+    clients cannot use up the descriptors the probes need."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """The least severe log lines written (to stderr: the journal under systemd)."""
     test_hooks: bool = False
@@ -205,7 +208,7 @@ PolicyOverrides = create_model(  # type: ignore[call-overload]
     },
 )
 
-_probe_models = tuple(model for model, _ in PROBE_KINDS.values())
+_probe_models = tuple(kind.settings for kind in PROBE_KINDS.values())
 ProbeConfig = (
     _probe_models[0]
     if len(_probe_models) == 1

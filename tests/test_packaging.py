@@ -21,10 +21,10 @@ def test_wheel_ships_the_sample_app_and_entry_points(tmp_path: Path) -> None:
                     str(ROOT)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("rollbackd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("daemon/sampleapp/template/app.py", "daemon/sampleapp/template/alembic.ini",
-                   "daemon/sampleapp/template/migrations/versions/0001_users.py",
-                   "daemon/sampleapp/template/migrations/script.py.mako",
-                   "daemon/sampleapp/template/requirements.txt", "daemon/py.typed",
+    for needed in ("daemon/demo/sampleapp/template/app.py", "daemon/demo/sampleapp/template/alembic.ini",
+                   "daemon/demo/sampleapp/template/migrations/versions/0001_users.py",
+                   "daemon/demo/sampleapp/template/migrations/script.py.mako",
+                   "daemon/demo/sampleapp/template/requirements.txt", "daemon/py.typed",
                    "probes/http_health.py", "policies/decision.py"):
         assert needed in names, needed
     for page in ("man/man1/rollbackctl.1", "bash-completion/completions/rollbackctl",
@@ -38,7 +38,7 @@ def test_wheel_ships_the_sample_app_and_entry_points(tmp_path: Path) -> None:
 
 def test_docker_and_kubernetes_are_imported_lazily() -> None:
     """A daemon that watches no container pays nothing for the docker or kubernetes clients."""
-    code = ("import sys, daemon.app, daemon.cli, daemon.demo; "
+    code = ("import sys, daemon.app, daemon.cli, daemon.demo.main; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'kubernetes')))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"

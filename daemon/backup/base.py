@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from daemon.backup.store import BackupStore
+from typing import Any, Literal, Protocol, runtime_checkable
 
 BackupKind = Literal["database", "key", "sessions"]
 
@@ -49,15 +46,6 @@ class Backuper(Protocol):
     async def verify(self, path: Path) -> str | None:
         """None when the copy is sound, else why not (one line, never a secret)."""
         ...
-
-
-@runtime_checkable
-class BacksUp(Protocol):
-    """An executor whose component is backed up: the scheduler attaches the target's store."""
-
-    def backupers(self) -> Sequence[Backuper]: ...
-
-    def attach(self, store: BackupStore) -> None: ...
 
 
 @runtime_checkable

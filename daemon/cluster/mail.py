@@ -11,17 +11,21 @@ claim to expire after `ttl`, and another instance retries the mail (the same Mes
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.escalation.outbox import Outbox
-from daemon.journal.pg import PgConnection
 from daemon.journal.store import Journal
+
+if TYPE_CHECKING:  # psycopg loads only for a daemon whose journal is on PostgreSQL
+    from daemon.journal.pg import PgConnection
 
 log = logging.getLogger("rollbackd.mail")
 
 
 def pg_connection(journal: Journal) -> PgConnection:
+    from daemon.journal.pg import PgConnection
+
     db: Any = journal.db
     if not isinstance(db, PgConnection):
         raise TypeError("the cluster needs the journal on PostgreSQL")

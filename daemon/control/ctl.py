@@ -70,7 +70,21 @@ def _denied(path: str) -> str:
             "(daemon.allowed_uids or daemon.allowed_groups), or ask root")
 
 
+BUSY_RETRY = 0.1
+"""Seconds between tries while the daemon refuses clients beyond its cap (reply `busy`)."""
+
+
 def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """One request; while the daemon is at its connection cap, tried again up to timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = _exchange(path, cmd, args, timeout)
+        if reply.get("code") != "busy" or time.monotonic() + BUSY_RETRY > deadline:
+            return reply
+        time.sleep(BUSY_RETRY)
+
+
+def _exchange(path: str, cmd: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             _connect(sock, path, timeout)
@@ -89,7 +103,10 @@ def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) ->
             pass  # the daemon answered and closed early (a refusal): its reply is still there
         data = b""
         while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # closed with our request unread: a `busy` refusal
+                break
             if not chunk:
                 break
             data += chunk

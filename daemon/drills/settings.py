@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.drills.cron import parse_cron
 from probes.base import PositiveDuration
 
 SCENARIO_NAMES = ("app_down", "auth_broken", "data_corruption", "perf_degraded", "key_invalid")
@@ -103,8 +104,6 @@ class InjectorSettings(_Frozen):
 
 
 def _cron_ok(value: str) -> str:
-    from daemon.drills.schedule import parse_cron
-
     parse_cron(value, "UTC")  # raises ValueError with the reason
     return value
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.journal.pg import PgConnection, open_pg_journal
 from daemon.journal.store import Journal
 from daemon.metrics import JournalCollector
 from policies.settings import PolicySettings
@@ -29,6 +28,8 @@ def journal_dsn(cfg: Config) -> str:
 
 def open_journal(cfg: Config) -> Journal:
     if cfg.daemon.journal_backend == "postgresql":
+        from daemon.journal.pg import open_pg_journal  # psycopg: only for this backend
+
         # The journal is synchronous, like sqlite3: a dead network must not hold the daemon's
         # loop for longer than an owner may go without renewing its lock session.
         fence_ms = int(cfg.daemon.takeover_after * 1000 / 5)
@@ -49,6 +50,8 @@ class PgJournalCollector(JournalCollector):
                                      "1 if every journal metric could be read at this scrape")
         ok = True
         try:
+            from daemon.journal.pg import PgConnection
+
             db = PgConnection(self._dsn, "rollbackd-metrics", connect_timeout=2)
             db.conn.execute("SET default_transaction_read_only = on")
         except Exception as exc:  # noqa: BLE001 - a scrape must never raise

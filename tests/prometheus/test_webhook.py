@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from daemon.app import Daemon
 from daemon.config import ConfigError, load_config, parse_config
+from daemon.demo.workspace import free_port
 from daemon.metrics import Metrics
-from daemon.workspace import free_port
 from probes.observation import Symptom
 from tests.conftest import SmtpSink
 from tests.prometheus.alertmanager import BILLING, ERRORS, LATENCY, UNRELATED, alert, notification

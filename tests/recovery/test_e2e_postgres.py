@@ -27,7 +27,7 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from daemon.workspace import DEMO_USER, Workspace
+from daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 from tests.recovery.support import (
     BAD_REVISION,

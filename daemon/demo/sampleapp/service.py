@@ -137,7 +137,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.sampleapp.service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m daemon.demo.sampleapp.service", description=__doc__)
     parser.add_argument("action", choices=("start", "stop", "restart", "status"))
     parser.add_argument("--dir", required=True, type=Path, help="deployed app dir with app.py")
     parser.add_argument("--pidfile", required=True, type=Path)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.demo_run import DemoSession, MailSink, Row
+from daemon.demo.run import DemoSession, MailSink, Row
 from daemon.drills.text import columns, secs
 from daemon.logs import setup_logging
 
@@ -49,7 +49,7 @@ class Say:
 def _kept(root: Path) -> str:
     state = root / "state"
     return (f"kept {root}. The daemon and the app are stopped; to look around with them:\n"
-            f"  {sys.executable} -m daemon.sampleapp.service start --dir {root / 'app'} "
+            f"  {sys.executable} -m daemon.demo.sampleapp.service start --dir {root / 'app'} "
             f"--pidfile {root / 'run' / 'app.pid'} --log {root / 'log' / 'app.log'} "
             f"--env-file {root / 'app.env'}\n"
             f"  rollbackd run --config {root / 'rollbackd.toml'} &\n"
