@@ -14,6 +14,7 @@ from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.journal.store import Journal, now_utc
 from daemon.metrics import Metrics
+from daemon.metrics.instruments import Trigger
 from daemon.refusal import Refused
 from daemon.report import write_report
 from daemon.rollback.base import Executor, StepContext, StepFailed
@@ -195,8 +196,8 @@ class Runner:
         breaker = self.journal.breaker(self.target, plan.kind)
         self.journal.save_breaker(self.target, plan.kind,
                                   record_success(breaker, now, self.policy.breaker_reset))
-        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
-                                      "success").inc()
+        self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "success",
+                                       self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
         inc = self.journal.incident(incident_id)
         assert inc is not None
@@ -208,6 +209,11 @@ class Runner:
         self.metrics.recovered(self.target, plan.incident_class, inc.onset_at or inc.detected_at)
         self.outbox.send(notices.resolved(self.target, inc, plan, now, marked_bad))
 
+    def _trigger(self, incident_id: int) -> Trigger:
+        # A person's rollback is not automatic; a drill's incident counts as auto until the
+        # desk passes the trigger (daemon/incidents/desk.py knows its drills).
+        return "auto" if self.journal.is_automatic(incident_id) else "manual"
+
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
         breaker = self.journal.breaker(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
@@ -216,7 +222,7 @@ class Runner:
         self.journal.update_incident(incident_id, "failed", why, state=State.FAILED.value)
         self.journal.update_incident(incident_id, "escalated", "a person must take over",
                                      state=State.ESCALATED.value)
-        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
-                                      "failure").inc()
+        self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "failure",
+                                       self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
         self.outbox.send(notices.plan_failed(self.target, incident_id, plan, why, breaker.mode))

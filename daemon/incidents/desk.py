@@ -220,7 +220,7 @@ class IncidentDesk:
             self.journal.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
                 f"{p} {v}" for p, v in confirmed.items())[:2000])
         self._changed()
-        self.metrics.incidents.labels(self.target, decision.incident_class).inc()
+        self.metrics.incident_opened(self.target, decision.incident_class)
         self.metrics.detected(self.target, decision.incident_class, onset)
         log.info("target=%s incident=%d class=%s action=%s reason=%r", self.target, incident_id,
                  decision.incident_class, decision.action, decision.reason)
