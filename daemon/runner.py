@@ -210,8 +210,10 @@ class Runner:
         self.outbox.send(notices.resolved(self.target, inc, plan, now, marked_bad))
 
     def _trigger(self, incident_id: int) -> Trigger:
-        # A person's rollback is not automatic; a drill's incident counts as auto until the
-        # desk passes the trigger (daemon/incidents/desk.py knows its drills).
+        # The desk journals a "drill" event on an incident opened while a drill breaks the
+        # target; a person's rollback is not automatic.
+        if any(event == "drill" for _, event, _ in self.journal.timeline(incident_id)):
+            return "drill"
         return "auto" if self.journal.is_automatic(incident_id) else "manual"
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:

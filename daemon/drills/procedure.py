@@ -149,6 +149,7 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
     onset_mono = time.monotonic()
     log.info("drill=%d target=%s scenario=%s status=injecting", ctx.run.id, target, s.scenario)
     inc: Incident | None = None
+    m.desk.drill = ctx.run.id  # what opens from here on is the drill's, for the metrics too
     try:
         try:
             s.injected = await injector.inject()
@@ -168,6 +169,7 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
         inc = await _follow(ctx, s, inc)
         await _judge(ctx, s, m, inc, injector, before)
     finally:
+        m.desk.drill = None
         if inc is not None:
             _forget(ctx, inc, s.onset, onset_mono)
 

@@ -98,6 +98,8 @@ class IncidentDesk:
         self.task: asyncio.Task[bool] | None = None
         self._cached: tuple[float, Incident | None] | None = None
         self._last_suppressed: str | None = None
+        self.drill: int | None = None
+        """The drill breaking this target on purpose now: incidents opened meanwhile are its."""
 
     # -- what the desk knows ----------------------------------------------------------------
 
@@ -220,7 +222,10 @@ class IncidentDesk:
             self.journal.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
                 f"{p} {v}" for p, v in confirmed.items())[:2000])
         self._changed()
-        self.metrics.incident_opened(self.target, decision.incident_class)
+        if self.drill is not None:  # the runner reads this event for the rollback's trigger
+            self.journal.add_event(incident_id, "drill", f"opened during drill {self.drill}")
+        self.metrics.incident_opened(self.target, decision.incident_class,
+                                     "drill" if self.drill is not None else "auto")
         self.metrics.detected(self.target, decision.incident_class, onset)
         log.info("target=%s incident=%d class=%s action=%s reason=%r", self.target, incident_id,
                  decision.incident_class, decision.action, decision.reason)
@@ -325,6 +330,7 @@ class IncidentDesk:
                 self.target, plan.incident_class, reason, None, {"manual": True},
                 automatic=False)
             self.journal.update_incident(incident_id, "manual", reason, plan=plan_json)
+            self.metrics.incident_opened(self.target, plan.incident_class, "manual")
             if open_inc is not None and tree:
                 self.journal.add_event(open_inc.id, "superseded",
                                        f"manual rollback in incident {incident_id}")

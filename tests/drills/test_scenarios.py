@@ -73,6 +73,13 @@ def test_app_down_drill_by_rollbackctl_passes_with_report_and_metrics(staging: S
     assert "drill" in [e["event"] for e in show["timeline"]]
 
     m = scrape(staging)
+    # The drill's incident and rollback are counted as the drill's, never as production ones.
+    opened = {k[1]: v for k, v in m.items() if k[0] == "rollbackd_incidents_total"}
+    assert opened == {(("incident_class", "app_down"), ("target", "grading"),
+                       ("trigger", "drill")): 1.0}, opened
+    rolled = {dict(k[1])["trigger"]: v for k, v in m.items()
+              if k[0] == "rollbackd_rollbacks_total"}
+    assert rolled == {"drill": 1.0}, rolled
     assert m[("rollbackd_drill_last_success_timestamp_seconds", (("target", "grading"),))] > 0
     assert m[("rollbackd_drill_overdue", (("target", "grading"),))] == 0
     assert m[("rollbackd_drill_next_due_timestamp_seconds", (("target", "grading"),))] > 0
