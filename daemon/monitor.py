@@ -173,6 +173,11 @@ class TargetMonitor:
             # log the cancellation as a crashed job.
             log.debug("target=%s probe=%s status=cancelled", self.name, probe_name)
 
+    @property
+    def last_version(self) -> str | None:
+        """The version last read (None before the first read, or after a rollback); no I/O."""
+        return self._version[1]
+
     async def current_version(self, max_age: float = 2.0) -> str | None:
         if self.executor is None:
             return None

@@ -131,21 +131,6 @@ def build_plan(
     return Plan(kind, incident_class, CHECKLIST + body + verify, dict(targets), dict(current))
 
 
-def deployment_rollback(
-    incident_class: IncidentClass,
-    current_version: str | None,
-    target_version: str,
-    backend_steps: tuple[StepSpec, ...],
-    verify_timeout: float,
-) -> Plan:
-    return build_plan(
-        PlanKind.DEPLOYMENT_ROLLBACK, incident_class,
-        [(Capability.DEPLOYMENT_ROLLBACK, backend_steps)],
-        {Component.DEPLOYMENT: target_version}, {Component.DEPLOYMENT: current_version},
-        verify_timeout,
-    )
-
-
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """A plan as JSON-able data: an incident waiting for approval keeps it across restarts."""
     return {

@@ -12,10 +12,11 @@ import time
 from typing import Any
 
 from daemon.control.ctl_output import human
-from daemon.control.protocol import PROTOCOL_VERSION
+from daemon.control.protocol import PROTOCOL_VERSION, Request
 
 DEFAULT_SOCKET = "/run/rollbackd/control.sock"
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+# Exit status 2, a usage error, is argparse's own.
+EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3
 CLOSED = ("resolved", "failed", "escalated", "held", "denied", "transient", "dry_run")
 
 
@@ -57,7 +58,7 @@ def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) ->
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
         sock.settimeout(timeout)
-        req = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
+        req: Request = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
         except BrokenPipeError:

@@ -31,7 +31,7 @@ async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
             "target": name,
             "probes": {p: ("failing" if h.failing else "passing" if h.passing else "pending")
                        for p, h in m.health.items()},
-            "version": m._version[1],
+            "version": m.last_version,
             "incident": inc.id if inc else None,
             "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
             **({"owner": owners.get(name, {}).get("owner")} if d.cluster else {}),

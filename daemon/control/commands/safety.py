@@ -51,7 +51,7 @@ async def _known_good(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     target, m = monitor_arg(d, args)
     if args.get("action", "list") != "list":
         raise CommandError("bad_args", "known-good knows only list; see mark-bad and unmark")
-    current = m._version[1]
+    current = m.last_version
     entries = sorted(d.journal.ledger(target), key=lambda e: e.first_seen, reverse=True)
     return [_entry_row(e, current) for e in entries]
 
