@@ -22,11 +22,12 @@ from daemon.control.server import ControlServer
 from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
+from daemon.incidents.recovery import hold_interrupted
 from daemon.journal.backend import journal_collector, open_journal
 from daemon.metrics import Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
-from daemon.report import keep_reports, write_report
+from daemon.report import keep_reports
 from daemon.scheduler import ProbeScheduler
 
 log = logging.getLogger("rollbackd")
@@ -148,7 +149,7 @@ class Daemon:
         if self.alerts is not None:  # no alert may start a rollback while we wind down
             await self.alerts.stop()
         monitors = [*self.monitors.values(), *self._retired]
-        running = [m.task for m in monitors if m.task and not m.task.done()]
+        running = [t for m in monitors if (t := m.desk.task) is not None and not t.done()]
         if running:
             log.info("daemon status=stopping waiting_for=%d rollback(s) grace=%.0fs",
                      len(running), SHUTDOWN_GRACE)
@@ -191,14 +192,7 @@ class Daemon:
 
     def recover_interrupted(self, target: str | None = None) -> None:
         """Steps a crash left running are interrupted: their incidents are held for a person."""
-        for incident, step in self.journal.recover_interrupted(target):
-            log.warning("incident=%d target=%s step=%s status=interrupted action=held",
-                        incident.id, incident.target, step.name)
-            write_report(self.journal, self.reports_dir, incident.id)
-            self.outbox.enqueue(
-                incident.id, f"held-{step.id}",
-                f"[rollbackd] {incident.target}: incident {incident.id} HELD for a person",
-                f"{incident.held_reason}\n\n`rollbackctl show {incident.id}` has the steps.\n")
+        hold_interrupted(self.journal, self.outbox, self.reports_dir, target)
 
     def acting_monitors(self) -> dict[str, TargetMonitor]:
         """The monitors this instance acts for: all, or with several instances its own."""
@@ -244,6 +238,11 @@ class Daemon:
             return False
         # Running rollbacks keep their monitor objects; the journal keeps one incident per target.
         self.scheduler.unschedule_all()
+        for name in set(self.monitors) - set(new.targets):
+            closed = self.monitors[name].desk.close_removed("its target was removed from the "
+                                                            "config")
+            if closed:
+                log.info("reload target=%s removed incident=%d status=abandoned", name, closed)
         self._retired = [m for m in (*self._retired, *self.monitors.values()) if m.busy]
         self.config = new
         self.outbox.config = new  # new contacts, routes and SMTP settings for queued mail too

@@ -106,7 +106,7 @@ class ProbeScheduler:
         backups = attach_backups(
             monitor.name, monitor.config.backups, monitor.journal, monitor.components,
             lambda: monitor.busy, self.metrics,
-            lambda event, subject, body: monitor.outbox.enqueue(None, event, subject, body))
+            monitor.outbox.send)
         if backups is None:
             return
         self.scheduler.add_job(

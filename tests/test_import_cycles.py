@@ -13,8 +13,6 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("daemon", "probes", "policies")
 # The sample app's source is copied into a deployment, never imported as part of daemon/.
@@ -138,36 +136,12 @@ def test_the_finder_sees_a_cycle_under_type_checking_and_in_a_function(tmp_path:
     assert cycles(graph) == [["pkg.a", "pkg.b"], ["pkg.c", "pkg.d"]]
 
 
-# The one cycle left, through the lead's files: daemon.app imports the control commands (and the
-# drill service), and every command module names daemon.app's Daemon (under TYPE_CHECKING), the
-# lead's approvals, rollback and emergency among them. The incident desk and a narrow Protocol
-# for commands and drills (issue 17 items 1 and 4) break it; then delete this and the xfail.
-KNOWN_CYCLE = frozenset({
-    "daemon.app", "daemon.control.commands", "daemon.control.commands.approvals",
-    "daemon.control.commands.args", "daemon.control.commands.audit",
-    "daemon.control.commands.backups", "daemon.control.commands.drills",
-    "daemon.control.commands.emergency", "daemon.control.commands.incidents",
-    "daemon.control.commands.overrides", "daemon.control.commands.process",
-    "daemon.control.commands.registry", "daemon.control.commands.rollback",
-    "daemon.control.commands.safety", "daemon.drills.service",
-})
-
-
 def _shown(found: list[list[str]]) -> str:
     return "\n".join(" <-> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="one cycle left, through the lead's daemon/app.py and "
-                   "control/commands/{approvals,rollback,emergency}.py: " + ", ".join(
-                       sorted(KNOWN_CYCLE)))
 def test_no_import_cycles() -> None:
     graph = import_graph()
     assert len(graph) > 100  # the walk found the tree, not an empty folder
     found = cycles(graph)
-    assert found == [], _shown(found)
-
-
-def test_no_import_cycle_but_the_known_one() -> None:
-    """Meanwhile no new cycle, and the known one does not grow."""
-    found = [c for c in cycles(import_graph()) if not set(c) <= KNOWN_CYCLE]
     assert found == [], _shown(found)

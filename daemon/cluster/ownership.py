@@ -349,8 +349,8 @@ class Ownership:
             task.cancel()
         for monitor in {id(m): m for m in (*lease.monitors, self.host.monitors.get(target))
                         if m is not None}.values():
-            if monitor.task is not None and not monitor.task.done():
-                monitor.task.cancel()
+            if monitor.desk.task is not None and not monitor.desk.task.done():
+                monitor.desk.task.cancel()
         lease.monitors = []
         if not self._stopping and target in self.host.monitors:
             # What it saw is another owner's business now; status shows it unprobed here.

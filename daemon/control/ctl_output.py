@@ -89,10 +89,15 @@ def _lockdown(r: dict[str, Any]) -> str:
 
 
 def _approve(r: dict[str, Any]) -> str:
-    if "locked" in r:
-        return (f"lockdown of {r['target']} done (incident {r['id']}): {r['locked']} accounts "
-                f"locked; sessions: {r['sessions']}; reset tokens: {r['reset_tokens']}")
-    return f"incident {r['id']}: {r['started']} started"
+    return (f"incident {r['id']}: {r['started']} started; `rollbackctl show {r['id']}` "
+            "follows it")
+
+
+def _deny(r: dict[str, Any]) -> str:
+    if r["state"] == "abandoned":
+        return (f"incident {r['id']}: abandoned, nothing more will run; a person finishes it "
+                f"(`rollbackctl show {r['id']}` says what was left)")
+    return f"incident {r['id']}: denied, nothing was run"
 
 
 def _unlock(r: dict[str, Any]) -> str:
@@ -132,7 +137,7 @@ RENDER: dict[str, Callable[[Any], str]] = {
     "unlock-admin": _unlock,
     "lockdown": _lockdown,
     "approve": _approve,
-    "deny": lambda r: f"incident {r['id']}: denied, nothing was run",
+    "deny": _deny,
     "ack": lambda r: f"incident {r['id']} acknowledged",
     "pause": _override,
     "silence": _override,

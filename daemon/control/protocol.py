@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from daemon.refusal import Refused
+
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 5.0
@@ -23,12 +25,8 @@ class Reply(TypedDict):
     code: NotRequired[str]
 
 
-class CommandError(Exception):
+class CommandError(Refused):
     """A command refused; `code` is stable for scripts, the message is for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def version_error(req: dict[str, Any]) -> Reply | None:

@@ -24,7 +24,7 @@ CLASSES = {"app_down", "auth_broken", "data_corruption", "perf_degraded", "key_i
 
 def passed(run: dict[str, Any], scenario: str, staging: Staging) -> dict[str, Any]:
     """The scenario passed, its timings are in order, and the target is as it was."""
-    assert run["state"] == "passed", (run, staging.d.log_text()[-4000:])
+    assert run["state"] == "passed", (run.get("scenarios"), staging.d.log_text()[-4000:])
     (s,) = [s for s in run["scenarios"] if s["scenario"] == scenario]
     assert s["result"] == "passed" and s["detected_as"] == scenario, s
     t = s["timings"]

@@ -11,6 +11,7 @@ from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
 from daemon.journal.store import Journal, now_utc
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
+from tests.notices import notice
 
 TIERED = """\
 [contacts.oncall]
@@ -37,7 +38,7 @@ def later(seconds: float) -> datetime:
 def escalated(outbox: Outbox, journal: Journal) -> int:
     """What the monitor does when it must not act: open escalated, mail the first tier."""
     inc = incident(journal, state="escalated", reason="no known-good version: escalating")
-    outbox.enqueue(inc, "opened", "[rollbackd] web: app_down, escalated", "nothing known-good\n")
+    outbox.send(notice(inc, "opened", "[rollbackd] web: app_down, escalated", "nothing known-good\n"))
     return inc
 
 
@@ -64,7 +65,7 @@ async def test_unacknowledged_incident_climbs_the_tiers(journal: Journal,
     events = [e for _, e, _ in journal.timeline(inc)]
     assert events.count("paged") == 2
     # Who was paged hears the rest of the incident.
-    to = outbox.enqueue(inc, "resolved", "[rollbackd] web: resolved", "ok\n")
+    to = outbox.send(notice(inc, "resolved", "[rollbackd] web: resolved", "ok\n"))
     assert set(to) == {"oncall@example.com", "devops-lead@example.com", "lead@example.com",
                        "cto@example.com"}
     mail_server.start()
@@ -89,7 +90,7 @@ async def test_acknowledgement_or_resolution_stops_the_climb(journal: Journal) -
                             closed_at=now_utc())
     # An incident rollbackd is handling itself needs nobody: no ladder.
     acting = incident(journal, state="open")
-    outbox.enqueue(acting, "opened", "[rollbackd] acting", "rolling back\n")
+    outbox.send(notice(acting, "opened", "[rollbackd] acting", "rolling back\n"))
     assert checker.check(FAR_FUTURE) == 0
     assert tier_mails(journal) == []
     assert journal.escalation(acting) is None
@@ -99,7 +100,7 @@ async def test_a_new_reason_to_need_a_person_restarts_the_clock(journal: Journal
     outbox = outbox_for(journal, 9, contacts=TIERED, escalation=FAST)
     checker = TierChecker(journal, outbox)
     inc = incident(journal, state="awaiting_approval")
-    outbox.enqueue(inc, "opened", "waiting for approval", "rollbackctl approve\n")
+    outbox.send(notice(inc, "opened", "waiting for approval", "rollbackctl approve\n"))
     journal.db.execute("UPDATE escalations SET since = ?",
                        ((now_utc() - timedelta(hours=1)).isoformat(),))
     # Approved (a person acted): remediating needs nobody, the ladder pauses.
@@ -107,7 +108,7 @@ async def test_a_new_reason_to_need_a_person_restarts_the_clock(journal: Journal
     assert checker.check() == 0
     journal.update_incident(inc, "failed", "step failed", state="failed")
     journal.update_incident(inc, "escalated", "a person must take over", state="escalated")
-    outbox.enqueue(inc, "failed", "ROLLBACK FAILED", "failed\n")
+    outbox.send(notice(inc, "failed", "ROLLBACK FAILED", "failed\n"))
     assert checker.check(later(0.5)) == 0  # fresh clock for the failure
     assert checker.check(later(1.1)) == 1
 

@@ -15,7 +15,7 @@ from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
     from daemon.monitor import TargetMonitor
 
 KINDS = ("database", "key", "sessions")
@@ -30,7 +30,7 @@ def _attached(executor: Any) -> BackupStore | None:
     return found if isinstance(found, BackupStore) else None
 
 
-def _store(d: Daemon, target: str, m: TargetMonitor) -> BackupStore:
+def _store(d: DaemonFace, target: str, m: TargetMonitor) -> BackupStore:
     """The store the scheduler attached to the target's executors (one lock for scheduled and
     manual backups), else one of our own under the same directory."""
     for executor in m.components.values():
@@ -51,7 +51,7 @@ def _backupers(m: TargetMonitor, kind: str | None) -> list[Backuper]:
 
 
 @command("backup", "back a target up now (kind: database, key or sessions; default all)")
-async def _backup(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _backup(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, m = monitor_arg(d, args)
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:
@@ -77,7 +77,7 @@ async def _backup(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 
 @command("backups", "the backup catalog of a target, newest first")
-async def _backups(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _backups(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:

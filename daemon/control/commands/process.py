@@ -10,11 +10,11 @@ from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 
 @command("reload", "re-read the config file; an invalid one is rejected and the old one kept")
-async def _reload(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _reload(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     if not d.reload():
         raise CommandError("reload_failed", "config rejected; the previous one keeps running "
                            "(the daemon log names each error)")
@@ -22,12 +22,12 @@ async def _reload(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 
 @command("help", "the commands this daemon knows")
-async def _help(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _help(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     return {name: c.help for name, c in sorted(COMMANDS.items())}
 
 
 @command("freeze", "test hook: block the event loop for `seconds` (only with test_hooks)")
-async def _freeze(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _freeze(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     if not d.config.daemon.test_hooks:
         raise CommandError("forbidden", "freeze needs daemon.test_hooks = true")
     seconds = float(args.get("seconds", 1))

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 from daemon.control.protocol import CommandError
 from daemon.control.redact import redact
 from daemon.control.server import Peer
+from daemon.refusal import Refused
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 log = logging.getLogger("rollbackd.control")
 
-CommandFunc = Callable[["Daemon", dict[str, Any], Peer], Awaitable[Any]]
+CommandFunc = Callable[["DaemonFace", dict[str, Any], Peer], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def command(name: str, help: str) -> Callable[[CommandFunc], CommandFunc]:
     return register
 
 
-async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any:
+async def dispatch(d: DaemonFace, cmd: str, args: dict[str, Any], peer: Peer) -> Any:
     found = COMMANDS.get(cmd)
     shown = redact(args)
     if found is None:
@@ -45,9 +46,11 @@ async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any
         raise CommandError("unknown_command", f"no such command {cmd!r}; try 'help'")
     try:
         result = await found.func(d, args, peer)
-    except CommandError as exc:
+    except Refused as exc:  # the desk's and the executors' refusals answer like commands'
         _audit(d, peer, cmd, shown, f"error:{exc.code}")
-        raise
+        if isinstance(exc, CommandError):
+            raise
+        raise CommandError(exc.code, str(exc)) from None
     except Exception as exc:  # audited too: every command leaves a row, crashed or not
         _audit(d, peer, cmd, shown, f"error:internal:{type(exc).__name__}")
         raise
@@ -55,7 +58,7 @@ async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any
     return result
 
 
-def _audit(d: Daemon, peer: Peer, cmd: str, shown: Any, outcome: str) -> None:
+def _audit(d: DaemonFace, peer: Peer, cmd: str, shown: Any, outcome: str) -> None:
     try:
         d.journal.audit(peer.uid, peer.pid, cmd, shown, outcome)
     except Exception as exc:  # a full disk must not silence `status`: the log keeps the row
