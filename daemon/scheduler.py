@@ -41,7 +41,6 @@ class ProbeScheduler:
         self.metrics = metrics
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
-        self.lags: list[float] = []
         self.drills: Callable[[str], Awaitable[Any]] | None = None
         """Runs a target's scheduled drill (the daemon's DrillService); None: no drills."""
         self.wall: Callable[[], float] = time.time

@@ -140,21 +140,6 @@ def build_plan(
     return Plan(kind, incident_class, CHECKLIST + body + verify, dict(targets), dict(current))
 
 
-def deployment_rollback(
-    incident_class: IncidentClass,
-    current_version: str | None,
-    target_version: str,
-    backend_steps: tuple[StepSpec, ...],
-    verify_timeout: float,
-) -> Plan:
-    return build_plan(
-        PlanKind.DEPLOYMENT_ROLLBACK, incident_class,
-        [(Capability.DEPLOYMENT_ROLLBACK, backend_steps)],
-        {Component.DEPLOYMENT: target_version}, {Component.DEPLOYMENT: current_version},
-        verify_timeout,
-    )
-
-
 def lockdown_plan(capabilities: Capabilities) -> Plan | None:
     """The lockdown as one plan: evidence, then the accounts executor's steps, which end with
     their own check (the probes say nothing about a breach). None: no accounts configured."""

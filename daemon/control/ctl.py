@@ -12,7 +12,7 @@ import time
 from typing import Any, NoReturn
 
 from daemon.control.ctl_output import human
-from daemon.control.protocol import PROTOCOL_VERSION
+from daemon.control.protocol import PROTOCOL_VERSION, Request
 
 DEFAULT_SOCKET = "/run/rollbackd/control.sock"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -20,7 +20,8 @@ EXIT_PIPE = 141
 """stdout was closed (`rollbackctl incidents | head`): what a shell reports for SIGPIPE."""
 USAGE_CODES = ("bad_args", "unknown_command")
 """Refusals that are the caller's usage error: exit 2, as argparse's own."""
-CLOSED = ("resolved", "failed", "escalated", "held", "denied", "transient", "dry_run")
+CLOSED = ("resolved", "failed", "escalated", "held", "denied", "abandoned", "transient",
+          "dry_run")
 
 
 class Unreachable(Exception):
@@ -96,7 +97,7 @@ def _exchange(path: str, cmd: str, args: dict[str, Any], timeout: float) -> dict
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
         sock.settimeout(timeout)
-        req = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
+        req: Request = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
         except BrokenPipeError:
