@@ -202,6 +202,8 @@ class TargetMonitor:
         return version
 
     def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
+        if version != self._warned_bad:
+            self._warned_bad = None  # another version since: the next bad redeploy is news again
         bad = redeployed_bad(entries, version)
         if bad is None or self._warned_bad == version or self.busy:
             return

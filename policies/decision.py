@@ -63,12 +63,23 @@ class History:
     overrides: tuple[Override, ...] = ()
 
 
+class Gate(StrEnum):
+    """Which safety limit kept an automatic plan from running (people are told by it)."""
+
+    BREAKER_OPEN = "breaker_open"
+    RATE_LIMIT = "rate_limit"
+    COOLDOWN = "cooldown"
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
     incident_class: IncidentClass
     reason: str
     plan: Plan | None = None
+    gate: Gate | None = None
+    """Set when a limit stopped the plan: the rate limit and an open breaker call for the
+    emergency contact at once (the same bad version keeps coming back)."""
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -225,8 +236,9 @@ def decide(
     """Whether and how to remediate; every answer carries one sentence with its figures."""
     cls = incident_class
 
-    def verdict(action: Action, why: str, plan: Plan | None = None) -> Decision:
-        return Decision(action, cls, f"{cls}: {evidence}; {why}", plan)
+    def verdict(action: Action, why: str, plan: Plan | None = None,
+                gate: Gate | None = None) -> Decision:
+        return Decision(action, cls, f"{cls}: {evidence}; {why}", plan, gate)
 
     class_policy = policy.classes.get(cls.value)
     if class_policy is not None and not class_policy.enabled:
@@ -263,16 +275,19 @@ def decide(
                           policy.breaker_reset)
     if breaker.mode is BreakerMode.OPEN:
         return verdict(Action.ESCALATE, f"circuit breaker for {plan.kind} open since "
-                       f"{_fmt(breaker.opened_at)} after failed remediations: acting no more", plan)
+                       f"{_fmt(breaker.opened_at)} after failed remediations: acting no more", plan,
+                       Gate.BREAKER_OPEN)
     if not policy.auto_rollback:
         return verdict(Action.ESCALATE, f"would be {phrase}, but automatic rollback is off", plan)
     recent = [t for t in history.rollbacks if now - t < timedelta(seconds=policy.window)]
     if len(recent) >= policy.max_rollbacks:
         return verdict(Action.ESCALATE, f"{len(recent)} automatic rollbacks in the last "
-                       f"{policy.window:g}s (limit {policy.max_rollbacks}): not rolling back", plan)
+                       f"{policy.window:g}s (limit {policy.max_rollbacks}): not rolling back", plan,
+                       Gate.RATE_LIMIT)
     last = max(history.rollbacks, default=None)  # the cooldown may be longer than the window
     if last is not None and now - last < timedelta(seconds=policy.cooldown):
-        return verdict(Action.ESCALATE, f"in cooldown after the rollback at {_fmt(last)}", plan)
+        return verdict(Action.ESCALATE, f"in cooldown after the rollback at {_fmt(last)}", plan,
+                       Gate.COOLDOWN)
     if breaker.mode is BreakerMode.HALF_OPEN:
         phrase += "; breaker half-open: one attempt allowed"
     if policy.shadow or policy.dry_run:

@@ -24,7 +24,7 @@ from daemon.metrics import Metrics
 from daemon.refusal import Refused
 from daemon.runner import Runner
 from policies.classify import IncidentClass
-from policies.decision import Action, Decision, History, decide
+from policies.decision import Action, Decision, Gate, History, decide
 from policies.lifecycle import SELF_CLOSING, TRANSITIONS, State, check_transition
 from policies.overrides import OverrideKind, active
 from policies.plans import LOCKDOWN_CLASS, Plan, plan_from_dict, plan_to_dict
@@ -237,10 +237,25 @@ class IncidentDesk:
         if self._silenced():
             self.journal.add_event(incident_id, "silenced", "no mail: silenced by an operator")
             return incident_id
+        limited = decision.gate in (Gate.RATE_LIMIT, Gate.BREAKER_OPEN)
         self.outbox.send(notices.decided(
             self.target, incident_id, decision, _SAYS.get(decision.action, str(decision.action)),
-            approval=decision.action is Action.AWAIT_APPROVAL))
+            approval=decision.action is Action.AWAIT_APPROVAL,
+            history=self._rollback_history() if limited else ()))
         return incident_id
+
+    def _rollback_history(self, most: int = 10) -> list[str]:
+        """The target's recent rollbacks, newest first, one line each (what a limit refused)."""
+        lines = []
+        for inc in self.journal.incidents(200):
+            if inc.target != self.target or inc.started_at is None:
+                continue
+            moved = f"{(inc.from_version or '?')[:12]} -> {(inc.to_version or '?')[:12]}"
+            lines.append(f"{inc.started_at:%Y-%m-%d %H:%M:%S} UTC, incident {inc.id} "
+                         f"({inc.incident_class}): {moved}, {inc.state}")
+            if len(lines) == most:
+                break
+        return lines
 
     def _silenced(self) -> bool:
         return active(self.journal.overrides(), self.target, now_utc(),

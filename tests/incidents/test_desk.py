@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.incidents.recovery import hold_interrupted
 from daemon.journal.store import Journal, now_utc
@@ -19,6 +20,7 @@ from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 from daemon.refusal import Refused
 from policies.classify import IncidentClass
+from policies.decision import Action, Decision, Gate
 from policies.ledger import LedgerEntry
 from policies.lifecycle import State
 from policies.plans import Capability, Component, PlanKind, StepSpec, build_plan, plan_to_dict
@@ -182,3 +184,36 @@ async def test_a_removed_target_closes_its_waiting_incident_once(
     closed = [r for r in journal.db.execute("SELECT subject FROM outbox")
               if "closed" in r[0]]
     assert len(closed) == 1
+
+
+@pytest.mark.parametrize(("gate", "cto"), [
+    pytest.param(Gate.RATE_LIMIT, True, id="rate-limit-tells-the-top"),
+    pytest.param(Gate.BREAKER_OPEN, True, id="open-breaker-tells-the-top"),
+    pytest.param(Gate.COOLDOWN, False, id="cooldown-does-not"),
+    pytest.param(None, False, id="no-limit"),
+])
+def test_a_limit_that_refuses_a_rollback_mails_the_emergency_contact_at_once(
+        journal: Journal, gate: Gate | None, cto: bool) -> None:
+    outbox = Outbox(journal, make_config(9))
+    inc = journal.open_incident("web", "app_down", "app_down: x", None, {}, state="escalated")
+    decision = Decision(Action.ESCALATE, IncidentClass.APP_DOWN, "app_down: x; limit", None, gate)
+    to = outbox.send(notices.decided("web", inc, decision, "escalated", approval=False,
+                                     history=["2026-12-07 03:00:00 UTC, incident 1 ..."]))
+    assert ("cto@example.com" in to) is cto
+    assert set(to) >= {"devops-lead@example.com", "oncall@example.com"}
+    body = journal.db.execute("SELECT body FROM outbox").fetchone()[0]
+    assert ("Automatic rollbacks of web that led here" in body) is cto
+    assert "Nothing was changed" in body
+
+
+def test_the_history_of_a_limit_lists_the_recent_rollbacks(journal: Journal,
+                                                             tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    for _ in range(3):
+        inc = journal.open_incident("web", "app_down", "x", None, {})
+        journal.update_incident(inc, state="remediating", started_at=now_utc(),
+                                from_version=BAD, to_version=GOOD)
+    other = journal.open_incident("api", "app_down", "x", None, {})
+    journal.update_incident(other, state="remediating", started_at=now_utc())
+    lines = m.desk._rollback_history()
+    assert len(lines) == 3 and all(f"{BAD[:12]} -> {GOOD[:12]}" in line for line in lines)
