@@ -263,8 +263,9 @@ class IncidentDesk:
 
     # -- a person's decisions ------------------------------------------------------------------
 
-    async def approve(self, incident_id: int, by: str) -> Plan:
-        """Run the plan of an incident that waits for approval, or resume a held one."""
+    async def approve(self, incident_id: int, by: str, uid: int | None = None) -> Plan:
+        """Run the plan of an incident that waits for approval, or resume a held one. `uid`:
+        the person's (None: not a person, such as a drill)."""
         async with self.lock:  # no automatic start between our check and ours
             inc = self.incident(incident_id)
             if inc.state not in (State.AWAITING_APPROVAL, State.HELD):
@@ -275,11 +276,37 @@ class IncidentDesk:
                 raise Refused("no_plan", f"incident {inc.id} has no plan to run; act by hand")
             if self.busy:
                 raise Refused("busy", f"{self.target} is already running a plan")
+            self._second_person(inc, plan, uid)
             if inc.state == State.AWAITING_APPROVAL and inc.incident_class in _TREE:
                 await self._confirm_approval(inc)
             self.journal.add_event(inc.id, "approved", f"approved by {by}")
             self._start(inc.id, plan)
             return plan
+
+    def _second_person(self, inc: Incident, plan: Plan, uid: int | None) -> None:
+        """With `two_person`, an irreversible plan needs two different uids: its requester (a
+        lockdown's) or a first approver, and this one. A first approval is journaled."""
+        policy = self.view.policy
+        if not (policy.two_person and plan.kind.value in policy.two_person_plans):
+            return
+        if uid is None:
+            raise Refused("two_person", f"incident {inc.id}: {plan.kind} needs two people's "
+                          "approval; only a person (rollbackctl approve) can give it")
+        asked = {int(e.removeprefix("uid ")) for _, event, e in self.journal.timeline(inc.id)
+                 if event == "approval_1" and e.removeprefix("uid ").isdigit()}
+        requester = inc.evidence.get("requested_by", {}).get("uid")
+        if isinstance(requester, int):
+            asked.add(requester)
+        if asked - {uid}:
+            return
+        if not asked:
+            self.journal.add_event(inc.id, "approval_1", f"uid {uid}")
+            raise Refused("second_approval_needed", f"incident {inc.id}: approval by uid {uid} "
+                          f"recorded; {plan.kind} needs a second person (another uid) to "
+                          f"approve it too (policy two_person)")
+        raise Refused("two_person", f"incident {inc.id}: uid {uid} already asked for this "
+                      f"{plan.kind}; a different person (another uid) must approve it "
+                      "(policy two_person)")
 
     async def _confirm_approval(self, inc: Incident) -> None:
         """Approved maybe hours later: the plan runs only if its class still stands now."""

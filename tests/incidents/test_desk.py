@@ -23,7 +23,16 @@ from policies.classify import IncidentClass
 from policies.decision import Action, Decision, Gate
 from policies.ledger import LedgerEntry
 from policies.lifecycle import State
-from policies.plans import Capability, Component, PlanKind, StepSpec, build_plan, plan_to_dict
+from policies.plans import (
+    LOCKDOWN_CLASS,
+    Capability,
+    Component,
+    Plan,
+    PlanKind,
+    StepSpec,
+    build_plan,
+    plan_to_dict,
+)
 from policies.settings import PolicySettings
 from tests.escalation.conftest import FAR_FUTURE, MailServer, make_config
 
@@ -38,9 +47,11 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     j.close()
 
 
-def monitor(journal: Journal, tmp_path: Path, port: int = 9) -> TargetMonitor:
+def monitor(journal: Journal, tmp_path: Path, port: int = 9,
+            policy: PolicySettings | None = None) -> TargetMonitor:
     cfg = make_config(port)
-    return TargetMonitor("web", cfg.targets["web"], PolicySettings(verify_timeout=1.0), journal,
+    return TargetMonitor("web", cfg.targets["web"], policy or PolicySettings(verify_timeout=1.0),
+                         journal,
                          Outbox(journal, cfg), Metrics(CollectorRegistry()), tmp_path / "reports")
 
 
@@ -217,3 +228,53 @@ def test_the_history_of_a_limit_lists_the_recent_rollbacks(journal: Journal,
     journal.update_incident(other, state="remediating", started_at=now_utc())
     lines = m.desk._rollback_history()
     assert len(lines) == 3 and all(f"{BAD[:12]} -> {GOOD[:12]}" in line for line in lines)
+
+
+def lockdown_waiting(journal: Journal, requested_by: int | None) -> int:
+    plan = Plan(PlanKind.LOCKDOWN, LOCKDOWN_CLASS,
+                (StepSpec("capture_evidence", True), StepSpec("lock_accounts", True, 60, True,
+                                                               Component.ACCOUNTS)))
+    evidence = {"requested_by": {"uid": requested_by, "pid": 1}} if requested_by else {}
+    inc = journal.open_incident("web", LOCKDOWN_CLASS, "lockdown requested", None, evidence,
+                                state=State.AWAITING_APPROVAL.value, automatic=False)
+    journal.update_incident(inc, "planned", "", plan=json.dumps(plan_to_dict(plan)))
+    return inc
+
+
+async def test_two_person_lockdown_needs_another_uid_than_its_requester(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path, policy=PolicySettings(verify_timeout=1.0, two_person=True))
+    inc = lockdown_waiting(journal, requested_by=1000)
+    with pytest.raises(Refused) as same:
+        await m.desk.approve(inc, "uid 1000", 1000)
+    assert same.value.code == "two_person" and m.desk.task is None
+    with pytest.raises(Refused) as drill:
+        await m.desk.approve(inc, "drill 1", None)
+    assert drill.value.code == "two_person" and m.desk.task is None
+    await m.desk.approve(inc, "uid 1001", 1001)
+    assert m.desk.task is not None
+    await m.desk.task
+
+
+async def test_two_person_without_a_requester_takes_two_approvals(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path, policy=PolicySettings(verify_timeout=1.0, two_person=True))
+    inc = lockdown_waiting(journal, requested_by=None)
+    with pytest.raises(Refused) as first:
+        await m.desk.approve(inc, "uid 0", 0)
+    assert first.value.code == "second_approval_needed" and m.desk.task is None
+    with pytest.raises(Refused) as again:
+        await m.desk.approve(inc, "uid 0", 0)
+    assert again.value.code == "two_person" and m.desk.task is None
+    await m.desk.approve(inc, "uid 1001", 1001)
+    assert m.desk.task is not None
+    await m.desk.task
+
+
+async def test_without_two_person_one_approval_runs_the_lockdown(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    inc = lockdown_waiting(journal, requested_by=1000)
+    await m.desk.approve(inc, "uid 1000", 1000)
+    assert m.desk.task is not None
+    await m.desk.task
