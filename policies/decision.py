@@ -120,6 +120,23 @@ def _deployment_actions(
     return actions, targets, phrase
 
 
+def _release_rollback(
+    f: Facts, cls: IncidentClass
+) -> tuple[list[tuple[Capability, tuple[StepSpec, ...]]], dict[Component | str, str], str] | None:
+    """A release is its code and its schema: when the migration came with a deploy (the
+    current version is not known-good), schema and code go back together, schema first. A
+    downgrade alone would leave the new code, whose next `alembic upgrade head` breaks again.
+    None: no deploy since the known-good state, or no way to return the code."""
+    cur = next((e for e in f.ledger if e.version == f.current_version), None)
+    if cur is None or cur.known_good or not can(f, Capability.DATABASE_DOWNGRADE):
+        return None
+    found = _deployment_actions(f, cls)
+    if isinstance(found, str) or "revision" not in found[1]:
+        return None
+    actions, targets, phrase = found
+    return actions, targets, f"returning the release, schema and code: {phrase}"
+
+
 def _flush_after_restore(f: Facts, actions: list[tuple[Capability, tuple[StepSpec, ...]]]
                          ) -> str:
     """Sessions issued against the data a restore discards must not outlive it: the flush
@@ -164,7 +181,10 @@ def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
     elif kind is PlanKind.DATABASE_ROLLBACK:
         rev = downgrade_revision(f)
         backup = restore_backup(f)
-        if rev and can(f, Capability.DATABASE_DOWNGRADE):
+        release = _release_rollback(f, cls) if rev else None
+        if release is not None:
+            actions, targets, phrase = release
+        elif rev and can(f, Capability.DATABASE_DOWNGRADE):
             actions = [(Capability.DATABASE_DOWNGRADE, _steps(f, Capability.DATABASE_DOWNGRADE))]
             targets = {"revision": rev}
             phrase = f"downgrading the schema {f.current_revision} -> {rev}"

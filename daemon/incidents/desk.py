@@ -71,6 +71,10 @@ class TargetView(Protocol):
 
     def probe_evidence(self) -> dict[str, Any]: ...
 
+    async def component_evidence(self) -> dict[str, Any]:
+        """What each executor shows of the target now (version, revision, recent errors)."""
+        ...
+
     def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
         """The evidence sentence for these probes, and the onset of the earliest of them."""
         ...
@@ -172,7 +176,7 @@ class IncidentDesk:
                 log.info("target=%s action=%s reason=%r", self.target, decision.action,
                          decision.reason)
             return
-        incident_id = self._open(decision, onset, pic.version, probes, said)
+        incident_id = await self._open(decision, onset, pic.version, probes, said)
         if decision.action is Action.EXECUTE and decision.plan:
             self._start(incident_id, decision.plan)
 
@@ -211,13 +215,15 @@ class IncidentDesk:
                                    "new failing probes: " + ", ".join(new))
             self._changed()
 
-    def _open(self, decision: Decision, onset: datetime | None, version: str | None,
+    async def _open(self, decision: Decision, onset: datetime | None, version: str | None,
               probes: list[str], confirmed: dict[str, str]) -> int:
         state = _STATE_OF[decision.action]
+        # Evidence at detection: what a person approving hours later must see as it was then.
+        evidence = {"probes": self.view.probe_evidence(), "version": version,
+                    "failing": sorted(probes), **await self.view.component_evidence()}
         incident_id = self.journal.open_incident(
-            self.target, decision.incident_class, decision.reason, onset,
-            {"probes": self.view.probe_evidence(), "version": version,
-             "failing": sorted(probes)}, state=state.value)
+            self.target, decision.incident_class, decision.reason, onset, evidence,
+            state=state.value)
         if confirmed:
             self.journal.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
                 f"{p} {v}" for p, v in confirmed.items())[:2000])

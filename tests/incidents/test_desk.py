@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,6 +20,7 @@ from daemon.journal.store import Journal, now_utc
 from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 from daemon.refusal import Refused
+from daemon.runner import evidence_changes
 from policies.classify import IncidentClass
 from policies.decision import Action, Decision, Gate
 from policies.ledger import LedgerEntry
@@ -278,3 +280,37 @@ async def test_without_two_person_one_approval_runs_the_lockdown(
     await m.desk.approve(inc, "uid 1000", 1000)
     assert m.desk.task is not None
     await m.desk.task
+
+
+@pytest.mark.parametrize(("before", "after", "expected"), [
+    pytest.param({"probes": {"health": {"status": "fail"}}, "deployment": {"version": "a"}},
+                 {"probes": {"health": {"status": "fail"}}, "deployment": {"version": "a"}},
+                 [], id="nothing-changed"),
+    pytest.param({"probes": {"health": {"status": "fail"}}, "deployment": {"version": "a"}},
+                 {"probes": {"health": {"status": "ok"}}, "deployment": {"version": "b"}},
+                 ["probe health: fail -> ok", "deployment version: a -> b"], id="both-changed"),
+    pytest.param({"probes": {}, "database": {"revision": "0003"}},
+                 {"probes": {"login": {"status": "fail"}}, "database": {"revision": "0002"}},
+                 ["probe login: not run -> fail", "database revision: 0003 -> 0002"],
+                 id="new-probe-and-revision"),
+])
+def test_evidence_changes_between_detection_and_execution(
+        before: dict[str, Any], after: dict[str, Any], expected: list[str]) -> None:
+    assert evidence_changes(before, after) == expected
+
+
+async def test_evidence_at_detection_is_kept_when_the_plan_runs_later(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    journal.set_evidence(inc, {"probes": {"health": {"status": "pass", "failing": False}},
+                               "version": BAD, "failing": ["health"]})
+    await failing(m)
+    await m.desk.approve(inc, "uid 0")
+    assert m.desk.task is not None
+    await m.desk.task
+    found = journal.incident(inc)
+    assert found is not None
+    assert found.evidence["probes"]["health"]["status"] == "pass"  # as it was at detection
+    assert found.evidence["at_execution"]["probes"]["health"]["status"] == "fail"
+    assert found.evidence["changed_since_detection"] == ["probe health: pass -> fail"]
