@@ -163,13 +163,14 @@ class IncidentDesk:
         decision = decide(incident_class, evidence,
                           await self.view.facts(pic.version, onset, probes),
                           self.view.history(), now_utc(), self.view.policy, self.target)
-        if decision.action is Action.EXECUTE:
+        said: dict[str, str] = {}
+        if decision.action not in (Action.SUPPRESS, Action.IGNORE):
+            # Nothing opens (and nothing runs) on a stale or partial picture: a probe with a
+            # long interval may not have seen its dependency go down yet.
             confirmed = await self._confirm(decision)
             if confirmed is None:
                 return
             decision, onset, pic, probes, said = confirmed
-        else:
-            said = {}
         if decision.action in (Action.SUPPRESS, Action.IGNORE):
             if self._last_suppressed != decision.reason:  # say it once, not every run
                 self._last_suppressed = decision.reason
@@ -182,14 +183,16 @@ class IncidentDesk:
 
     async def _confirm(self, decision: Decision) -> tuple[
             Decision, datetime | None, Picture, list[str], dict[str, str]] | None:
-        """No action on a stale or partial picture: every probe afresh, then the tree again.
-        None: the class no longer stands (wait for the next evaluation; nothing is opened)."""
+        """No incident and no action on a stale or partial picture: every probe afresh, then the
+        tree again. None: the class no longer stands (wait for the next evaluation)."""
         pic, said = await self.view.confirm()
         if pic.found is None or pic.found[0] != decision.incident_class:
             now = pic.found[0] if pic.found else "nothing failing"
-            log.info("target=%s action=wait reason=%r", self.target,
-                     f"{decision.incident_class} not confirmed by a fresh run of every probe "
-                     f"(now: {now}); no plan started")
+            why = (f"{decision.incident_class} not confirmed by a fresh run of every probe "
+                   f"(now: {now}); nothing opened")
+            if self._last_suppressed != why:  # say it once, not every run
+                self._last_suppressed = why
+                log.info("target=%s action=wait reason=%r", self.target, why)
             return None
         incident_class, probes = pic.found
         evidence, onset = self.view.failing_detail(probes)
