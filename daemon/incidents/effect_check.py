@@ -44,6 +44,11 @@ async def effect_of(runner: Runner, journal: Journal, plan: Plan, incident_id: i
 
 def _runner_step(runner: Runner, journal: Journal, plan: Plan, incident_id: int, name: str,
                  since: datetime) -> Effect:
+    if name == "capture_evidence":  # its only effect is the journal's evidence
+        if any(event == "evidence" and at >= since for at, event, _ in journal.timeline(
+                incident_id)):
+            return done("the evidence is in the journal")
+        return absent("no evidence was captured since the step began")
     if name == "notify":
         sent = journal.mail_since(incident_id, since)
         if sent:
@@ -56,7 +61,7 @@ def _runner_step(runner: Runner, journal: Journal, plan: Plan, incident_id: int,
         if report.exists() and report.stat().st_mtime >= since.timestamp():
             return done(f"the report {report.name} is written")
         return absent("the report was not written since the step began")
-    return CHECK_ONLY  # capture_evidence, verify_target, verify: they only look
+    return CHECK_ONLY  # verify_target, verify: they only look
 
 
 def _backups(runner: Runner, plan: Plan, incident_id: int, since: datetime) -> Effect:
