@@ -38,11 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from cryptography.fernet import Fernet
 
 from daemon.control.ctl import Unreachable
 from daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
+from tests.control.conftest import accounts_section, seed
+from tests.control.conftest import login as login_as
 from tests.recovery.support import (
     BAD_REVISION,
     add_bad_migration,
@@ -201,7 +204,7 @@ def mail_events(d: DaemonProcess, incident_id: int) -> Counter[str]:
 
 
 def assert_survived(d: DaemonProcess, smtp: SmtpSink, w: Walk, steps: list[str],
-                    plan: str) -> None:
+                    plan: str, done_mail: str = "resolved") -> None:
     counts = step_counts(d, w.incident)
     assert list(counts) == steps  # in plan order, nothing else ran
     for name in steps:
@@ -211,7 +214,7 @@ def assert_survived(d: DaemonProcess, smtp: SmtpSink, w: Walk, steps: list[str],
     # One mail that the plan acts: "opened", or "started" when a held mail came first.
     mails = mail_events(d, w.incident)
     acting = "started" if mails["started"] else "opened"
-    assert mails == {acting: 1, "held": w.holds, "resolved": 1}
+    assert mails == {acting: 1, "held": w.holds, done_mail: 1}
     assert integrity_ok(d)
     assert d.stop() == 0
     table = os.environ.get("ROLLBACKD_KILL9_TABLE")
@@ -420,4 +423,52 @@ command_timeout = "30s"
         assert len(replaced) == 1
         assert_survived(d, smtp, w, KEY_STEPS, "key restore")
     finally:
+        d.stop()
+
+
+# -- the mass-breach lockdown: lock accounts, delete sessions and reset tokens -----------------
+
+LOCKDOWN_STEPS = ["capture_evidence", "lock_accounts", "delete_sessions", "delete_reset_tokens",
+                  "check_lockdown"]
+ACCOUNTS = [("alice@example.com", "alice's long passphrase"),
+            ("bob@example.com", "bob's long passphrase")]
+
+
+@both_points
+def test_lockdown_survives_kill9_at_every_step(
+        workspace: Workspace, smtp: SmtpSink, tmp_path: Path, redis_proc: object,
+        point: str) -> None:
+    ws = workspace
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/0"  # type: ignore[attr-defined]
+    secret = tmp_path / "redis-url"
+    secret.write_text(url + "\n")
+    ws.env_file.write_text(ws.env_file.read_text() + f"REDIS_URL={url}\n")
+    for email, password in ACCOUNTS:
+        seed(ws, email, password)
+    ws.start()
+    text = ws.config_toml(smtp.port, extra="test_hooks = true",
+                          targets_extra=accounts_section(ws, f'redis_url_file = "{secret}"'))
+    d = daemon_for(tmp_path, text, point, LOCKDOWN_STEPS[0]).start()
+    r = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        r.flushdb()
+        for email, password in ACCOUNTS:
+            assert login_as(ws, email, password).status_code == 200
+        r.set("reset:abc123", "2")
+        r.set("cache:grades", "kept")
+
+        def request_and_approve() -> None:
+            inc = d.result("lockdown", target="grading", reason="credential dump")["id"]
+            # A person approves once the request mail is out: a kill during an SMTP transaction
+            # is another fault (the mail is sent again with the same Message-ID).
+            wait_for(lambda: not unsent(d), 20, "the lockdown request mail")
+            approve(d, inc)
+
+        w = walk(d, smtp, point, LOCKDOWN_STEPS, request_and_approve)
+        for email, password in ACCOUNTS:
+            assert login_as(ws, email, password).status_code == 423, email
+        assert r.keys("*") == ["cache:grades"]
+        assert_survived(d, smtp, w, LOCKDOWN_STEPS, "lockdown", done_mail="lockdown")
+    finally:
+        r.close()
         d.stop()
