@@ -23,7 +23,7 @@ from daemon.control.server import ControlServer
 from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
-from daemon.incidents.recovery import hold_interrupted
+from daemon.incidents.recovery import recover_interrupted
 from daemon.journal.backend import journal_collector, open_journal
 from daemon.metrics import Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
@@ -113,9 +113,9 @@ class Daemon:
         self.metrics.registry.register(journal_collector(cfg, lambda: {
             t: self.config.policy_for(t) for t in self.config.targets}))
         self.metrics.registry.register(MonitorCollector(lambda: self.monitors))
-        if self.cluster is None:  # several instances: each target once this one owns it
-            self.recover_interrupted()
         self._build_monitors()
+        if self.cluster is None:  # several instances: each target once this one owns it
+            await self.recover_interrupted()  # asks the monitors' executors; before any probe
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
                                      cfg.daemon.socket_group, cfg.daemon.allowed_groups,
@@ -197,19 +197,24 @@ class Daemon:
         return self.config.daemon.state_dir / "reports"
 
     def _fault_hook(self) -> Any:
-        crash_at = os.environ.get("ROLLBACKD_CRASH_AT_STEP")
-        if not (self.config.daemon.test_hooks and crash_at):
+        # Test settings only: die as kill -9 would, right after the step is journaled running
+        # (AT), or right after it did its work and before it is journaled done (AFTER).
+        crash = {"running": os.environ.get("ROLLBACKD_CRASH_AT_STEP"),
+                 "effect": os.environ.get("ROLLBACKD_CRASH_AFTER_STEP")}
+        if not (self.config.daemon.test_hooks and any(crash.values())):
             return None
 
-        def hook(step: str) -> None:
-            if step == crash_at:  # test setting only: die as kill -9 would, mid-step
+        def hook(step: str, point: str) -> None:
+            if step == crash.get(point):
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return hook
 
-    def recover_interrupted(self, target: str | None = None) -> None:
-        """Steps a crash left running are interrupted: their incidents are held for a person."""
-        hold_interrupted(self.journal, self.outbox, self.reports_dir, target)
+    async def recover_interrupted(self, target: str | None = None) -> None:
+        """Steps a crash left running: each checked against the world by its executor; found
+        done -> the plan goes on (or waits for a person), else its incident is held."""
+        desks = {name: m.desk for name, m in self.monitors.items()}
+        await recover_interrupted(self.journal, self.outbox, self.reports_dir, desks, target)
 
     def acting_monitors(self) -> dict[str, TargetMonitor]:
         """The monitors this instance acts for: all, or with several instances its own."""

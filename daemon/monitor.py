@@ -69,7 +69,7 @@ def journal_history(journal: Journal, target: str,
 class TargetMonitor:
     def __init__(self, name: str, config: TargetConfig, policy: PolicySettings, journal: Journal,
                  outbox: Outbox, metrics: Metrics, reports_dir: Path,
-                 fault_hook: Callable[[str], None] | None = None,
+                 fault_hook: Callable[[str, str], None] | None = None,
                  own_fault: Callable[[Observation], bool] | None = None) -> None:
         self.name = name
         self.own_fault = own_fault

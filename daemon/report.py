@@ -46,6 +46,10 @@ def _impact(inc: Any) -> dict[str, Any]:
 def _issues(steps: list[dict[str, Any]], inc: Any) -> list[str]:
     found = [f"step {s['name']} {s['state']}: {s['detail'] or 'no detail'}"
              for s in steps if s["state"] in ("failed", "interrupted")]
+    # A step a crash cut off whose effect a restart found there (daemon/incidents/recovery.py).
+    found += [f"step {s['name']} was cut off by a crash and {s['detail']}"
+              for s in steps if s["state"] == "done"
+              and (s["detail"] or "").startswith("found done after restart")]
     if inc.held_reason:
         found.append(f"held for a person: {inc.held_reason}")
     changed = inc.evidence.get("changed_since_detection") or []

@@ -58,8 +58,9 @@ class Runner:
     verify: Verifier
     probe_evidence: EvidenceSource
     reports_dir: Path
-    fault_hook: Callable[[str], None] | None = None
-    """Test-only: called with each step's name right after it is journaled as running."""
+    fault_hook: Callable[[str, str], None] | None = None
+    """Test-only: called with each step's name and "running" right after it is journaled
+    running, and with "effect" right after it did its work, before it is journaled done."""
     guard: Callable[[], bool] | None = None
     """Several instances (daemon/cluster): True while this one owns the target. A step starts,
     and its outcome is journaled, only while it holds; once it fails nothing more is written."""
@@ -81,8 +82,11 @@ class Runner:
         dep = self.components.get(Component.DEPLOYMENT)
         return dep.backend if dep else "none"
 
+    def context(self, incident_id: int, plan: Plan) -> StepContext:
+        return StepContext(incident_id, self.target, plan, self.reports_dir.parent / "receipts")
+
     async def execute(self, incident_id: int, plan: Plan) -> bool:
-        ctx = StepContext(incident_id, self.target, plan)
+        ctx = self.context(incident_id, plan)
         body = [s for s in plan.steps if s.component not in RUNNER_COMPONENTS]
         first, last = (body[0].name, body[-1].name) if body else (None, None)
         # Verification starts with the probes' step, or, in a plan that checks its own work
@@ -116,7 +120,7 @@ class Runner:
         self._still_owner()
         step_id = self.journal.step_started(ctx.incident_id, seq, spec.name, spec.idempotent)
         if self.fault_hook:
-            self.fault_hook(spec.name)
+            self.fault_hook(spec.name, "running")
         started = time.monotonic()
         try:
             detail = await asyncio.wait_for(self._dispatch(spec, ctx), spec.timeout)
@@ -134,6 +138,8 @@ class Runner:
             log.exception("target=%s step=%s status=crashed", self.target, spec.name)
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
+        if self.fault_hook and ok:
+            self.fault_hook(spec.name, "effect")
         self._still_owner()
         self.journal.step_finished(step_id, ok, duration, detail)
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",

@@ -18,6 +18,7 @@ from daemon.escalation.settings import Condition, EventKind
 
 if TYPE_CHECKING:
     from daemon.journal.store import Incident, StepRecord
+    from daemon.rollback.base import Effect
     from policies.decision import Decision
     from policies.plans import Plan
 
@@ -148,11 +149,20 @@ def plan_failed(target: str, incident_id: int, plan: Plan, why: str, breaker: st
                   incident_id)
 
 
-def held(inc: Incident, step: StepRecord) -> Notice:
+FOUND_SAYS = {"done": "its effect is there: it is journaled done and will not run again",
+              "absent": "its effect is not there: approving runs it again",
+              "unknown": "its effect is partly there or cannot be told: look before approving, "
+                         "which runs it again"}
+
+
+def held(inc: Incident, step: StepRecord, effect: Effect | None = None) -> Notice:
     """A step a crash interrupted: the incident waits for a person."""
-    body = (f"{inc.held_reason}\n\n`rollbackctl show {inc.id}` has the steps. To run the "
-            f"rest of the plan:\n\n    rollbackctl approve {inc.id}\n\nTo abandon it:\n\n"
-            f"    rollbackctl deny {inc.id}\n")
+    found = "" if effect is None else (
+        f"Checked after the restart, step {step.name} was found {effect.found.upper()}: "
+        f"{effect.what}.\nSo {FOUND_SAYS[effect.found.value]}.\n\n")
+    body = (f"{inc.held_reason}\n\n{found}`rollbackctl show {inc.id}` has the steps. To run "
+            f"the rest of the plan:\n\n    rollbackctl approve {inc.id}\n\nTo abandon it:"
+            f"\n\n    rollbackctl deny {inc.id}\n")
     return Notice(NoticeKind.HELD, _subject(inc.target, f"incident {inc.id} HELD for a person"),
                   body, inc.id, key=str(step.id))
 

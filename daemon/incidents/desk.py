@@ -425,6 +425,10 @@ class IncidentDesk:
 
     # -- the runner ----------------------------------------------------------------------------
 
+    def go_on(self, incident_id: int, plan: Plan) -> None:
+        """A restart found the cut-off step done and the plan may go on by itself (recovery)."""
+        self._start(incident_id, plan)
+
     def _start(self, incident_id: int, plan: Plan) -> None:
         self._changed()
         self.task = asyncio.create_task(self.runner.execute(incident_id, plan),

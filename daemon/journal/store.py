@@ -256,30 +256,56 @@ class Journal:
             for r in rows
         ]
 
-    def recover_interrupted(self, target: str | None = None) -> list[tuple[Incident, StepRecord]]:
-        """Steps left `running` by a crash become `interrupted`; their incidents are held.
-        `target`: only that target's (an instance of several just became its owner)."""
+    def running_steps(self, target: str | None = None) -> list[tuple[Incident, StepRecord]]:
+        """Steps journaled `running`: at start-up, those a crash cut off. `target`: only that
+        target's (an instance of several just became its owner)."""
         sql = "SELECT id, incident_id FROM steps WHERE state = 'running'"
         args: list[str] = []
         if target is not None:
             sql += " AND incident_id IN (SELECT id FROM incidents WHERE target = ?)"
             args.append(target)
-        found = self.db.execute(sql, args)
-        held: list[tuple[Incident, StepRecord]] = []
-        for step_id, incident_id in found.fetchall():
-            with self.tx() as db:
-                db.execute(
-                    "UPDATE steps SET state = 'interrupted', finished_at = ? WHERE id = ?",
-                    (_ts(now_utc()), step_id),
-                )
-            step = next(s for s in self.steps(incident_id) if s.id == step_id)
-            why = (f"step {step.name} was interrupted (daemon stopped while it ran); "
-                   "not run again automatically: a person must decide")
-            self.update_incident(incident_id, "held", why, state="held", held_reason=why)
+        found: list[tuple[Incident, StepRecord]] = []
+        for step_id, incident_id in self.db.execute(sql + " ORDER BY id", args).fetchall():
             inc = self.incident(incident_id)
             assert inc is not None
-            held.append((inc, step))
+            found.append((inc, next(s for s in self.steps(incident_id) if s.id == step_id)))
+        return found
+
+    def settle_step(self, step_id: int, done: bool, detail: str) -> None:
+        """A step a crash cut off, once its effect was checked: found done, or interrupted."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE steps SET state = ?, finished_at = ?, detail = ?"
+                " WHERE id = ? AND state = 'running'",
+                ("done" if done else "interrupted", _ts(now_utc()), detail, step_id),
+            )
+
+    def hold(self, incident_id: int, why: str) -> Incident:
+        self.update_incident(incident_id, "held", why, state="held", held_reason=why)
+        inc = self.incident(incident_id)
+        assert inc is not None
+        return inc
+
+    def recover_interrupted(self, target: str | None = None) -> list[tuple[Incident, StepRecord]]:
+        """Steps left `running` by a crash become `interrupted` and their incidents are held,
+        unasked: for incidents no executor can be asked about (daemon/incidents/recovery.py
+        checks each step's effect first where it can)."""
+        held: list[tuple[Incident, StepRecord]] = []
+        for _, step in self.running_steps(target):
+            self.settle_step(step.id, False, step.detail)
+            why = (f"step {step.name} was interrupted (daemon stopped while it ran); "
+                   "not run again automatically: a person must decide")
+            held.append((self.hold(step.incident_id, why),
+                         next(s for s in self.steps(step.incident_id) if s.id == step.id)))
         return held
+
+    def mail_since(self, incident_id: int, since: datetime) -> list[str]:
+        """Message-IDs of the incident's mail queued (or held for a digest) at or after `since`."""
+        rows = self.db.execute(
+            "SELECT message_id FROM outbox WHERE incident_id = ? AND created_at >= ?"
+            " UNION SELECT message_id FROM mail_held WHERE incident_id = ? AND created_at >= ?",
+            (incident_id, _ts(since), incident_id, _ts(since)))
+        return sorted(str(r[0]) for r in rows)
 
     # -- known-good ledger -------------------------------------------------------------------
 
