@@ -116,7 +116,7 @@ def section_detect(args: argparse.Namespace) -> bool:
     table = asyncio.run(_detect(args.runs, not args.no_docker))
     print(columns(table))
     print("\nbound = interval x failure_threshold + timeout of the fastest probe that sees the "
-          "fault (jitter: up to 10% of an interval more)")
+          "fault")
     return all(row[6] == "yes" for row in table[1:])
 
 
