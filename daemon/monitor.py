@@ -4,11 +4,12 @@ target's incident desk to act on what they show."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ class TargetMonitor:
         self._in_flight: dict[str, float] = {}
         """time.monotonic() each scheduled probe run still waiting on its target started."""
         self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
+        self._deploying = 0
+        self._deployed_at = 0.0
+        """time.monotonic() the last drill deploy ended: runs begun before it are not recorded."""
         self._queued = False
         """An evaluation waits for the desk and has not read the picture yet: one that comes
         meanwhile has nothing to add (the queued one will see its observation)."""
@@ -171,13 +175,16 @@ class TargetMonitor:
         try:
             started = self._in_flight.get(probe_name)
             if started is not None:
-                await self._overrun(probe_name, time.monotonic() - started)
+                if not self._saw_deploy(started):
+                    await self._overrun(probe_name, time.monotonic() - started)
                 return
-            self._in_flight[probe_name] = time.monotonic()
+            self._in_flight[probe_name] = started = time.monotonic()
             try:
                 obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
             finally:
                 del self._in_flight[probe_name]
+            if self._saw_deploy(started):
+                return
             if self.own_fault is not None and self.own_fault(obs):
                 return  # the daemon's own fault: the target is neither blamed nor evaluated
             if obs.ok:
@@ -188,6 +195,23 @@ class TargetMonitor:
             # Only shutdown cancels a probe run, and it has nothing to record; APScheduler would
             # log the cancellation as a crashed job.
             log.debug("target=%s probe=%s status=cancelled", self.name, probe_name)
+
+    @contextlib.contextmanager
+    def deploying(self) -> Iterator[None]:
+        """A drill puts its fault in place (say, a restart onto a slow version): what the probes
+        see meanwhile (the restart's "connection refused") is that deploy, not the fault being
+        drilled. Runs that overlap it are not recorded, so the class found does not depend on
+        how many probe slots the restart happened to span; the picture goes on from the first
+        run begun after it, on top of the healthy one the drill checked before."""
+        self._deploying += 1
+        try:
+            yield
+        finally:
+            self._deploying -= 1
+            self._deployed_at = time.monotonic()
+
+    def _saw_deploy(self, started: float) -> bool:
+        return self._deploying > 0 or started <= self._deployed_at
 
     async def _overrun(self, probe_name: str, elapsed: float) -> None:
         """A slot came due while the probe's previous run still waits on the target: that is a
