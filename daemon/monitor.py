@@ -56,6 +56,12 @@ async def run_probe(probe: Probe, timeout: float) -> Observation:
                            time.monotonic() - started, Symptom.PROBE_ERROR)
 
 
+def _stopping() -> bool:
+    """Shutdown cancelled this run as its answer came in (asyncio.wait_for may swallow that)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def journal_history(journal: Journal, target: str,
                     transitions: tuple[datetime, ...] = ()) -> History:
     """Everything the journal keeps that a decision depends on: it survives restarts."""
@@ -97,6 +103,8 @@ class TargetMonitor:
         self._in_flight: dict[str, float] = {}
         """time.monotonic() each scheduled probe run still waiting on its target started."""
         self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
+        self._before_overrun: dict[str, ProbeHealth] = {}
+        """A probe's health before the first overrun of the run still in flight."""
         self._deploying = 0
         self._deployed_at = 0.0
         """time.monotonic() the last drill deploy ended: runs begun before it are not recorded."""
@@ -183,12 +191,18 @@ class TargetMonitor:
                 obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
             finally:
                 del self._in_flight[probe_name]
-            if self._saw_deploy(started):
+            before = self._before_overrun.pop(probe_name, None)
+            if self._saw_deploy(started) or _stopping():
                 return
             if self.own_fault is not None and self.own_fault(obs):
                 return  # the daemon's own fault: the target is neither blamed nor evaluated
             if obs.ok:
                 self._overrun_said.discard(probe_name)
+                if before is not None:
+                    # Answered within its timeout after all: the overruns were its own
+                    # slowness, which the timeout allows. A probe slower than its interval
+                    # would otherwise never pass.
+                    self.health[probe_name] = before
             self._record(obs)
             await self._evaluate()
         except asyncio.CancelledError:
@@ -217,13 +231,14 @@ class TargetMonitor:
         """A slot came due while the probe's previous run still waits on the target: that is a
         failing observation now, not a skipped slot, so a hung target is detected within
         interval x failure_threshold + timeout whatever the timeout. The waiting run is
-        recorded as usual when it ends."""
+        recorded as usual when it ends; if it then passes, the overruns are taken back."""
         probe = self.probes[probe_name]
         obs = Observation(probe_name, probe.kind, Status.FAIL,
                           f"overrun: previous run still waiting after {elapsed:.1f}s", elapsed,
                           Symptom.TIMEOUT)
         if self.own_fault is not None and self.own_fault(obs):
             return
+        self._before_overrun.setdefault(probe_name, self.health[probe_name])
         if probe_name not in self._overrun_said:  # once per failing streak, not every slot
             self._overrun_said.add(probe_name)
             log.warning("target=%s probe=%s status=overrun elapsed=%.1fs timeout=%gs",

@@ -29,9 +29,11 @@ THRESHOLD = 3
 
 
 class TricklingServer:
-    """Answers 200 at once until `hang()`; from then on trickles one header byte per 0.1 s."""
+    """Answers 200 after `delay` seconds until `hang()`; from then on trickles one header byte
+    per 0.1 s."""
 
     def __init__(self) -> None:
+        self.delay = 0.0
         self.hanging = False
         self.stopped = False
         self.server: asyncio.Server | None = None
@@ -56,6 +58,7 @@ class TricklingServer:
         try:
             while not self.stopped and await reader.readuntil(b"\r\n\r\n"):
                 if not self.hanging:
+                    await asyncio.sleep(self.delay)
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     await writer.drain()
                     continue
@@ -95,6 +98,18 @@ async def wait_for(condition: object, within: float) -> None:
         await asyncio.sleep(0.02)
 
 
+def monitor(tmp_path: Path, port: int, interval: float, timeout: float,
+            extra: str = "") -> tuple[TargetMonitor, Journal]:
+    cfg = parse_config(f'[targets.web.probes.health]\nkind = "http_health"\n'
+                       f'url = "http://127.0.0.1:{port}/health"\n'
+                       f"interval = {interval}\ntimeout = {timeout}\n"
+                       f"failure_threshold = {THRESHOLD}\n{extra}")
+    journal = Journal(tmp_path / "journal.sqlite3")
+    return TargetMonitor("web", cfg.targets["web"], PolicySettings(), journal,
+                         Outbox(journal, cfg), Metrics(CollectorRegistry()),
+                         tmp_path / "reports"), journal
+
+
 @pytest.mark.parametrize(("interval", "timeout"), [
     pytest.param(1.0, 2.0, id="timeout=2x_interval"),
     pytest.param(2.0, 1.0, id="timeout=interval/2"),
@@ -102,13 +117,7 @@ async def wait_for(condition: object, within: float) -> None:
 async def test_a_hung_target_is_detected_within_the_bound(
         server: TricklingServer, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         interval: float, timeout: float) -> None:
-    cfg = parse_config(f'[targets.web.probes.health]\nkind = "http_health"\n'
-                       f'url = "http://127.0.0.1:{server.port}/health"\n'
-                       f"interval = {interval}\ntimeout = {timeout}\n"
-                       f"failure_threshold = {THRESHOLD}\n")
-    journal = Journal(tmp_path / "journal.sqlite3")
-    m = TargetMonitor("web", cfg.targets["web"], PolicySettings(), journal,
-                      Outbox(journal, cfg), Metrics(CollectorRegistry()), tmp_path / "reports")
+    m, journal = monitor(tmp_path, server.port, interval, timeout)
     sched = ProbeScheduler(Metrics(CollectorRegistry()))
     sched.schedule(m)
     sched.start()
@@ -133,3 +142,29 @@ async def test_a_hung_target_is_detected_within_the_bound(
     overruns = [r for r in caplog.records if "status=overrun" in r.getMessage()]
     # Logged once per failing streak, not every slot; with timeout < interval runs never overlap.
     assert len(overruns) == (1 if timeout > interval else 0), [r.getMessage() for r in overruns]
+
+
+async def test_a_probe_slower_than_its_interval_but_within_its_timeout_still_passes(
+        server: TricklingServer, tmp_path: Path) -> None:
+    """Every answer takes 1.5 intervals (the timeout allows 3): each run meets an overrun, and
+    each overrun is taken back when the run passes, so the probe passes and nothing opens."""
+    server.delay = 1.5
+    m, journal = monitor(tmp_path, server.port, 1.0, 3.0, "success_threshold = 2\n")
+    sched = ProbeScheduler(Metrics(CollectorRegistry()))
+    sched.schedule(m)
+    sched.start()
+    try:
+        await wait_for(lambda: m.health["health"].passing, within=10)
+
+        def runs(status: str) -> float:
+            return float(m.metrics.probe_runs.labels("web", "health", status)._value.get())
+
+        ok, failed = runs("ok"), runs("fail")
+        for n in range(1, 6):  # five more runs, each met by one overrun
+            await wait_for(lambda: runs("ok") == ok + n, within=5)  # noqa: B023
+            assert m.health["health"].passing
+        assert runs("fail") == failed + 5  # the overruns were recorded, then taken back
+        assert journal.open_incident_for("web") is None
+    finally:
+        sched.shutdown()
+        journal.close()
