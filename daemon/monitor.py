@@ -4,11 +4,12 @@ target's incident desk to act on what they show."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ async def run_probe(probe: Probe, timeout: float) -> Observation:
                            time.monotonic() - started, Symptom.PROBE_ERROR)
 
 
+def _stopping() -> bool:
+    """Shutdown cancelled this run as its answer came in (asyncio.wait_for may swallow that)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def journal_history(journal: Journal, target: str,
                     transitions: tuple[datetime, ...] = ()) -> History:
     """Everything the journal keeps that a decision depends on: it survives restarts."""
@@ -93,6 +100,17 @@ class TargetMonitor:
         self._version: tuple[float, str | None] = (0.0, None)
         self._warned_bad: str | None = None
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
+        self._in_flight: dict[str, float] = {}
+        """time.monotonic() each scheduled probe run still waiting on its target started."""
+        self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
+        self._before_overrun: dict[str, ProbeHealth] = {}
+        """A probe's health before the first overrun of the run still in flight."""
+        self._deploying = 0
+        self._deployed_at = 0.0
+        """time.monotonic() the last drill deploy ended: runs begun before it are not recorded."""
+        self._queued = False
+        """An evaluation waits for the desk and has not read the picture yet: one that comes
+        meanwhile has nothing to add (the queued one will see its observation)."""
 
     @property
     def executor(self) -> Executor | None:
@@ -172,18 +190,84 @@ class TargetMonitor:
 
     async def run_scheduled(self, probe_name: str) -> None:
         try:
-            obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            started = self._in_flight.get(probe_name)
+            if started is not None:
+                if not self._saw_deploy(started):
+                    await self._overrun(probe_name, time.monotonic() - started)
+                return
+            self._in_flight[probe_name] = started = time.monotonic()
+            try:
+                obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            finally:
+                del self._in_flight[probe_name]
+            before = self._before_overrun.pop(probe_name, None)
+            if self._saw_deploy(started) or _stopping():
+                return
             if self.own_fault is not None and self.own_fault(obs):
                 return  # the daemon's own fault: the target is neither blamed nor evaluated
+            if obs.ok:
+                self._overrun_said.discard(probe_name)
+                if before is not None:
+                    # Answered within its timeout after all: the overruns were its own
+                    # slowness, which the timeout allows. A probe slower than its interval
+                    # would otherwise never pass.
+                    self.health[probe_name] = before
             self._record(obs)
-            try:
-                await self.desk.evaluate()
-            except Exception:  # the daemon outlives any one bad evaluation
-                log.exception("target=%s status=error reason=evaluation crashed", self.name)
+            await self._evaluate()
         except asyncio.CancelledError:
             # Only shutdown cancels a probe run, and it has nothing to record; APScheduler would
             # log the cancellation as a crashed job.
             log.debug("target=%s probe=%s status=cancelled", self.name, probe_name)
+
+    @contextlib.contextmanager
+    def deploying(self) -> Iterator[None]:
+        """A drill puts its fault in place (say, a restart onto a slow version): what the probes
+        see meanwhile (the restart's "connection refused") is that deploy, not the fault being
+        drilled. Runs that overlap it are not recorded, so the class found does not depend on
+        how many probe slots the restart happened to span; the picture goes on from the first
+        run begun after it, on top of the healthy one the drill checked before."""
+        self._deploying += 1
+        try:
+            yield
+        finally:
+            self._deploying -= 1
+            self._deployed_at = time.monotonic()
+
+    def _saw_deploy(self, started: float) -> bool:
+        return self._deploying > 0 or started <= self._deployed_at
+
+    async def _overrun(self, probe_name: str, elapsed: float) -> None:
+        """A slot came due while the probe's previous run still waits on the target: that is a
+        failing observation now, not a skipped slot, so a hung target is detected within
+        interval x failure_threshold + timeout whatever the timeout. The waiting run is
+        recorded as usual when it ends; if it then passes, the overruns are taken back."""
+        probe = self.probes[probe_name]
+        obs = Observation(probe_name, probe.kind, Status.FAIL,
+                          f"overrun: previous run still waiting after {elapsed:.1f}s", elapsed,
+                          Symptom.TIMEOUT)
+        if self.own_fault is not None and self.own_fault(obs):
+            return
+        self._before_overrun.setdefault(probe_name, self.health[probe_name])
+        if probe_name not in self._overrun_said:  # once per failing streak, not every slot
+            self._overrun_said.add(probe_name)
+            log.warning("target=%s probe=%s status=overrun elapsed=%.1fs timeout=%gs",
+                        self.name, probe_name, elapsed, self.settings[probe_name].timeout)
+        self._record(obs)
+        await self._evaluate()
+
+    async def _evaluate(self) -> None:
+        """Ask the desk to act on the picture, unless an evaluation already queued for the desk
+        will read it (while the desk confirms, for up to a probe timeout, runs and overruns
+        would otherwise pile up behind it)."""
+        if self._queued:
+            return
+        self._queued = True
+        try:
+            await self.desk.evaluate()
+        except Exception:  # the daemon outlives any one bad evaluation
+            log.exception("target=%s status=error reason=evaluation crashed", self.name)
+        finally:
+            self._queued = False
 
     async def current_version(self, max_age: float = 2.0) -> str | None:
         if self.executor is None:
@@ -261,6 +345,7 @@ class TargetMonitor:
 
     async def picture(self) -> Picture:
         """The debounced picture now, with the ledger brought up to date (the desk asks)."""
+        self._queued = False  # from here on, a new observation needs an evaluation of its own
         health = self.target_health()
         found = classify(health)
         # A failure may follow a deploy seconds ago: decide on the version deployed now.

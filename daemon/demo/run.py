@@ -207,7 +207,7 @@ class DemoSession:
 
     def detection_bound(self, row: Row) -> tuple[str, float] | None:
         """The configured bound on detecting the row's fault: the fastest probe that can see
-        it, interval x failure_threshold + timeout (the jitter of 10% aside)."""
+        it, interval x failure_threshold + timeout."""
         d = self.daemon
         m = d.monitors.get(row.target) if d is not None else None
         if m is None:

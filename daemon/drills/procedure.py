@@ -3,8 +3,10 @@
 1. Refuse unless the daemon would repair the fault now (preflight) and the target is healthy.
 2. Record the target's state (version, revision, key, row counts, login), take fresh verified
    backups where the repair restores one.
-3. Onset: inject. Then wait, watching the journal, for the incident (detection), approve its
-   plan if it waits for a person and the drill may, and wait for it to close.
+3. Onset: inject (what the probes see while the injector deploys is not recorded: a restart's
+   refused connections are not the fault being drilled). Then wait, watching the journal, for
+   the incident (detection), approve its plan if it waits for a person and the drill may, and
+   wait for it to close.
 4. Passed when the incident is of the scenario's class, resolved, and the target is exactly as
    healthy as before; then the injector tidies up (a branch, a migration file).
 
@@ -152,7 +154,8 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
     m.desk.drill = ctx.run.id  # what opens from here on is the drill's, for the metrics too
     try:
         try:
-            s.injected = await injector.inject()
+            with m.deploying():  # the injector's restart is the drill's deploy, not its fault
+                s.injected = await injector.inject()
         except DrillError as exc:
             s.result, s.reason = FAILED, f"injection failed: {exc}"
             return
