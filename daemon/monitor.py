@@ -23,7 +23,13 @@ from daemon.metrics import Metrics
 from daemon.rollback.base import Executor
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
-from policies.classify import SESSION_KINDS, IncidentClass, all_passing, classify
+from policies.classify import (
+    SESSION_KINDS,
+    IncidentClass,
+    all_passing,
+    classify,
+    probe_account_trouble,
+)
 from policies.debounce import ProbeHealth, debounce
 from policies.decision import History
 from policies.latency import LatencyState, explain, track
@@ -32,6 +38,7 @@ from policies.plans import Capabilities, Component
 from policies.settings import PolicySettings
 from policies.targets import Facts
 from probes.base import Probe, ProbeSettings
+from probes.login import SAYS
 from probes.observation import Observation, Status, Symptom
 from probes.registry import Tells, build_probe, kinds_that
 
@@ -93,6 +100,8 @@ class TargetMonitor:
         self._version: tuple[float, str | None] = (0.0, None)
         self._warned_bad: str | None = None
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
+        self._account_mailed: dict[str, set[Symptom]] = {}
+        """Per login probe, what of its own account's trouble was mailed in this episode."""
 
     @property
     def executor(self) -> Executor | None:
@@ -212,6 +221,26 @@ class TargetMonitor:
                     version[:12], bad.bad_reason)
         self.outbox.send(notices.bad_redeploy(self.name, version, bad.bad_reason, time.time()))
 
+    def probe_account(self) -> dict[str, str]:
+        """Login probes failing because of their own account, in plain words (for `status`)."""
+        return {p: SAYS[s] for p, s in probe_account_trouble(self.target_health()).items()}
+
+    def _report_probe_account(self) -> None:
+        """Mail on-call once per episode and reason (refused, then locked, is two mails)."""
+        trouble = probe_account_trouble(self.target_health())
+        for probe in set(self._account_mailed) - set(trouble):
+            del self._account_mailed[probe]  # recovered, or failing for another reason now
+        for probe, symptom in trouble.items():
+            mailed = self._account_mailed.setdefault(probe, set())
+            h = self.health[probe]
+            if symptom in mailed or h.last is None:
+                continue
+            mailed.add(symptom)
+            log.warning("target=%s probe=%s status=probe-account reason=%r detail=%r", self.name,
+                        probe, SAYS[symptom], h.last.detail)
+            self.outbox.send(notices.probe_account(self.name, probe, SAYS[symptom],
+                                                   h.last.detail, h.onset or h.last.at))
+
     def damaged(self, probes: list[str]) -> frozenset[Component]:
         """Whose data these failing probes speak for."""
         kinds = {self.settings[p].kind for p in probes if p in self.settings}
@@ -249,6 +278,7 @@ class TargetMonitor:
         """The debounced picture now, with the ledger brought up to date (the desk asks)."""
         health = self.target_health()
         found = classify(health)
+        self._report_probe_account()
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
         version = await self._update_ledger(all_passing(health),
                                             max_age=2.0 if found is None else 0.0)
