@@ -20,7 +20,7 @@ from daemon.escalation.outbox import Outbox
 from daemon.incidents.desk import IncidentDesk, Picture
 from daemon.journal.store import Journal, now_utc
 from daemon.metrics import Metrics
-from daemon.rollback.base import Executor
+from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
 from policies.classify import (
@@ -98,6 +98,8 @@ class TargetMonitor:
         recent flapping old, or old flapping recent."""
         self._was_failing = False
         self._version: tuple[float, str | None] = (0.0, None)
+        self._dirty = False
+        """The deployment's work tree has local edits: its version cannot earn known-good."""
         self._warned_bad: str | None = None
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
         self._account_mailed: dict[str, set[Symptom]] = {}
@@ -191,6 +193,8 @@ class TargetMonitor:
         fetched, version = self._version
         if time.monotonic() - fetched > max_age:
             version = await self.executor.current_version()
+            if isinstance(self.executor, TellsLocalChanges):
+                self._dirty = await self.executor.local_changes() != []
             self._version = (time.monotonic(), version)
         return version
 
@@ -201,7 +205,8 @@ class TargetMonitor:
         now = now_utc()
         entries = {e.version: e for e in self.journal.ledger(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
-        updated = observe(entry, passing, now, self.policy.stable_after,
+        # A dirty work tree is not the commit's release: it never earns known-good.
+        updated = observe(entry, passing and not self._dirty, now, self.policy.stable_after,
                           self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
             self.journal.save_ledger(self.name, updated)

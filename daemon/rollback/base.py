@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from policies.plans import Capabilities, Component, Plan
 
 
 class StepFailed(Exception):
     """The step did not do its job; the runner stops the plan and escalates."""
+
+
+class StepHeld(StepFailed):
+    """The step found, before changing anything, what a person must decide first (local edits
+    in the way): the runner holds the incident, without counting a failed remediation."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,16 @@ class StepContext:
         if not value.isdigit():
             raise StepFailed(f"the plan's {component} target {value!r} is not a backup id")
         return int(value)
+
+
+@runtime_checkable
+class TellsLocalChanges(Protocol):
+    """An executor whose deployment can carry local edits (a git work tree)."""
+
+    async def local_changes(self) -> list[str] | None:
+        """Uncommitted and untracked files, as `git status --short` shows them; [] if none;
+        None when it cannot tell (counted as changed)."""
+        ...
 
 
 class Executor(Protocol):

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from daemon.config import GitDeployment
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import StepContext, StepFailed, StepHeld
 from daemon.rollback.commands import run_argv
 from policies.plans import Capabilities, Capability, Component, StepSpec
+
+# `git stash` writes a commit: an identity of its own, whatever the service user's git config.
+_IDENTITY = ("-c", "user.name=rollbackd", "-c", "user.email=rollbackd@localhost",
+             "-c", "commit.gpgsign=false")
 
 
 class GitServiceExecutor:
@@ -32,6 +36,14 @@ class GitServiceExecutor:
     async def _git(self, *args: str, check: bool = True) -> str:
         res = await run_argv(["git", "-C", str(self.settings.repo), *args], timeout=30, check=check)
         return res.output.strip() if res.returncode == 0 else ""
+
+    async def local_changes(self) -> list[str] | None:
+        # Porcelain: stable across git versions and locales; .gitignore'd files are not edits.
+        res = await run_argv(["git", "-C", str(self.settings.repo), "status", "--porcelain=v1",
+                              "--untracked-files=all"], timeout=30, check=False)
+        if res.returncode != 0:
+            return None
+        return [line for line in res.output.splitlines() if line.strip()]
 
     async def current_version(self) -> str | None:
         return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
@@ -64,13 +76,39 @@ class GitServiceExecutor:
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         if name == "git_checkout":
-            return await self._checkout(ctx.plan.target_version)
+            kept = await self._keep_local_changes(ctx)
+            return await self._checkout(ctx.plan.target_version) + kept
         if name == "install_dependencies":
             return await self._install(ctx.plan.current_version, ctx.plan.target_version)
         if name == "restart_service":
             res = await run_argv(self.settings.restart, self.settings.command_timeout)
             return f"restarted with {self.settings.restart[0]} (exit {res.returncode})"
         raise StepFailed(f"git executor has no step {name!r}")
+
+    async def _keep_local_changes(self, ctx: StepContext) -> str:
+        """Local hotfixes are never carried into the known-good checkout, nor lost: held for a
+        person by default, or kept in a named stash where the config says so."""
+        changes = await self.local_changes()
+        if changes is None:
+            raise StepFailed(f"`git status` failed in {self.settings.repo}: cannot tell whether "
+                             "local changes would be carried into the checkout")
+        if not changes:
+            return ""
+        repo, files = self.settings.repo, ", ".join(changes)
+        if self.settings.local_changes == "hold":
+            raise StepHeld(
+                f"local changes in {repo}: {files}; checking out {ctx.plan.target_version[:12]} "
+                "would carry them into the known-good release (or git would refuse): nothing "
+                "was changed. Commit, stash or remove them, then `rollbackctl approve "
+                f"{ctx.incident_id}`, or set deployment.local_changes = \"stash\"")
+        name = (f"rollbackd incident {ctx.incident_id}: local changes before checking out "
+                f"{ctx.plan.target_version[:12]}")
+        await self._git(*_IDENTITY, "stash", "push", "--include-untracked", "--message", name)
+        left = await self.local_changes()
+        if left != []:
+            raise StepFailed(f"`git stash` left local changes in {repo}: "
+                             f"{', '.join(left or ['git status failed'])}")
+        return f"; local changes ({files}) stashed as \"{name}\" (git stash list in {repo})"
 
     async def _checkout(self, target: str) -> str:
         # Detached: the branch keeps pointing at the bad commit; moving it is a person's call.
