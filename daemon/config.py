@@ -183,6 +183,10 @@ class GitDeployment(Frozen):
     """Files (relative to repo) whose change between two commits makes a rollback run `install`."""
     command_timeout: PositiveDuration = 120.0
     """How long one command (restart, install, git) may take."""
+    local_changes: Literal["hold", "stash"] = "hold"
+    """Uncommitted edits or untracked files in the work tree when a rollback checks out:
+    "hold" holds the incident naming the files (a person decides); "stash" keeps them in a
+    named `git stash` and checks out. Never carried into the known-good checkout."""
 
 
 # [targets.<name>.deployment], tagged by `kind` (git when left out).

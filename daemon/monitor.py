@@ -21,10 +21,16 @@ from daemon.escalation.outbox import Outbox
 from daemon.incidents.desk import IncidentDesk, Picture
 from daemon.journal.store import Journal, now_utc
 from daemon.metrics import Metrics
-from daemon.rollback.base import Executor
+from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
-from policies.classify import SESSION_KINDS, IncidentClass, all_passing, classify
+from policies.classify import (
+    SESSION_KINDS,
+    IncidentClass,
+    all_passing,
+    classify,
+    probe_account_trouble,
+)
 from policies.debounce import ProbeHealth, debounce
 from policies.decision import History
 from policies.latency import LatencyState, explain, track
@@ -33,6 +39,7 @@ from policies.plans import Capabilities, Component
 from policies.settings import PolicySettings
 from policies.targets import Facts
 from probes.base import Probe, ProbeSettings
+from probes.login import SAYS
 from probes.observation import Observation, Status, Symptom
 from probes.registry import Tells, build_probe, kinds_that
 
@@ -98,6 +105,8 @@ class TargetMonitor:
         recent flapping old, or old flapping recent."""
         self._was_failing = False
         self._version: tuple[float, str | None] = (0.0, None)
+        self._dirty = False
+        """The deployment's work tree has local edits: its version cannot earn known-good."""
         self._warned_bad: str | None = None
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
         self._in_flight: dict[str, float] = {}
@@ -111,6 +120,8 @@ class TargetMonitor:
         self._queued = False
         """An evaluation waits for the desk and has not read the picture yet: one that comes
         meanwhile has nothing to add (the queued one will see its observation)."""
+        self._account_mailed: dict[str, set[Symptom]] = {}
+        """Per login probe, what of its own account's trouble was mailed in this episode."""
 
     @property
     def executor(self) -> Executor | None:
@@ -275,6 +286,8 @@ class TargetMonitor:
         fetched, version = self._version
         if time.monotonic() - fetched > max_age:
             version = await self.executor.current_version()
+            if isinstance(self.executor, TellsLocalChanges):
+                self._dirty = await self.executor.local_changes() != []
             self._version = (time.monotonic(), version)
         return version
 
@@ -285,9 +298,10 @@ class TargetMonitor:
         now = now_utc()
         entries = {e.version: e for e in self.journal.ledger(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
-        # Known-good needs every probe passing with no incident open against the release: an
-        # incident still open (awaiting approval, held, escalated) keeps the clock at zero.
-        clean = passing and self.desk.current() is None
+        # Known-good needs every probe passing with no incident open against the release (an
+        # incident still open keeps the clock at zero), and a clean work tree: a dirty one is
+        # not the commit's release.
+        clean = passing and self.desk.current() is None and not self._dirty
         updated = observe(entry, clean, now, self.policy.stable_after,
                           self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
@@ -309,6 +323,26 @@ class TargetMonitor:
         log.warning("target=%s version=%s status=bad-version-redeployed earlier=%r", self.name,
                     version[:12], bad.bad_reason)
         self.outbox.send(notices.bad_redeploy(self.name, version, bad.bad_reason, time.time()))
+
+    def probe_account(self) -> dict[str, str]:
+        """Login probes failing because of their own account, in plain words (for `status`)."""
+        return {p: SAYS[s] for p, s in probe_account_trouble(self.target_health()).items()}
+
+    def _report_probe_account(self) -> None:
+        """Mail on-call once per episode and reason (refused, then locked, is two mails)."""
+        trouble = probe_account_trouble(self.target_health())
+        for probe in set(self._account_mailed) - set(trouble):
+            del self._account_mailed[probe]  # recovered, or failing for another reason now
+        for probe, symptom in trouble.items():
+            mailed = self._account_mailed.setdefault(probe, set())
+            h = self.health[probe]
+            if symptom in mailed or h.last is None:
+                continue
+            mailed.add(symptom)
+            log.warning("target=%s probe=%s status=probe-account reason=%r detail=%r", self.name,
+                        probe, SAYS[symptom], h.last.detail)
+            self.outbox.send(notices.probe_account(self.name, probe, SAYS[symptom],
+                                                   h.last.detail, h.onset or h.last.at))
 
     def damaged(self, probes: list[str]) -> frozenset[Component]:
         """Whose data these failing probes speak for."""
@@ -348,6 +382,7 @@ class TargetMonitor:
         self._queued = False  # from here on, a new observation needs an evaluation of its own
         health = self.target_health()
         found = classify(health)
+        self._report_probe_account()
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
         version = await self._update_ledger(all_passing(health),
                                             max_age=2.0 if found is None else 0.0)

@@ -17,7 +17,7 @@ from daemon.metrics import Metrics
 from daemon.metrics.instruments import Trigger
 from daemon.refusal import Refused
 from daemon.report import write_report
-from daemon.rollback.base import Executor, StepContext, StepFailed
+from daemon.rollback.base import Executor, StepContext, StepFailed, StepHeld
 from policies.breaker import record_failure, record_success
 from policies.lifecycle import State
 from policies.plans import Component, Plan, PlanKind, StepSpec
@@ -106,7 +106,10 @@ class Runner:
                                              started_at=now_utc())
             if spec.name == checks:
                 self.journal.update_incident(incident_id, state=State.VERIFYING.value)
-            ok, detail = await self._run_step(seq, spec, ctx)
+            ok, detail, held = await self._run_step(seq, spec, ctx)
+            if held:
+                self._held(incident_id, detail)
+                return False
             if not ok:
                 await self._failed(incident_id, plan, f"step {spec.name} failed: {detail}")
                 return False
@@ -116,15 +119,19 @@ class Runner:
         await self._resolved(incident_id, plan)
         return True
 
-    async def _run_step(self, seq: int, spec: StepSpec, ctx: StepContext) -> tuple[bool, str]:
+    async def _run_step(self, seq: int, spec: StepSpec,
+                        ctx: StepContext) -> tuple[bool, str, bool]:
+        """(done, detail, held: a person must decide before it can run)."""
         self._still_owner()
         step_id = self.journal.step_started(ctx.incident_id, seq, spec.name, spec.idempotent)
         if self.fault_hook:
             self.fault_hook(spec.name, "running")
-        started = time.monotonic()
+        started, held = time.monotonic(), False
         try:
             detail = await asyncio.wait_for(self._dispatch(spec, ctx), spec.timeout)
             ok = True
+        except StepHeld as exc:
+            ok, detail, held = False, str(exc), True
         except (StepFailed, Refused) as exc:
             ok, detail = False, str(exc)
         except TimeoutError:
@@ -145,7 +152,7 @@ class Runner:
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",
                  self.target, ctx.incident_id, spec.name, "done" if ok else "failed",
                  duration, detail)
-        return ok, detail
+        return ok, detail, held
 
     async def _dispatch(self, spec: StepSpec, ctx: StepContext) -> str:
         if spec.component is Component.VERIFY:
@@ -249,6 +256,15 @@ class Runner:
         if any(event == "drill" for _, event, _ in self.journal.timeline(incident_id)):
             return "drill"
         return "auto" if self.journal.is_automatic(incident_id) else "manual"
+
+    def _held(self, incident_id: int, why: str) -> None:
+        """Nothing was changed and a person must decide: no failed remediation, no breaker."""
+        self.journal.update_incident(incident_id, "held", why, state=State.HELD.value,
+                                     held_reason=why)
+        write_report(self.journal, self.reports_dir, incident_id)
+        inc = self.journal.incident(incident_id)
+        assert inc is not None
+        self.outbox.send(notices.held(inc, self.journal.steps(incident_id)[-1]))
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
         breaker = self.journal.breaker(self.target, plan.kind)

@@ -33,6 +33,9 @@ SESSION_KINDS = kinds_that(Tells.SESSIONS)
 CORRUPTION = {Symptom.INTEGRITY, Symptom.MISSING_TABLE, Symptom.BAD_REVISION,
               Symptom.ROWS_COLLAPSED}
 DOWN = {Symptom.UNREACHABLE, Symptom.TIMEOUT}
+PROBE_ACCOUNT = {Symptom.WRONG_CREDENTIALS, Symptom.ACCOUNT_LOCKED}
+"""The probe's own account refused or locked: explained by that account (a wrong password in
+its file, a lockout after the wrong password), not by the app's login."""
 
 
 def _failing(health: TargetHealth, kinds: Set[str],
@@ -85,7 +88,9 @@ def _auth_broken(health: TargetHealth) -> list[str]:
     # which fails login too; that is app_down once the health probe reaches its threshold.
     if _failures_started(health, HEALTH_KINDS, set(Symptom) - {Symptom.SLOW}):
         return []
-    return _failing(health, LOGIN_KINDS, {Symptom.SERVER_ERROR, Symptom.WRONG_CREDENTIALS,
+    # A refused or locked probe account alone is that account's trouble (probe_account_trouble);
+    # broken login needs more: a 5xx, or a second known-good account refused as well.
+    return _failing(health, LOGIN_KINDS, {Symptom.SERVER_ERROR, Symptom.LOGINS_REFUSED,
                                           Symptom.BAD_RESPONSE})
 
 
@@ -118,6 +123,13 @@ def classify(health: TargetHealth) -> tuple[IncidentClass, list[str]] | None:
         if probes:
             return incident_class, probes
     return None
+
+
+def probe_account_trouble(health: TargetHealth) -> dict[str, Symptom]:
+    """Login probes failing because their own account is refused or locked (probe -> symptom):
+    no incident class claims them; people are told, nothing is rolled back."""
+    return {name: h.symptom for name, (kind, h) in health.items()
+            if kind in LOGIN_KINDS and h.failing and h.symptom in PROBE_ACCOUNT}
 
 
 def all_passing(health: TargetHealth) -> bool:

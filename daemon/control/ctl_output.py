@@ -28,7 +28,8 @@ def _state(target: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
     """The target's state, with any pause or silence on it (or on every target) beside it."""
     kinds = dict.fromkeys(o["kind"] for o in overrides if o["target"] in (target["target"], "*"))
     shown = {"pause": "paused", "silence": "silenced"}
-    return ", ".join([str(target["state"]), *(shown.get(k, k) for k in kinds)])
+    return ", ".join([str(target["state"]), *(shown.get(k, k) for k in kinds),
+                      *target.get("attention", [])])
 
 
 def _status(r: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ class NoticeKind(StrEnum):
     LOCKDOWN = "lockdown"
     EMERGENCY_ADMIN = "emergency-admin"
     BACKUP = "backup"
+    PROBE_ACCOUNT = "probe-account"
     SELF_DEGRADED = "self-degraded"
     DIGEST = "digest"
 
@@ -46,7 +47,8 @@ ROUTE_AS: dict[NoticeKind, EventKind] = {
     NoticeKind.RESOLVED: "resolved", NoticeKind.FAILED: "failed", NoticeKind.HELD: "held",
     NoticeKind.CLOSED: "other", NoticeKind.TIER: "escalated", NoticeKind.REDEPLOY: "redeploy",
     NoticeKind.LOCKDOWN: "other", NoticeKind.EMERGENCY_ADMIN: "other",
-    NoticeKind.BACKUP: "other", NoticeKind.SELF_DEGRADED: "other", NoticeKind.DIGEST: "digest",
+    NoticeKind.BACKUP: "backup", NoticeKind.SELF_DEGRADED: "other", NoticeKind.DIGEST: "digest",
+    NoticeKind.PROBE_ACCOUNT: "probe_account",
 }
 """The event kind routing rules (`[[escalation.routes]] events`) match each notice kind as."""
 
@@ -196,6 +198,21 @@ def bad_redeploy(target: str, version: str, reason: str | None, at: float) -> No
             "the details.\n")
     return Notice(NoticeKind.REDEPLOY, _subject(target, f"bad version {version[:12]} redeployed"),
                   body, key=f"{target}-{version[:12]}-{at:.0f}")
+
+
+def probe_account(target: str, probe: str, says: str, detail: str, since: datetime) -> Notice:
+    """A login probe fails because of its own account (refused or locked): on-call fixes the
+    probe; nothing is rolled back, since other users' logins may be fine."""
+    body = (f"The login probe {probe} of {target} fails: {says}.\n  {detail}\n\n"
+            "That is the probe's own account: a wrong password in its password file, or a "
+            "lockout after repeated wrong passwords. It says nothing about other users' "
+            "logins, so rollbackd changes nothing (no rollback, no database action).\n\n"
+            "Check the probe's password file and unlock its account. To tell broken login from "
+            "the probe's own trouble, give the probe a second known-good account "
+            "(second_email, second_password_file): both refused is auth_broken.\n")
+    return Notice(NoticeKind.PROBE_ACCOUNT, _subject(target, f"{says} (probe {probe}), nothing "
+                                                     "changed"),
+                  body, key=f"{target}-{probe}-{says.replace(' ', '-')}-{since:%Y%m%dT%H%M%S}")
 
 
 def emergency_admin(target: str, email: str, created: bool, uid: int, pid: int,

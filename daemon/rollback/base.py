@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from policies.plans import Capabilities, Component, Plan
 
@@ -45,6 +45,11 @@ def unknown(what: str) -> Effect:
 CHECK_ONLY = absent("a check that changes nothing: it runs again when the plan resumes")
 
 
+class StepHeld(StepFailed):
+    """The step found, before changing anything, what a person must decide first (local edits
+    in the way): the runner holds the incident, without counting a failed remediation."""
+
+
 @dataclass(frozen=True)
 class StepContext:
     incident_id: int
@@ -66,6 +71,16 @@ class StepContext:
         if not value.isdigit():
             raise StepFailed(f"the plan's {component} target {value!r} is not a backup id")
         return int(value)
+
+
+@runtime_checkable
+class TellsLocalChanges(Protocol):
+    """An executor whose deployment can carry local edits (a git work tree)."""
+
+    async def local_changes(self) -> list[str] | None:
+        """Uncommitted and untracked files, as `git status --short` shows them; [] if none;
+        None when it cannot tell (counted as changed)."""
+        ...
 
 
 class Executor(Protocol):

@@ -11,6 +11,7 @@ from daemon.rollback.base import (
     Effect,
     StepContext,
     StepFailed,
+    StepHeld,
     absent,
     done,
     unknown,
@@ -18,6 +19,10 @@ from daemon.rollback.base import (
 from daemon.rollback.commands import run_argv
 from daemon.rollback.receipts import command_effect, run_recorded
 from policies.plans import Capabilities, Capability, Component, StepSpec
+
+# `git stash` writes a commit: an identity of its own, whatever the service user's git config.
+_IDENTITY = ("-c", "user.name=rollbackd", "-c", "user.email=rollbackd@localhost",
+             "-c", "commit.gpgsign=false")
 
 
 class GitServiceExecutor:
@@ -42,6 +47,14 @@ class GitServiceExecutor:
     async def _git(self, *args: str, check: bool = True) -> str:
         res = await run_argv(["git", "-C", str(self.settings.repo), *args], timeout=30, check=check)
         return res.output.strip() if res.returncode == 0 else ""
+
+    async def local_changes(self) -> list[str] | None:
+        # Porcelain: stable across git versions and locales; .gitignore'd files are not edits.
+        res = await run_argv(["git", "-C", str(self.settings.repo), "status", "--porcelain=v1",
+                              "--untracked-files=all"], timeout=30, check=False)
+        if res.returncode != 0:
+            return None
+        return [line for line in res.output.splitlines() if line.strip()]
 
     async def current_version(self) -> str | None:
         return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
@@ -74,7 +87,8 @@ class GitServiceExecutor:
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         if name == "git_checkout":
-            return await self._checkout(ctx.plan.target_version)
+            kept = await self._keep_local_changes(ctx)
+            return await self._checkout(ctx.plan.target_version) + kept
         if name == "install_dependencies":
             return await self._install(ctx, ctx.plan.current_version, ctx.plan.target_version)
         if name == "restart_service":
@@ -102,6 +116,31 @@ class GitServiceExecutor:
         if name == "restart_service":
             return command_effect(ctx, name, since)
         return CHECK_ONLY
+
+    async def _keep_local_changes(self, ctx: StepContext) -> str:
+        """Local hotfixes are never carried into the known-good checkout, nor lost: held for a
+        person by default, or kept in a named stash where the config says so."""
+        changes = await self.local_changes()
+        if changes is None:
+            raise StepFailed(f"`git status` failed in {self.settings.repo}: cannot tell whether "
+                             "local changes would be carried into the checkout")
+        if not changes:
+            return ""
+        repo, files = self.settings.repo, ", ".join(changes)
+        if self.settings.local_changes == "hold":
+            raise StepHeld(
+                f"local changes in {repo}: {files}; checking out {ctx.plan.target_version[:12]} "
+                "would carry them into the known-good release (or git would refuse): nothing "
+                "was changed. Commit, stash or remove them, then `rollbackctl approve "
+                f"{ctx.incident_id}`, or set deployment.local_changes = \"stash\"")
+        name = (f"rollbackd incident {ctx.incident_id}: local changes before checking out "
+                f"{ctx.plan.target_version[:12]}")
+        await self._git(*_IDENTITY, "stash", "push", "--include-untracked", "--message", name)
+        left = await self.local_changes()
+        if left != []:
+            raise StepFailed(f"`git stash` left local changes in {repo}: "
+                             f"{', '.join(left or ['git status failed'])}")
+        return f"; local changes ({files}) stashed as \"{name}\" (git stash list in {repo})"
 
     async def _checkout(self, target: str) -> str:
         # Detached: the branch keeps pointing at the bad commit; moving it is a person's call.

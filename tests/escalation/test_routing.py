@@ -46,6 +46,8 @@ NONE: frozenset[str] = frozenset()
                  id="key-disaster-adds-emergency"),
     pytest.param(None, "redeploy", NONE, {DEVOPS, ONCALL}, id="redeploy-warning"),
     pytest.param(None, "other", NONE, {ONCALL}, id="unrouted-falls-back-to-oncall"),
+    pytest.param(None, "backup", NONE, {DBA}, id="failed-backup-to-the-dba"),
+    pytest.param(None, "probe_account", NONE, {ONCALL}, id="probe-account-to-oncall"),
 ])
 def test_default_routing(cls: str | None, event: str, conds: frozenset[str],
                          expected: set[str]) -> None:
@@ -60,7 +62,8 @@ def test_default_routing(cls: str | None, event: str, conds: frozenset[str],
     pytest.param(NoticeKind.HELD, "held", id="held-step"),
     pytest.param(NoticeKind.TIER, "escalated", id="tier"),
     pytest.param(NoticeKind.REDEPLOY, "redeploy", id="redeploy"),
-    pytest.param(NoticeKind.BACKUP, "other", id="backup"),
+    pytest.param(NoticeKind.BACKUP, "backup", id="backup"),
+    pytest.param(NoticeKind.PROBE_ACCOUNT, "probe_account", id="probe-account"),
 ])
 def test_notice_routes_as_its_kind(kind: NoticeKind, route_as: str) -> None:
     """Routing keys on the notice's type; the key (a step id, a tier) never changes it."""

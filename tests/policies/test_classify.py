@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.classify import IncidentClass, TargetHealth, all_passing, classify
+from policies.classify import (
+    IncidentClass,
+    TargetHealth,
+    all_passing,
+    classify,
+    probe_account_trouble,
+)
 from policies.debounce import ProbeHealth, debounce
 from probes.observation import Observation, Status, Symptom
 
@@ -42,11 +48,13 @@ def ok(kind: str) -> tuple[str, ProbeHealth]:
 ROWS = [
     pytest.param({}, None, [], id="no-probes"),
     pytest.param({"health": ok("http_health"), "login": ok("login")}, None, [], id="all-passing"),
-    # --- auth_broken: health passes, login fails with 5xx / 401 / bad response
+    # --- auth_broken: health passes, login fails with 5xx / bad response / two accounts refused
     pytest.param({"health": ok("http_health"), "login": fail("login", S.SERVER_ERROR)},
                  C.AUTH_BROKEN, ["login"], id="login-5xx-health-passing"),
+    pytest.param({"health": ok("http_health"), "login": fail("login", S.LOGINS_REFUSED)},
+                 C.AUTH_BROKEN, ["login"], id="login-two-accounts-refused"),
     pytest.param({"health": ok("http_health"), "login": fail("login", S.WRONG_CREDENTIALS)},
-                 C.AUTH_BROKEN, ["login"], id="login-401-health-passing"),
+                 None, [], id="login-401-probe-account-only-is-not-auth-broken"),
     pytest.param({"health": ok("http_health"), "login": fail("login", S.BAD_RESPONSE)},
                  C.AUTH_BROKEN, ["login"], id="login-bad-response"),
     pytest.param({"login": fail("login", S.SERVER_ERROR)}, C.AUTH_BROKEN, ["login"],
@@ -247,6 +255,20 @@ def test_login_failing_while_health_is_still_failing_is_not_auth_broken() -> Non
     assert found is None or found[0] is not C.AUTH_BROKEN
 
 
+@pytest.mark.parametrize(("health", "expected"), [
+    pytest.param({"login": fail("login", S.ACCOUNT_LOCKED), "health": ok("http_health")},
+                 {"login": S.ACCOUNT_LOCKED}, id="locked"),
+    pytest.param({"login": fail("login", S.WRONG_CREDENTIALS)}, {"login": S.WRONG_CREDENTIALS},
+                 id="refused"),
+    pytest.param({"login": ("login", below(S.ACCOUNT_LOCKED))}, {}, id="below-threshold"),
+    pytest.param({"login": fail("login", S.LOGINS_REFUSED)}, {}, id="two-accounts-refused"),
+    pytest.param({"login": fail("login", S.SERVER_ERROR)}, {}, id="5xx"),
+    pytest.param({"h": fail("http_health", S.BAD_RESPONSE)}, {}, id="not-a-login-probe"),
+])
+def test_probe_account_trouble(health: TargetHealth, expected: dict[str, Symptom]) -> None:
+    assert probe_account_trouble(health) == expected
+
+
 def test_all_passing() -> None:
     assert not all_passing({})
     assert all_passing({"a": ok("http_health"), "b": ok("login")})
@@ -276,7 +298,7 @@ def _matches(cls: IncidentClass, kind: str, symptom: Symptom | None) -> bool:
     if cls is C.KEY_INVALID:
         return kind == "fernet_key"
     if cls is C.AUTH_BROKEN:
-        return kind == "login" and symptom in (S.SERVER_ERROR, S.WRONG_CREDENTIALS,
+        return kind == "login" and symptom in (S.SERVER_ERROR, S.LOGINS_REFUSED,
                                                 S.BAD_RESPONSE)
     assert cls is C.PERF_DEGRADED
     return kind in HEALTH | {"login", "prometheus_query"} and symptom is S.SLOW

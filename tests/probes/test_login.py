@@ -94,7 +94,7 @@ async def test_wrong_credentials_then_repaired(server: HttpServer, app: LoginApp
     app.passwords[EMAIL] = "changed by a bad migration"
     obs = await check(server.url, password_file)
     assert (obs.status, obs.symptom) == (Status.FAIL, Symptom.WRONG_CREDENTIALS)
-    assert "HTTP 401" in obs.detail and "known-good credentials were refused" in obs.detail
+    assert "HTTP 401" in obs.detail and obs.detail.endswith(": probe credentials refused.")
     app.passwords[EMAIL] = PASSWORD  # the database rollback
     assert (await check(server.url, password_file)).ok
 
@@ -119,7 +119,7 @@ async def test_locked_account_then_unlocked(server: HttpServer, app: LoginApp,
     app.locked.add(EMAIL)
     obs = await check(server.url, password_file)
     assert (obs.status, obs.symptom) == (Status.FAIL, Symptom.ACCOUNT_LOCKED)
-    assert "HTTP 423" in obs.detail and "locked" in obs.detail
+    assert "HTTP 423" in obs.detail and obs.detail.endswith(": probe account locked.")
     app.locked.clear()
     assert (await check(server.url, password_file)).ok
 
@@ -214,3 +214,55 @@ def test_settings_hold_only_the_password_path(password_file: Path) -> None:
     with pytest.raises(ValidationError, match="Extra inputs"):
         LoginSettings(url="http://127.0.0.1/login", email=EMAIL, password_file=password_file,
                       password=PASSWORD)  # type: ignore[call-arg]
+
+
+# -- a second known-good account tells the probe's own trouble from broken login -----------------
+
+SECOND = "second@example.org"
+
+
+@pytest.fixture
+def second_file(tmp_path: Path, app: LoginApp) -> Path:
+    app.passwords[SECOND] = "second password"
+    path = tmp_path / "second-password"
+    path.write_text("second password\n")
+    return path
+
+
+@pytest.mark.parametrize(("break_it", "symptom", "ends"), [
+    pytest.param(lambda a: a.locked.add(EMAIL), Symptom.ACCOUNT_LOCKED,
+                 f"second account {SECOND} got HTTP 200: only the probe account is affected.",
+                 id="probe-locked-second-logs-in"),
+    pytest.param(lambda a: a.passwords.__setitem__(EMAIL, "x"), Symptom.WRONG_CREDENTIALS,
+                 f"second account {SECOND} got HTTP 200: only the probe account is affected.",
+                 id="probe-refused-second-logs-in"),
+    pytest.param(lambda a: a.passwords.update({EMAIL: "x", SECOND: "y"}), Symptom.LOGINS_REFUSED,
+                 f"second account {SECOND} got HTTP 401: both known-good accounts refused.",
+                 id="both-refused"),
+    pytest.param(lambda a: a.locked.update({EMAIL, SECOND}), Symptom.ACCOUNT_LOCKED,
+                 f"second account {SECOND} got HTTP 423.", id="both-locked"),
+])
+async def test_second_account_decides_whose_trouble_it_is(
+        server: HttpServer, app: LoginApp, password_file: Path, second_file: Path,
+        break_it: Any, symptom: Symptom, ends: str) -> None:
+    break_it(app)
+    obs = await check(server.url, password_file, second_email=SECOND,
+                      second_password_file=second_file)
+    assert (obs.status, obs.symptom) == (Status.FAIL, symptom), obs.detail
+    assert obs.detail.endswith(ends), obs.detail
+    assert "second password" not in obs.detail
+    assert len(server.requests) == 2
+
+
+async def test_second_account_is_not_asked_while_the_probe_account_logs_in(
+        server: HttpServer, app: LoginApp, password_file: Path, second_file: Path) -> None:
+    obs = await check(server.url, password_file, second_email=SECOND,
+                      second_password_file=second_file)
+    assert obs.ok, obs.detail
+    assert len(server.requests) == 1
+
+
+def test_second_email_needs_its_password_file(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="set both or neither"):
+        LoginSettings(url="http://127.0.0.1:1/login", email=EMAIL,
+                      password_file=tmp_path / "p", second_email=SECOND)

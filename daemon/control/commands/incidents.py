@@ -34,6 +34,7 @@ async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
             "version": m.version,
             "incident": inc.id if inc else None,
             "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
+            "attention": [f"{p}: {says}" for p, says in m.probe_account().items()],
             **({"owner": owners.get(name, {}).get("owner")} if d.cluster else {}),
         })
     return {

@@ -19,6 +19,9 @@ def scaffold(dest: Path) -> None:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(TEMPLATE_DIR, dest, ignore=_IGNORED, dirs_exist_ok=True)
+    # The running app writes bytecode beside its sources: not a local edit of the deployment
+    # (a rollback holds for those). Written here: package data leaves dotfiles out.
+    (dest / ".gitignore").write_text("__pycache__/\n*.pyc\n")
 
 
 __all__ = ["TEMPLATE_DIR", "scaffold"]
