@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from probes.alertmanager import AlertmanagerProbe, AlertmanagerSettings
-from probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings
+from probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings, BackupSource
 from probes.base import Probe, ProbeSettings
 from probes.docker_container import DockerContainerProbe, DockerContainerSettings
 from probes.fernet_key import FernetKeyProbe, FernetKeySettings
@@ -36,6 +36,9 @@ PROBE_KINDS: dict[str, tuple[type[ProbeSettings], Callable[[str, Any], Probe]]] 
 }
 
 
-def build_probe(name: str, settings: ProbeSettings) -> Probe:
+def build_probe(name: str, settings: ProbeSettings, backups: BackupSource | None = None) -> Probe:
+    """`backups`: the daemon's journal, for the probes that read it (backup_freshness)."""
+    if isinstance(settings, BackupFreshnessSettings):
+        return BackupFreshnessProbe(name, settings, backups)
     _, factory = PROBE_KINDS[settings.kind]
     return factory(name, settings)
