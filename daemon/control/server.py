@@ -46,6 +46,8 @@ class Peer:
 
 
 Handler = Callable[[str, dict[str, Any], Peer], Awaitable[Any]]
+Refused = Callable[[Peer, str], None]
+"""Audits a request from a peer the socket refused: the peer and the command it named."""
 
 
 def _peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
@@ -86,9 +88,11 @@ def _member_by_database(uid: int, gids: frozenset[int]) -> bool:
 
 class ControlServer:
     def __init__(self, path: Path, handler: Handler, allowed_uids: list[int],
-                 socket_group: str | None = None, allowed_groups: list[str] | None = None) -> None:
+                 socket_group: str | None = None, allowed_groups: list[str] | None = None,
+                 refused: Refused | None = None) -> None:
         self.path = path
         self.handler = handler
+        self.refused = refused
         self.allowed = {0, os.getuid(), *allowed_uids}
         self.socket_group = socket_group
         self.allowed_group_names = list(allowed_groups or [])
@@ -160,6 +164,8 @@ class ControlServer:
         if not self.permits(peer):
             log.warning("control status=refused uid=%d gid=%d pid=%d", peer.uid, peer.gid,
                         peer.pid)
+            if self.refused is not None:
+                self.refused(peer, _named_command(line))
             return {"ok": False, "code": "forbidden",
                     "error": f"uid {peer.uid} may not use this socket (daemon.allowed_uids "
                              "and daemon.allowed_groups name who may)"}
@@ -183,6 +189,16 @@ class ControlServer:
         except Exception as exc:  # one catch-all: a command bug is an error reply, not a crash
             log.exception("control cmd=%s status=crashed", req["cmd"])
             return {"ok": False, "code": "internal", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _named_command(line: bytes) -> str:
+    """The command a refused request names, for the audit log (never its arguments)."""
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError):
+        return "(unreadable)"
+    cmd = req.get("cmd") if isinstance(req, dict) else None
+    return cmd[:64] if isinstance(cmd, str) else "(unreadable)"
 
 
 def _group_name(gid: int) -> str:

@@ -15,6 +15,13 @@ from daemon.control.commands import (  # noqa: F401 - imported for their registr
     rollback,
     safety,
 )
-from daemon.control.commands.registry import COMMANDS, Command, command, dispatch, redact
+from daemon.control.commands.registry import (
+    COMMANDS,
+    Command,
+    audit_refused,
+    command,
+    dispatch,
+    redact,
+)
 
-__all__ = ["COMMANDS", "Command", "command", "dispatch", "redact"]
+__all__ = ["COMMANDS", "Command", "audit_refused", "command", "dispatch", "redact"]
