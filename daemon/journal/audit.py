@@ -21,7 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from daemon.clock import now_utc
 from daemon.journal.db import Database, JournalError, dt, ts
@@ -33,24 +33,21 @@ KEY_FILE = "audit.key"
 MIN_KEY_BYTES = 32
 
 
-def key_path(state_dir: Path) -> Path:
-    cred = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred and (Path(cred) / CREDENTIAL).is_file():
-        return Path(cred) / CREDENTIAL
-    return state_dir / KEY_FILE
-
-
 def load_key(state_dir: Path) -> bytes:
     """The audit key: the systemd credential `audit-key` when the service has one, else
     state_dir/audit.key (mode 0600), generated when absent. Never logged: errors name the
     file only."""
-    path = key_path(state_dir)
-    if path.parent == state_dir and not path.exists():
-        _generate(path)
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    cred = Path(cred_dir) / CREDENTIAL if cred_dir else None
+    path, own = (cred, False) if cred is not None and cred.is_file() else (state_dir / KEY_FILE, True)
     try:
-        if path.parent == state_dir and path.stat().st_mode & 0o077:
-            raise JournalError(f"{path}: the audit key must be readable by rollbackd alone "
-                               f"(mode {path.stat().st_mode & 0o777:o}; chmod 600 it)")
+        if own:
+            if not path.exists():
+                _generate(path)
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise JournalError(f"{path}: the audit key must be readable by rollbackd alone "
+                                   f"(mode {mode:o}; chmod 600 it)")
         key = path.read_bytes().strip()
     except OSError as exc:
         raise JournalError(f"{path}: cannot read the audit key: {exc.strerror}") from None
@@ -64,7 +61,7 @@ def _generate(path: Path) -> None:
     """A fresh key, written whole under a temporary name and linked into place, so instances
     starting at once on one state directory all end up with the same one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -101,8 +98,7 @@ class AuditEntry:
     outcome: str
 
 
-@dataclass(frozen=True)
-class Verified:
+class Verified(NamedTuple):
     checked: int
     """Rows that verify, before the first broken one."""
     broken: int | None

@@ -13,7 +13,6 @@ from typing import Any
 from daemon.clock import now_utc
 from daemon.journal.db import Database, dt, ts
 from policies.targets import BackupEntry
-from probes.backup_freshness import VerifiedBackups, summarize
 
 
 @dataclass(frozen=True)
@@ -163,13 +162,3 @@ class BackupCatalog:
             if at is not None and ((target, kind) not in seen or at > seen[(target, kind)]):
                 seen[(target, kind)] = at
         return RestoreTests(last[True], last[False])
-
-
-class JournalBackups:
-    """The backup_freshness probe's BackupSource: the catalog of the daemon's own journal."""
-
-    def __init__(self, catalog: BackupCatalog) -> None:
-        self.catalog = catalog
-
-    async def verified_backups(self, target: str, kind: str | None) -> VerifiedBackups:
-        return summarize(self.catalog.verified_created_at(target, kind))
