@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client import start_http_server
 from daemon.alerts.service import AlertReceiver, start_alerts
 from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
-from daemon.control.commands import dispatch
+from daemon.control.commands import audit_refused, dispatch
 from daemon.control.server import ControlServer
 from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
@@ -103,13 +104,14 @@ class Daemon:
         self._build_monitors()
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
-                                     cfg.daemon.socket_group, cfg.daemon.allowed_groups)
+                                     cfg.daemon.socket_group, cfg.daemon.allowed_groups,
+                                     refused=partial(audit_refused, self))
         await self.control.start()
         self._start_metrics()
         self.alerts = await start_alerts(cfg.alerts, self.acting_monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         # Unacknowledged escalations page the next tier; cancelled with the other tasks.
-        tiers = TierChecker(self.cluster.tier_journal() if self.cluster else self.journal,
+        tiers = TierChecker(self.cluster.ladders() if self.cluster else self.journal.escalations,
                             self.outbox)
         self._tasks.append(asyncio.create_task(tiers.run(), name="escalation-tiers"))
         # Every incident gets its report, also those that only escalated or recovered alone.
@@ -191,7 +193,7 @@ class Daemon:
 
     def recover_interrupted(self, target: str | None = None) -> None:
         """Steps a crash left running are interrupted: their incidents are held for a person."""
-        for incident, step in self.journal.recover_interrupted(target):
+        for incident, step in self.journal.steps.recover_interrupted(target):
             log.warning("incident=%d target=%s step=%s status=interrupted action=held",
                         incident.id, incident.target, step.name)
             write_report(self.journal, self.reports_dir, incident.id)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from daemon.backup.losses import with_losses
+from daemon.clock import now_utc
 from daemon.config import TargetConfig
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Incident, Journal, now_utc
+from daemon.journal import Incident, Journal
+from daemon.journal.freshness import JournalBackups
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor
 from daemon.rollback.registry import build_executors
@@ -64,10 +66,10 @@ def journal_history(journal: Journal, target: str,
                     transitions: tuple[datetime, ...] = ()) -> History:
     """Everything the journal keeps that a decision depends on: it survives restarts."""
     return History(
-        rollbacks=journal.rollback_starts(target),
-        breakers={k: b for t, k, b in journal.breakers() if t == target},
+        rollbacks=journal.incidents.rollback_starts(target),
+        breakers={k: b for t, k, b in journal.breakers.all() if t == target},
         transitions=transitions,
-        overrides=journal.overrides(),
+        overrides=journal.overrides.active(),
     )
 
 
@@ -82,7 +84,9 @@ class TargetMonitor:
         self.outbox = outbox
         self.metrics = metrics
         self.settings: dict[str, ProbeSettings] = dict(config.probes)
-        self.probes: dict[str, Probe] = {p: build_probe(p, s) for p, s in self.settings.items()}
+        backups = JournalBackups(journal.backups)  # what backup_freshness reads
+        self.probes: dict[str, Probe] = {p: build_probe(p, s, backups)
+                                         for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
@@ -187,12 +191,12 @@ class TargetMonitor:
         if version is None:
             return None
         now = now_utc()
-        entries = {e.version: e for e in self.journal.ledger(self.name)}
+        entries = {e.version: e for e in self.journal.ledger.entries(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
         updated = observe(entry, passing, now, self.policy.stable_after,
                           self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
-            self.journal.save_ledger(self.name, updated)
+            self.journal.ledger.save(self.name, updated)
             if updated.known_good and not entry.known_good:
                 log.info("target=%s version=%s status=known-good", self.name, version[:12])
         self._report_bad_redeploy(list(entries.values()), version)
@@ -202,7 +206,7 @@ class TargetMonitor:
         bad = redeployed_bad(entries, version)
         if bad is None or self._warned_bad == version or self.busy:
             return
-        if self.journal.open_incident_for(self.name) is not None:
+        if self.journal.incidents.open_for(self.name) is not None:
             return  # the version is bad because this very incident rolled it back
         self._warned_bad = version
         log.warning("target=%s version=%s status=bad-version-redeployed earlier=%r", self.name,
@@ -227,15 +231,15 @@ class TargetMonitor:
                     probes: list[str] | None = None) -> Facts:
         # The backup a restore would use carries the writes made since it (what it would lose).
         backups = await with_losses(self.components,
-                                    self.journal.backup_entries(self.name, "database"), onset)
+                                    self.journal.backups.entries(self.name, "database"), onset)
         return Facts(
             current_version=version,
             current_revision=self._seen(REVISION_KINDS),
             current_key=self._seen(KEY_KINDS),
-            ledger=tuple(self.journal.ledger(self.name)),
+            ledger=tuple(self.journal.ledger.entries(self.name)),
             backups=backups,
-            key_backups=self.journal.backup_entries(self.name, "key"),
-            session_backups=self.journal.backup_entries(self.name, "sessions"),
+            key_backups=self.journal.backups.entries(self.name, "key"),
+            session_backups=self.journal.backups.entries(self.name, "sessions"),
             damaged=self.damaged(probes or []),
             capabilities=self.capabilities(),
             onset=onset,
@@ -254,7 +258,7 @@ class TargetMonitor:
         passing = all_passing(health)
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
         version = await self._update_ledger(passing, max_age=2.0 if found is None else 0.0)
-        incident = self.journal.open_incident_for(self.name)
+        incident = self.journal.incidents.open_for(self.name)
         if found is None:
             if passing and incident and incident.state in SELF_CLOSING:
                 self._close_recovered(incident)
@@ -277,10 +281,10 @@ class TargetMonitor:
         self._open(decision, onset, version, probes)
 
     def _close_recovered(self, incident: Incident) -> None:
-        acted = bool(self.journal.steps(incident.id))
+        acted = bool(self.journal.steps.of(incident.id))
         state = State.RESOLVED if acted else State.TRANSIENT
-        self.journal.update_incident(incident.id, "recovered", "every probe passes again",
-                                     state=state.value, closed_at=now_utc())
+        self.journal.incidents.update(incident.id, "recovered", "every probe passes again",
+                                      state=state.value, closed_at=now_utc())
         self.metrics.recovered(self.name, incident.incident_class,
                                incident.onset_at or incident.detected_at)
         log.info("target=%s incident=%d status=%s", self.name, incident.id, state)
@@ -290,18 +294,18 @@ class TargetMonitor:
         new = [p for p in probes if p not in known]
         if new:
             evidence = {**incident.evidence, "failing": sorted(known | set(new))}
-            self.journal.set_evidence(incident.id, evidence)
-            self.journal.add_event(incident.id, "joined", "new failing probes: " + ", ".join(
+            self.journal.incidents.set_evidence(incident.id, evidence)
+            self.journal.incidents.add_event(incident.id, "joined", "new failing probes: " + ", ".join(
                 f"{p} ({self.health[p].symptom})" for p in new))
 
     def _silenced(self) -> bool:
-        return active(self.journal.overrides(), self.name, now_utc(), OverrideKind.SILENCE) \
+        return active(self.journal.overrides.active(), self.name, now_utc(), OverrideKind.SILENCE) \
             is not None
 
     def _open(self, decision: Decision, onset: datetime | None, version: str | None,
               probes: list[str]) -> None:
         state = _STATE_OF[decision.action]
-        incident_id = self.journal.open_incident(
+        incident_id = self.journal.incidents.open(
             self.name, decision.incident_class, decision.reason, onset,
             {"probes": self.probe_evidence(), "version": version, "failing": sorted(probes)},
             state=state.value,
@@ -311,7 +315,7 @@ class TargetMonitor:
         log.info("target=%s incident=%d class=%s action=%s reason=%r", self.name, incident_id,
                  decision.incident_class, decision.action, decision.reason)
         if decision.plan is not None:
-            self.journal.update_incident(incident_id, "planned", ", ".join(
+            self.journal.incidents.update(incident_id, "planned", ", ".join(
                 decision.plan.step_names), plan=json.dumps(plan_to_dict(decision.plan)))
         if decision.action is Action.EXECUTE and decision.plan:
             self.start(incident_id, decision.plan)
@@ -320,7 +324,7 @@ class TargetMonitor:
 
     def _tell(self, incident_id: int, decision: Decision) -> None:
         if self._silenced():
-            self.journal.add_event(incident_id, "silenced", "no mail: silenced by an operator")
+            self.journal.incidents.add_event(incident_id, "silenced", "no mail: silenced by an operator")
             return
         if decision.action is Action.AWAIT_APPROVAL:
             what = "waiting for approval"
@@ -344,9 +348,8 @@ class TargetMonitor:
         self.task.add_done_callback(lambda _: setattr(self, "_version", (0.0, None)))
 
     def stored_plan(self, incident: Incident) -> Plan | None:
-        row = self.journal.db.execute("SELECT plan FROM incidents WHERE id = ?",
-                                      (incident.id,)).fetchone()
-        return plan_from_dict(json.loads(row[0])) if row and row[0] else None
+        extras = self.journal.incidents.extras(incident.id)
+        return plan_from_dict(extras.plan) if extras and extras.plan else None
 
     async def verify(self, timeout: float) -> tuple[bool, str]:
         """Run every probe until each passes its success threshold in a row, within timeout."""

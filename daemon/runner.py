@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.clock import now_utc
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.report import write_report
 from daemon.rollback.base import Executor, StepContext, StepFailed
@@ -64,32 +65,32 @@ class Runner:
         ctx = StepContext(incident_id, self.target, plan)
         body = [s for s in plan.steps if s.component not in RUNNER_COMPONENTS]
         first, last = (body[0].name, body[-1].name) if body else (None, None)
-        self.journal.update_incident(
+        self.journal.incidents.update(
             incident_id, state="remediating", plan_kind=plan.kind.value,
             from_version=plan.current_version, to_version=plan.target_version or None,
         )
-        done = {s.name for s in self.journal.steps(incident_id) if s.state == "done"}
+        done = {s.name for s in self.journal.steps.of(incident_id) if s.state == "done"}
         for seq, spec in enumerate(plan.steps):
             if spec.name in done:
                 continue  # resumed by a person after a hold: what completed stays done
             if spec.name == first:
-                self.journal.update_incident(incident_id, "started", f"{plan.kind} started",
-                                             started_at=now_utc())
+                self.journal.incidents.update(incident_id, "started", f"{plan.kind} started",
+                                              started_at=now_utc())
             if spec.component is Component.VERIFY:
-                self.journal.update_incident(incident_id, state="verifying")
+                self.journal.incidents.update(incident_id, state="verifying")
             ok, detail = await self._run_step(seq, spec, ctx)
             if not ok:
                 await self._failed(incident_id, plan, f"step {spec.name} failed: {detail}")
                 return False
             if spec.name == last:
-                self.journal.update_incident(incident_id, "rolled_back", detail,
-                                             rolled_back_at=now_utc())
+                self.journal.incidents.update(incident_id, "rolled_back", detail,
+                                              rolled_back_at=now_utc())
         await self._resolved(incident_id, plan)
         return True
 
     async def _run_step(self, seq: int, spec: StepSpec, ctx: StepContext) -> tuple[bool, str]:
         self._still_owner()
-        step_id = self.journal.step_started(ctx.incident_id, seq, spec.name, spec.idempotent)
+        step_id = self.journal.steps.started(ctx.incident_id, seq, spec.name, spec.idempotent)
         if self.fault_hook:
             self.fault_hook(spec.name)
         started = time.monotonic()
@@ -103,14 +104,14 @@ class Runner:
         except asyncio.CancelledError:
             # Shut down mid-step: what the step did is unknown, so it is not `done` or `failed`.
             if self._owner():
-                self.journal.step_interrupted(step_id, "daemon stopped while the step ran")
+                self.journal.steps.interrupted(step_id, "daemon stopped while the step ran")
             raise
         except Exception as exc:  # an executor bug must not kill the daemon
             log.exception("target=%s step=%s status=crashed", self.target, spec.name)
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
         self._still_owner()
-        self.journal.step_finished(step_id, ok, duration, detail)
+        self.journal.steps.finished(step_id, ok, duration, detail)
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",
                  self.target, ctx.incident_id, spec.name, "done" if ok else "failed",
                  duration, detail)
@@ -137,11 +138,11 @@ class Runner:
         evidence: dict[str, Any] = {"probes": self.probe_evidence()}
         for executor in self.involved(ctx.plan):
             evidence[executor.component.value] = await executor.evidence()
-        self.journal.set_evidence(ctx.incident_id, evidence)
+        self.journal.incidents.set_evidence(ctx.incident_id, evidence)
         return f"evidence from {len(evidence) - 1} components and {len(evidence['probes'])} probes"
 
     async def _notify(self, ctx: StepContext) -> str:
-        inc = self.journal.incident(ctx.incident_id)
+        inc = self.journal.incidents.get(ctx.incident_id)
         assert inc is not None
         steps = ", ".join(s.name for s in ctx.plan.steps
                           if s.component not in RUNNER_COMPONENTS)
@@ -154,7 +155,7 @@ class Runner:
                 + f"Plan ({ctx.plan.kind}): {steps}\n\nrollbackd is acting now; "
                 f"`rollbackctl show {inc.id}` follows it.\n")
         # After an approval the incident has its "opened" mail already: this one says it started.
-        started = self.journal.incident_mailed(inc.id)
+        started = self.journal.mail.incident_mailed(inc.id)
         to = self.outbox.enqueue(
             inc.id, "started" if started else "opened",
             f"[rollbackd] {self.target}: {inc.incident_class}, {ctx.plan.kind}"
@@ -172,7 +173,7 @@ class Runner:
         details = [await e.verify_target(ctx) for e in self.involved(ctx.plan)]
         version = ctx.plan.targets.get(Component.DEPLOYMENT)
         if version:
-            entry = next((e for e in self.journal.ledger(self.target) if e.version == version),
+            entry = next((e for e in self.journal.ledger.entries(self.target) if e.version == version),
                          None)
             if entry is None or not entry.known_good:
                 raise StepFailed(f"rollback target {version[:12]} is not known-good in the ledger")
@@ -187,18 +188,18 @@ class Runner:
 
     async def _resolved(self, incident_id: int, plan: Plan) -> None:
         now = now_utc()
-        self.journal.update_incident(incident_id, "verified", "all probes pass",
-                                     state="resolved", verified_at=now, closed_at=now)
+        self.journal.incidents.update(incident_id, "verified", "all probes pass",
+                                      state="resolved", verified_at=now, closed_at=now)
         if plan.current_version and Component.DEPLOYMENT in plan.targets:
-            self.journal.mark_bad(self.target, plan.current_version,
-                                  f"rolled back by incident {incident_id}")
-        breaker = self.journal.breaker(self.target, plan.kind)
-        self.journal.save_breaker(self.target, plan.kind,
-                                  record_success(breaker, now, self.policy.breaker_reset))
+            self.journal.ledger.mark_bad(self.target, plan.current_version,
+                                         f"rolled back by incident {incident_id}")
+        breaker = self.journal.breakers.get(self.target, plan.kind)
+        self.journal.breakers.save(self.target, plan.kind,
+                                   record_success(breaker, now, self.policy.breaker_reset))
         self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
                                       "success").inc()
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         assert inc is not None
         self.metrics.recovered(self.target, plan.incident_class, inc.onset_at or inc.detected_at)
         to = ", ".join(f"{k} {v[:12]}" for k, v in plan.targets.items())
@@ -218,13 +219,13 @@ class Runner:
                             f"[rollbackd] {self.target}: resolved by {plan.kind}", body)
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
-        breaker = self.journal.breaker(self.target, plan.kind)
+        breaker = self.journal.breakers.get(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
                                  self.policy.window, self.policy.breaker_reset)
-        self.journal.save_breaker(self.target, plan.kind, breaker)
-        self.journal.update_incident(incident_id, "failed", why, state="failed")
-        self.journal.update_incident(incident_id, "escalated", "a person must take over",
-                                     state="escalated")
+        self.journal.breakers.save(self.target, plan.kind, breaker)
+        self.journal.incidents.update(incident_id, "failed", why, state="failed")
+        self.journal.incidents.update(incident_id, "escalated", "a person must take over",
+                                      state="escalated")
         self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
                                       "failure").inc()
         write_report(self.journal, self.reports_dir, incident_id)

@@ -29,7 +29,7 @@ from daemon.drills.injectors import DrillError, InjectContext, Injector, build_i
 from daemon.drills.preflight import gate, not_known_good, not_ready, unfit
 from daemon.drills.record import FAILED, PASSED, REFUSED, RUNNING, DrillRun, ScenarioRun, now_utc
 from daemon.drills.scenarios import SCENARIOS
-from daemon.journal.store import Incident, Journal
+from daemon.journal import Incident, Journal
 from daemon.rollback.base import StepFailed
 
 if TYPE_CHECKING:
@@ -76,12 +76,12 @@ async def _fresh_backups(m: TargetMonitor, kinds: tuple[str, ...], drill_id: int
 
 
 def _newest_id(journal: Journal) -> int:
-    found = journal.incidents(1)
+    found = journal.incidents.recent(1)
     return found[0].id if found else 0
 
 
 def _opened(journal: Journal, target: str, after_id: int) -> Incident | None:
-    return next((i for i in reversed(journal.incidents(50))
+    return next((i for i in reversed(journal.incidents.recent(50))
                  if i.id > after_id and i.target == target), None)
 
 
@@ -93,8 +93,8 @@ async def _approve(ctx: DrillContext, m: TargetMonitor, inc: Incident) -> bool:
     async with m._eval_lock:
         if m.busy:
             return False
-        ctx.journal.update_incident(inc.id, "approved", f"approved by drill {ctx.run.id} "
-                                    "(drills.approve = true)")
+        ctx.journal.incidents.update(inc.id, "approved", f"approved by drill {ctx.run.id} "
+                                     "(drills.approve = true)")
         m.start(inc.id, plan)
     return True
 
@@ -165,8 +165,8 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
                 return
             await asyncio.sleep(POLL)
         s.incident, s.detected_as = inc.id, inc.incident_class
-        journal.add_event(inc.id, "drill", f"drill {ctx.run.id}: {s.scenario} injected at "
-                          f"{s.onset:%H:%M:%S.%f} UTC ({s.injected})"[:500])
+        journal.incidents.add_event(inc.id, "drill", f"drill {ctx.run.id}: {s.scenario} injected at "
+                                    f"{s.onset:%H:%M:%S.%f} UTC ({s.injected})"[:500])
         inc = await _follow(ctx, s, inc)
         await _judge(ctx, s, m, inc, injector, before)
     finally:
@@ -185,7 +185,7 @@ async def _follow(ctx: DrillContext, s: ScenarioRun, inc: Incident) -> Incident:
                 and "approved" not in s.timings and await _approve(ctx, m, found):
             s.timings["approved"] = _after(s.onset, now_utc()) or 0.0
         await asyncio.sleep(POLL)
-        found = ctx.journal.incident(inc.id)
+        found = ctx.journal.incidents.get(inc.id)
     return found or inc
 
 
@@ -223,9 +223,9 @@ async def _judge(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor, inc: Incid
 
 def _forget(ctx: DrillContext, inc: Incident, onset: datetime | None, onset_mono: float) -> None:
     """Once closed: not automatic (no limit or cooldown used up), no flapping counted."""
-    current = ctx.journal.incident(inc.id)
+    current = ctx.journal.incidents.get(inc.id)
     if current is not None and current.closed_at is not None:
-        ctx.journal.mark_manual(inc.id)
+        ctx.journal.incidents.mark_manual(inc.id)
     m = ctx.monitor()
     if m is None or onset is None:
         return

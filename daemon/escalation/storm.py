@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+
+from daemon.journal import HeldMail
 
 
 def grouped(storm_rank: int, storm_max: int) -> bool:
@@ -14,11 +14,11 @@ def grouped(storm_rank: int, storm_max: int) -> bool:
     return storm_rank > storm_max
 
 
-def digest_due(held: Sequence[Mapping[str, Any]], now: datetime, delay: float) -> bool:
+def digest_due(held: Sequence[HeldMail], now: datetime, delay: float) -> bool:
     """A digest goes out once the oldest held mail has waited `delay`: at most one per delay."""
     if not held:
         return False
-    oldest = min(datetime.fromisoformat(str(h["created_at"])) for h in held)
+    oldest = min(h.created_at for h in held)
     return now - oldest >= timedelta(seconds=delay)
 
 
@@ -27,26 +27,26 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def digest(held: Sequence[Mapping[str, Any]], storm_max: int,
+def digest(held: Sequence[HeldMail], storm_max: int,
            window: float) -> tuple[str, str, list[str]]:
     """Subject, body and recipients of one digest listing every held mail, by incident."""
-    by_incident: dict[Any, list[Mapping[str, Any]]] = {}
+    by_incident: dict[int | None, list[HeldMail]] = {}
     for h in held:
-        by_incident.setdefault(h["incident_id"], []).append(h)
+        by_incident.setdefault(h.incident_id, []).append(h)
     recipients: dict[str, None] = {}
     lines = [f"More than {storm_max} incidents opened within {window:g}s: rollbackd groups their "
              f"mails here instead of sending {len(held)} separately.", ""]
     for incident_id, mails in by_incident.items():
         first = mails[0]
-        lines.append(f"Incident {incident_id}: {first['target']} {first['incident_class']} "
-                     f"(now {first['state']})")
+        lines.append(f"Incident {incident_id}: {first.target} {first.incident_class} "
+                     f"(now {first.state})")
         for m in mails:
-            lines.append(f"- {m['event']}: {m['subject']}")
-            if m["event"] in ("opened", "failed"):
-                lines.append(f"  {_first_line(str(m['body']))}")
+            lines.append(f"- {m.event}: {m.subject}")
+            if m.event in ("opened", "failed"):
+                lines.append(f"  {_first_line(m.body)}")
         lines.append("")
         for m in mails:
-            recipients.update(dict.fromkeys(json.loads(str(m["recipients"]))))
+            recipients.update(dict.fromkeys(m.recipients))
     lines.append("`rollbackctl incidents` lists them; `rollbackctl show ID` has each one's "
                  "evidence; `rollbackctl ack ID` acknowledges one.")
     subject = (f"[rollbackd] incident storm: {len(by_incident)} incidents, "

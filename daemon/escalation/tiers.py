@@ -6,9 +6,10 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+from daemon.clock import now_utc
 from daemon.escalation import routing
 from daemon.escalation.outbox import NEEDS_PERSON, Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.escalations import Escalations
 
 log = logging.getLogger("rollbackd.escalation")
 
@@ -22,8 +23,9 @@ class TierChecker:
     """Walks unacknowledged incidents up the tiers. The journal remembers the tier reached, so a
     restart neither pages a tier twice nor forgets one (each tier's mail has a stable id)."""
 
-    def __init__(self, journal: Journal, outbox: Outbox) -> None:
-        self.journal = journal
+    def __init__(self, ladders: Escalations, outbox: Outbox) -> None:
+        self.ladders = ladders
+        """The journal's ladders (in a cluster: those of the targets this instance owns)."""
         self.outbox = outbox  # its config is the live one: a reload changes contacts for both
 
     def check(self, now: datetime | None = None) -> int:
@@ -31,36 +33,36 @@ class TierChecker:
         now = now or now_utc()
         cfg = self.outbox.config
         paged = 0
-        for row in self.journal.ladders_waiting(NEEDS_PERSON):
-            tier, since = int(row["tier"]), datetime.fromisoformat(row["since"])
+        for row in self.ladders.waiting(NEEDS_PERSON):
+            tier, since = row.tier, row.since
             timeout = cfg.escalation.timeout_for(tier)
             if now - since < timedelta(seconds=timeout):
                 continue
             nxt = routing.next_tier(cfg.contacts, tier)
             if nxt is None:
                 continue  # the top tier has it; there is nobody further to page
-            incident_id = int(row["incident_id"])
+            incident_id = row.incident_id
             event = f"tier-{nxt}"
             facts = self.outbox.facts(incident_id, event)
             to = routing.tier_recipients(cfg.escalation, cfg.contacts, facts, nxt)
             waited = (now - since).total_seconds()
-            body = (f"Incident {incident_id} on {row['target']} ({row['incident_class']}) needs a "
+            body = (f"Incident {incident_id} on {row.target} ({row.incident_class}) needs a "
                     f"person and nobody has acknowledged it: tier {tier} was mailed "
                     f"{_age(waited)} ago (timeout {_age(timeout)}). You are tier {nxt}.\n\n"
-                    f"{row['reason']}\n\nState: {row['state']}. Detected: "
-                    f"{datetime.fromisoformat(row['detected_at']):%Y-%m-%d %H:%M:%S} UTC.\n\n"
+                    f"{row.reason}\n\nState: {row.state}. Detected: "
+                    f"{row.detected_at:%Y-%m-%d %H:%M:%S} UTC.\n\n"
                     f"To take it:\n\n    rollbackctl ack {incident_id}\n\n"
                     f"`rollbackctl show {incident_id} --report` has the evidence.\n")
             # Mail first, then the step: a crash in between re-enqueues the same Message-ID,
             # which the outbox ignores, and then records the step.
             self.outbox.enqueue(incident_id, event,
-                                f"[rollbackd] {row['target']}: incident {incident_id} "
+                                f"[rollbackd] {row.target}: incident {incident_id} "
                                 f"UNACKNOWLEDGED, tier {nxt}", body, recipients=to)
-            before = self.journal.escalation(incident_id)
+            before = self.ladders.of(incident_id)
             everyone = list(dict.fromkeys([*(before[1] if before else []), *to]))
-            self.journal.ladder_step(incident_id, nxt, now, everyone)
+            self.ladders.step(incident_id, nxt, now, everyone)
             log.warning("incident=%d target=%s status=escalated tier=%d unacked_for=%s "
-                        "recipients=%d", incident_id, row["target"], nxt, _age(waited), len(to))
+                        "recipients=%d", incident_id, row.target, nxt, _age(waited), len(to))
             paged += 1
         return paged
 

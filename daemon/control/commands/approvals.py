@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import incident_arg
 from daemon.control.commands.emergency import LOCKDOWN, deny_lockdown, run_lockdown
 from daemon.control.commands.registry import command
 from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
-from daemon.journal.store import now_utc
 
 if TYPE_CHECKING:
     from daemon.app import Daemon
@@ -32,7 +32,7 @@ async def _approve(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     async with monitor._eval_lock:  # no automatic start between our check and ours
         if monitor.busy:
             raise CommandError("busy", f"{inc.target} is already running a plan")
-        d.journal.update_incident(inc.id, "approved", f"approved by uid {peer.uid}")
+        d.journal.incidents.update(inc.id, "approved", f"approved by uid {peer.uid}")
         monitor.start(inc.id, plan)
     return {"id": inc.id, "started": plan.kind}
 
@@ -45,6 +45,6 @@ async def _deny(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     if inc.state != "awaiting_approval":
         raise CommandError("bad_state", f"incident {inc.id} is {inc.state}, not waiting for "
                            "approval")
-    d.journal.update_incident(inc.id, "denied", f"denied by uid {peer.uid}", state="denied",
-                              closed_at=now_utc())
+    d.journal.incidents.update(inc.id, "denied", f"denied by uid {peer.uid}", state="denied",
+                               closed_at=now_utc())
     return {"id": inc.id, "state": "denied"}

@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import monitor_arg, text_arg
 from daemon.control.commands.registry import command
 from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
-from daemon.journal.store import Incident, now_utc
+from daemon.journal import Incident
 from daemon.report import write_report
 from policies.lifecycle import State
 
@@ -72,7 +73,7 @@ async def _lockdown(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
     reason = text_arg(args, "reason", required=False) or "mass breach suspected"
     accounts = _accounts(d, target)
-    pending = d.journal.open_incidents_of(target, LOCKDOWN)
+    pending = d.journal.incidents.open_of(target, LOCKDOWN)
     if pending:
         raise CommandError("bad_state", f"a lockdown of {target} is already waiting: incident "
                            f"{pending[0].id} (approve or deny it)")
@@ -80,15 +81,15 @@ async def _lockdown(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
     spared = accounts.settings.emergency_email
     text = (f"lockdown requested by uid {peer.uid}: {reason}; would lock {others} accounts "
             f"(all but {spared}) and delete sessions and reset tokens")
-    incident_id = d.journal.open_incident(
+    incident_id = d.journal.incidents.open(
         target, LOCKDOWN, text, None,
         {"requested_by": {"uid": peer.uid, "pid": peer.pid}, "reason": reason,
          "accounts": others, "spared": spared}, state=State.HELD.value, automatic=False)
     # Held, not awaiting_approval: that state closes by itself once the probes pass.
-    d.journal.update_incident(incident_id, "awaiting_approval",
-                              f"rollbackctl approve {incident_id} runs it",
-                              held_reason=f"lockdown waits for approval: rollbackctl approve "
-                                          f"{incident_id} (or deny {incident_id})")
+    d.journal.incidents.update(incident_id, "awaiting_approval",
+                               f"rollbackctl approve {incident_id} runs it",
+                               held_reason=f"lockdown waits for approval: rollbackctl approve "
+                                           f"{incident_id} (or deny {incident_id})")
     log.warning("target=%s incident=%d action=lockdown status=awaiting-approval by_uid=%d",
                 target, incident_id, peer.uid)
     d.outbox.enqueue(incident_id, "opened", f"[rollbackd] {target}: LOCKDOWN requested, "
@@ -104,19 +105,19 @@ async def _lockdown(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 async def _step(d: Daemon, inc: Incident, seq: int, name: str,
                 action: Callable[[], Awaitable[str]]) -> str:
-    step_id = d.journal.step_started(inc.id, seq, name, idempotent=True)
+    step_id = d.journal.steps.started(inc.id, seq, name, idempotent=True)
     started = time.monotonic()
     try:
         detail = await action()
     except CommandError as exc:
-        d.journal.step_finished(step_id, False, time.monotonic() - started, str(exc))
+        d.journal.steps.finished(step_id, False, time.monotonic() - started, str(exc))
         raise
     except Exception as exc:  # journaled as failed, answered as a refusal; the daemon goes on
         log.exception("target=%s incident=%d step=%s status=crashed", inc.target, inc.id, name)
         why = f"{name}: {type(exc).__name__}: {exc}"
-        d.journal.step_finished(step_id, False, time.monotonic() - started, why)
+        d.journal.steps.finished(step_id, False, time.monotonic() - started, why)
         raise CommandError("lockdown_failed", why) from None
-    d.journal.step_finished(step_id, True, time.monotonic() - started, detail)
+    d.journal.steps.finished(step_id, True, time.monotonic() - started, detail)
     log.info("target=%s incident=%d step=%s status=done detail=%r", inc.target, inc.id, name,
              detail)
     return detail
@@ -132,8 +133,8 @@ async def run_lockdown(d: Daemon, inc: Incident, peer: Peer) -> dict[str, Any]:
     """Lock, revoke, tell, verify; every step journaled. Safe to run again after a crash."""
     accounts = _accounts(d, inc.target)
     s = accounts.settings
-    d.journal.update_incident(inc.id, "approved", f"approved by uid {peer.uid}",
-                              state=State.REMEDIATING.value, started_at=now_utc())
+    d.journal.incidents.update(inc.id, "approved", f"approved by uid {peer.uid}",
+                               state=State.REMEDIATING.value, started_at=now_utc())
     done: dict[str, Any] = {}
 
     async def lock() -> str:
@@ -171,12 +172,12 @@ async def run_lockdown(d: Daemon, inc: Incident, peer: Peer) -> dict[str, Any]:
         await _step(d, inc, 1, "delete_sessions", sessions)
         await _step(d, inc, 2, "delete_reset_tokens", resets)
         await _step(d, inc, 3, "notify", notify)
-        d.journal.update_incident(inc.id, state=State.VERIFYING.value)
+        d.journal.incidents.update(inc.id, state=State.VERIFYING.value)
         await _step(d, inc, 4, "verify", verify)
     except CommandError as exc:
-        d.journal.update_incident(inc.id, "failed", str(exc), state=State.FAILED.value)
-        d.journal.update_incident(inc.id, "escalated", "a person must finish the lockdown",
-                                  state=State.ESCALATED.value)
+        d.journal.incidents.update(inc.id, "failed", str(exc), state=State.FAILED.value)
+        d.journal.incidents.update(inc.id, "escalated", "a person must finish the lockdown",
+                                   state=State.ESCALATED.value)
         write_report(d.journal, d.reports_dir, inc.id)
         d.outbox.enqueue(inc.id, "failed", f"[rollbackd] {inc.target}: LOCKDOWN FAILED",
                          f"The lockdown of {inc.target} failed: {exc}.\nA person must finish "
@@ -184,8 +185,8 @@ async def run_lockdown(d: Daemon, inc: Incident, peer: Peer) -> dict[str, Any]:
                          recipients=d.outbox.recipients())
         raise
     now = now_utc()
-    d.journal.update_incident(inc.id, "verified", "lockdown verified", state=State.RESOLVED.value,
-                              rolled_back_at=now, verified_at=now, closed_at=now)
+    d.journal.incidents.update(inc.id, "verified", "lockdown verified", state=State.RESOLVED.value,
+                               rolled_back_at=now, verified_at=now, closed_at=now)
     write_report(d.journal, d.reports_dir, inc.id)
     log.warning("target=%s incident=%d action=lockdown status=done locked=%d", inc.target,
                 inc.id, done["locked"])
@@ -195,8 +196,8 @@ async def run_lockdown(d: Daemon, inc: Incident, peer: Peer) -> dict[str, Any]:
 def deny_lockdown(d: Daemon, inc: Incident, peer: Peer) -> dict[str, Any]:
     # The lifecycle knows `denied` only after awaiting_approval; a held request closes as
     # escalated -> transient: nothing was done.
-    d.journal.update_incident(inc.id, "denied", f"denied by uid {peer.uid}: nothing changed",
-                              state=State.ESCALATED.value)
-    d.journal.update_incident(inc.id, "closed", "lockdown not run", state=State.TRANSIENT.value,
-                              closed_at=now_utc())
+    d.journal.incidents.update(inc.id, "denied", f"denied by uid {peer.uid}: nothing changed",
+                               state=State.ESCALATED.value)
+    d.journal.incidents.update(inc.id, "closed", "lockdown not run", state=State.TRANSIENT.value,
+                               closed_at=now_utc())
     return {"id": inc.id, "state": State.TRANSIENT.value, "denied": True}

@@ -6,11 +6,12 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import flag_arg, ledger_version, monitor_arg
 from daemon.control.commands.registry import command
 from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
-from daemon.journal.store import Incident, now_utc
+from daemon.journal import Incident
 from policies.classify import IncidentClass
 from policies.decision import Action, Decision, History, decide
 from policies.lifecycle import TRANSITIONS, State
@@ -83,21 +84,21 @@ async def _plan(m: TargetMonitor, args: dict[str, Any],
 def _incident_for(d: Daemon, m: TargetMonitor, open_inc: Incident | None, plan: Plan,
                   reason: str) -> tuple[int, bool]:
     """Take the target's open incident over when nothing ran in it yet; else open a new one."""
-    takeover = (open_inc is not None and not d.journal.steps(open_inc.id)
+    takeover = (open_inc is not None and not d.journal.steps.of(open_inc.id)
                 and State.REMEDIATING in TRANSITIONS[State(open_inc.state)])
     plan_json = json.dumps(plan_to_dict(plan))
     if open_inc is not None and takeover:
-        d.journal.mark_manual(open_inc.id)
-        d.journal.update_incident(open_inc.id, "manual", reason, reason=reason, plan=plan_json)
+        d.journal.incidents.mark_manual(open_inc.id)
+        d.journal.incidents.update(open_inc.id, "manual", reason, reason=reason, plan=plan_json)
         return open_inc.id, True
-    incident_id = d.journal.open_incident(m.name, plan.incident_class.value, reason, None,
-                                          {"manual": True}, automatic=False)
-    d.journal.update_incident(incident_id, "manual", reason, plan=plan_json)
+    incident_id = d.journal.incidents.open(m.name, plan.incident_class.value, reason, None,
+                                           {"manual": True}, automatic=False)
+    d.journal.incidents.update(incident_id, "manual", reason, plan=plan_json)
     if open_inc is not None:
-        d.journal.add_event(open_inc.id, "superseded", f"manual rollback in incident "
-                            f"{incident_id}")
+        d.journal.incidents.add_event(open_inc.id, "superseded", f"manual rollback in incident "
+                                      f"{incident_id}")
         if open_inc.state == State.HELD:  # so that it closes by itself once the target is well
-            d.journal.update_incident(open_inc.id, state=State.ESCALATED.value)
+            d.journal.incidents.update(open_inc.id, state=State.ESCALATED.value)
     return incident_id, False
 
 
@@ -114,7 +115,7 @@ async def _rollback(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 async def _rollback_locked(d: Daemon, target: str, m: TargetMonitor, args: dict[str, Any],
                            peer: Peer, force: bool, dry_run: bool) -> Any:
-    found = d.journal.open_incident_for(target)
+    found = d.journal.incidents.open_for(target)
     if m.busy or (found and found.state in (State.REMEDIATING, State.VERIFYING)):
         raise CommandError("busy", f"{target} is already running a plan"
                            + (f" (incident {found.id})" if found else ""))
@@ -136,7 +137,7 @@ async def _rollback_locked(d: Daemon, target: str, m: TargetMonitor, args: dict[
         reason += f"; forced past: {gate}"
     incident_id, took_over = _incident_for(d, m, open_inc, plan, reason)
     if gate is not None:
-        d.journal.add_event(incident_id, "forced", f"--force by uid {peer.uid} pid {peer.pid} "
-                            f"past: {gate}")
+        d.journal.incidents.add_event(incident_id, "forced", f"--force by uid {peer.uid} pid {peer.pid} "
+                                      f"past: {gate}")
     m.start(incident_id, plan)
     return {**summary, "id": incident_id, "took_over": took_over, "forced": gate is not None}
