@@ -72,7 +72,7 @@ def _timings(show: dict[str, Any]) -> dict[str, float]:
 
 
 def run_git(work: Path, smtp_port: int) -> dict[str, float]:
-    from daemon.workspace import Workspace
+    from daemon.demo.workspace import Workspace
     from tests.conftest import known_good, wait_for
 
     ws = Workspace.create(work / "ws")

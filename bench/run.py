@@ -14,7 +14,9 @@ Sections (--only picks some):
   (bench/deploy.py: git, docker, kubernetes);
 - backup: SQLite backup and restore throughput against `cp` (bench/recovery.py), and
   PostgreSQL restore against the runbook's dump + psql (bench/recovery_pg.py, when present);
-- overhead: the daemon watching 50, 200 and 1,000 probes (bench/probes.py): CPU, RSS, lag p99.
+- overhead: the daemon watching 50, 200 and 1,000 probes (bench/probes.py): CPU, RSS, lag p99;
+- peer: CPU per probe beside Prometheus' blackbox_exporter, http at 600 targets and https at
+  100 (bench/peer.py; both binaries from scripts/services).
 
 Exit 1 when a section failed or missed its goal. Only 127.0.0.1 and local sockets are used.
 """
@@ -44,7 +46,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from daemon.drills.text import columns  # noqa: E402
 
-SECTIONS = ("detect", "recover", "backup", "overhead")
+SECTIONS = ("detect", "recover", "backup", "overhead", "peer")
 PROBE_COUNTS = (50, 200, 1000)
 
 
@@ -70,7 +72,7 @@ def _s(v: float) -> str:
 
 
 async def _detect(runs: int, docker: bool) -> list[tuple[str, ...]]:
-    from daemon.demo_run import DemoSession
+    from daemon.demo.run import DemoSession
 
     work = Path(tempfile.mkdtemp(prefix="rollbackd-bench-detect-"))
     found: dict[str, list[Any]] = {}
@@ -264,9 +266,25 @@ def section_overhead(args: argparse.Namespace) -> bool:
     return ok
 
 
+def section_peer(args: argparse.Namespace) -> bool:
+    """bench/peer.py in a process per scheme: it starts its own exporter and Prometheus."""
+    import subprocess
+
+    ok = True
+    for scheme in ("http", "https"):
+        heading(f"CPU per probe beside blackbox_exporter, {scheme} (bench/peer.py, median of "
+                f"{args.runs})")
+        res = subprocess.run([sys.executable, str(ROOT / "bench" / "peer.py"), "--scheme", scheme,
+                              "--runs", str(args.runs), "--duration", str(args.duration * 3)],
+                             capture_output=True, text=True, timeout=3600)
+        print(res.stdout.rstrip() or res.stderr.rstrip()[-2000:])
+        ok &= res.returncode == 0
+    return ok
+
+
 RUN: dict[str, Callable[[argparse.Namespace], bool]] = {
     "detect": section_detect, "recover": section_recover, "backup": section_backup,
-    "overhead": section_overhead}
+    "overhead": section_overhead, "peer": section_peer}
 
 
 def main(argv: list[str] | None = None) -> int:

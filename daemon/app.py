@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from daemon.alerts.service import AlertReceiver, start_alerts
+from daemon.backup.store import sweep_leftovers
 from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
 from daemon.control.commands import audit_refused, dispatch
@@ -23,12 +24,16 @@ from daemon.control.server import ControlServer
 from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
+from daemon.incidents.recovery import hold_interrupted
 from daemon.journal.backend import journal_collector, open_journal
 from daemon.metrics import Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
 from daemon.notify import Notifier, watchdog_interval
-from daemon.report import keep_reports, write_report
+from daemon.reload_diff import Unapplied, as_applied, unapplied
+from daemon.report import keep_reports
 from daemon.scheduler import ProbeScheduler
+from daemon.selfcheck import SelfCheck, raise_fd_limit
+from daemon.statelock import StateLock
 
 log = logging.getLogger("rollbackd")
 
@@ -90,9 +95,19 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.config
         cfg.daemon.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # First of all: a second daemon on this state directory must touch nothing (socket,
+        # journal, probes). StateDirInUse propagates; `rollbackd run` exits 1 with its message.
+        self.state_lock = StateLock.acquire(cfg.daemon.state_dir)
+        # Locked, and no backup started yet: every .partial there is what a crash left.
+        sweep_leftovers(cfg.daemon.state_dir / "backups")
+        raise_fd_limit()  # systemd's default soft limit of 1,024 is easily used up
         self.journal = open_journal(cfg)
         self.cluster = Cluster.for_config(self, self.journal, cfg)
         self.outbox = self.cluster.outbox(cfg) if self.cluster else Outbox(self.journal, cfg)
+        # The daemon's own faults (descriptors, memory, disk, spawn, loop lag) are not the
+        # targets': while self_degraded, observations do not count and nothing is evaluated.
+        self.selfcheck = SelfCheck(cfg.daemon.state_dir, self.metrics.registry,
+                                   lambda notice: self.outbox.send(notice))
         self.scheduler = ProbeScheduler(self.metrics)
         self.drills = DrillService(self)  # before the monitors: it schedules their drills
         self.scheduler.drills = self.drills.scheduled
@@ -105,11 +120,13 @@ class Daemon:
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
                                      cfg.daemon.socket_group, cfg.daemon.allowed_groups,
-                                     refused=partial(audit_refused, self))
+                                     cfg.daemon.max_control_connections,
+                                     on_forbidden=partial(audit_refused, self))
         await self.control.start()
         self._start_metrics()
         self.alerts = await start_alerts(cfg.alerts, self.acting_monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        self._tasks.append(asyncio.create_task(self.selfcheck.run(), name="selfcheck"))
         # Unacknowledged escalations page the next tier; cancelled with the other tasks.
         tiers = TierChecker(self.cluster.ladders() if self.cluster else self.journal.escalations,
                             self.outbox)
@@ -150,7 +167,7 @@ class Daemon:
         if self.alerts is not None:  # no alert may start a rollback while we wind down
             await self.alerts.stop()
         monitors = [*self.monitors.values(), *self._retired]
-        running = [m.task for m in monitors if m.task and not m.task.done()]
+        running = [t for m in monitors if (t := m.desk.task) is not None and not t.done()]
         if running:
             log.info("daemon status=stopping waiting_for=%d rollback(s) grace=%.0fs",
                      len(running), SHUTDOWN_GRACE)
@@ -172,6 +189,7 @@ class Daemon:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self.journal.close()
+        self.state_lock.release()
         log.info("daemon status=stopped")
 
     # -- parts -------------------------------------------------------------------------------
@@ -193,14 +211,7 @@ class Daemon:
 
     def recover_interrupted(self, target: str | None = None) -> None:
         """Steps a crash left running are interrupted: their incidents are held for a person."""
-        for incident, step in self.journal.steps.recover_interrupted(target):
-            log.warning("incident=%d target=%s step=%s status=interrupted action=held",
-                        incident.id, incident.target, step.name)
-            write_report(self.journal, self.reports_dir, incident.id)
-            self.outbox.enqueue(
-                incident.id, f"held-{step.id}",
-                f"[rollbackd] {incident.target}: incident {incident.id} HELD for a person",
-                f"{incident.held_reason}\n\n`rollbackctl show {incident.id}` has the steps.\n")
+        hold_interrupted(self.journal, self.outbox, self.reports_dir, target)
 
     def acting_monitors(self) -> dict[str, TargetMonitor]:
         """The monitors this instance acts for: all, or with several instances its own."""
@@ -211,7 +222,7 @@ class Daemon:
     def new_monitor(self, name: str) -> TargetMonitor:
         return TargetMonitor(name, self.config.targets[name], self.config.policy_for(name),
                              self.journal, self.outbox, self.metrics, self.reports_dir,
-                             self._fault_hook())
+                             self._fault_hook(), own_fault=self.selfcheck.judge)
 
     def _build_monitors(self) -> None:
         self.monitors = {name: self.new_monitor(name) for name in self.config.targets}
@@ -232,9 +243,10 @@ class Daemon:
         except OSError as exc:  # metrics are not worth failing the daemon for
             log.error("metrics status=disabled address=%s reason=%s", addr, exc.strerror)
 
-    def reload(self) -> bool:
+    def reload(self) -> list[Unapplied] | None:
+        """Applies the config file again: None if it is rejected, else the keys left for a restart."""
         if self.config_path is None:
-            return False
+            return None
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
@@ -243,9 +255,19 @@ class Daemon:
                 log.error("reload status=rejected file=%s error=%r", exc.path, line)
             log.error("reload status=rejected keeping=previous config")
             self.notifier.ready(self.summary())
-            return False
+            return None
+        waiting = unapplied(self.config, new)
+        for item in waiting:
+            log.warning("reload key=%s status=needs-restart old=%s new=%s", item.key, item.old,
+                        item.new)
+        new = as_applied(self.config, new)
         # Running rollbacks keep their monitor objects; the journal keeps one incident per target.
         self.scheduler.unschedule_all()
+        for name in set(self.monitors) - set(new.targets):
+            closed = self.monitors[name].desk.close_removed("its target was removed from the "
+                                                            "config")
+            if closed:
+                log.info("reload target=%s removed incident=%d status=abandoned", name, closed)
         self._retired = [m for m in (*self._retired, *self.monitors.values()) if m.busy]
         self.config = new
         self.outbox.config = new  # new contacts, routes and SMTP settings for queued mail too
@@ -254,7 +276,7 @@ class Daemon:
             self.alerts.replay()
         log.info("reload status=done targets=%d", len(self.monitors))
         self.notifier.ready(self.summary())
-        return True
+        return waiting
 
     def summary(self) -> str:
         failing = sum(1 for m in self.monitors.values() if any(h.failing for h in m.health.values()))

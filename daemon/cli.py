@@ -1,34 +1,55 @@
-"""rollbackd's command line: run, check-config, probe, demo."""
+"""rollbackd's command line: run, check-config, probe, demo.
+
+Only argparse at the top: `rollbackd --help` must not pay for the daemon (config models,
+every probe kind, the HTTP stack); each command imports what it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
 import sys
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.logs import setup_logging
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 EXIT_CONFIG = 2
 
 
 def _load(path: str) -> Config | None:
+    """The config, or None after printing every error (a missing extra is one too)."""
+    from daemon.config import ConfigError, load_config
+    from daemon.config_check import missing_extras
+
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"{exc.path}: {line}", file=sys.stderr)
         return None
+    missing = missing_extras(config)
+    for finding in missing:
+        print(f"{path}: {finding}", file=sys.stderr)
+    return None if missing else config
 
 
 def cmd_check_config(ns: argparse.Namespace) -> int:
+    from daemon.config_check import config_warnings
+
     config = _load(ns.file)
     if config is None:
         return EXIT_CONFIG
+    warnings = config_warnings(config)
+    label = "" if ns.strict else "warning: "
+    for finding in warnings:
+        print(f"{ns.file}: {label}{finding}", file=sys.stderr)
+    if ns.strict and warnings:
+        return EXIT_CONFIG
     probes = sum(len(t.probes) for t in config.targets.values())
-    print(f"{ns.file}: ok ({len(config.targets)} targets, {probes} probes)")
+    noted = f", {len(warnings)} warnings" if warnings else ""
+    print(f"{ns.file}: ok ({len(config.targets)} targets, {probes} probes{noted})")
     return 0
 
 
@@ -52,6 +73,8 @@ async def _probe_all(config: Config, only: str | None) -> int:
 
 
 def cmd_probe(ns: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(ns.config)
     if config is None:
         return EXIT_CONFIG
@@ -59,6 +82,7 @@ def cmd_probe(ns: argparse.Namespace) -> int:
         print(f"{ns.config}: no target {ns.target!r} (have: {', '.join(config.targets)})",
               file=sys.stderr)
         return EXIT_CONFIG
+
     return asyncio.run(_probe_all(config, ns.target))
 
 
@@ -66,10 +90,17 @@ def cmd_run(ns: argparse.Namespace) -> int:
     config = _load(ns.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.daemon.log_level)
     from daemon.app import Daemon
+    from daemon.logs import setup_logging
+    from daemon.statelock import StateDirInUse
 
-    return Daemon(config, Path(ns.config)).run()
+    setup_logging(config.daemon.log_level)
+
+    try:
+        return Daemon(config, Path(ns.config)).run()
+    except StateDirInUse as exc:  # the running daemon keeps its socket and its probes
+        print(f"rollbackd: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_rules(ns: argparse.Namespace) -> int:
@@ -79,8 +110,28 @@ def cmd_rules(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_schema(ns: argparse.Namespace) -> int:
+    import json
+
+    from daemon.config_reference import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+DEMO_MODULES = ("flask", "sqlalchemy", "alembic", "bcrypt", "aiosmtpd")
+"""What the demo's sample app and mail sink import: the demo extra."""
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.config_check import module_installed
+
+    missing = [m for m in DEMO_MODULES if not module_installed(m)]
+    if missing:
+        print(f"rollbackd demo: needs the demo extra ({', '.join(missing)} missing): "
+              "pip install 'rollbackd[demo]'", file=sys.stderr)
+        return EXIT_CONFIG
+    from daemon.demo.main import run_demo
 
     return run_demo(keep=ns.keep, verbose=ns.verbose)
 
@@ -111,9 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     run.add_argument("--config", required=True)
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config", help="validate a config file; exit 2 on errors")
+    check = sub.add_parser("check-config", help="validate a config file: every error and "
+                           "warning at once; exit 2 on errors, 0 otherwise")
     check.add_argument("file")
+    check.add_argument("--strict", action="store_true", help="warnings count as errors (exit 2)")
     check.set_defaults(func=cmd_check_config)
+    schema = sub.add_parser("config-schema", help="print the config file's JSON Schema (for "
+                            "editors; docs/config-reference.md is the same for people)")
+    schema.set_defaults(func=cmd_config_schema)
     probe = sub.add_parser("probe", help="run every probe once; exit 1 if any fails")
     probe.add_argument("--config", required=True)
     probe.add_argument("target", nargs="?")
@@ -137,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    result: int = ns.func(ns)
+    try:
+        result: int = ns.func(ns)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `rollbackd config-schema | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return result
 
 

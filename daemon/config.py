@@ -59,18 +59,20 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
 
 
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
-Secret = Annotated[SecretValue, PlainValidator(load_secret), PlainSerializer(str)]
+Secret = Annotated[SecretValue, PlainValidator(load_secret, json_schema_input_type=str),
+                   PlainSerializer(str)]
 Argv = Annotated[list[str], Field(min_length=1)]
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DaemonSettings(Frozen):
     state_dir: ConfigPath = Path("/var/lib/rollbackd")
     """Journal, reports and backups live here (mode 0700)."""
     socket: ConfigPath = Path("/run/rollbackd/control.sock")
+    """The control socket rollbackctl talks to."""
     metrics_address: str = "127.0.0.1:9617"
     """host:port of the Prometheus endpoint; empty turns it off."""
     allowed_uids: list[int] = []
@@ -79,7 +81,11 @@ class DaemonSettings(Frozen):
     """Group that owns the control socket (mode 0660); unset: the daemon's own group."""
     allowed_groups: list[str] = []
     """Control-socket peers in one of these groups (primary or supplementary) are allowed too."""
+    max_control_connections: int = Field(default=64, ge=1, le=10_000)
+    """Control-socket clients served at once; more are refused at once (reply `busy`), so idle
+    clients cannot use up the descriptors the probes need."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe log lines written (to stderr: the journal under systemd)."""
     test_hooks: bool = False
     """Enables fault-injection commands for the test suite; never in production."""
     journal_dsn_file: Secret | None = None
@@ -137,14 +143,21 @@ class DaemonSettings(Frozen):
 
 class SmtpSettings(Frozen):
     host: str = "127.0.0.1"
+    """The SMTP server's host name or address."""
     port: int = Field(default=25, ge=1, le=65535)
+    """The SMTP server's port (587 with starttls, 465 with tls)."""
     sender: str = Field(default="rollbackd@localhost", alias="from")
+    """The From address of every mail."""
     starttls: bool = False
+    """Upgrade the connection with STARTTLS (port 587); exclusive with tls."""
     tls: bool = False
     """Implicit TLS (port 465); exclusive with starttls."""
     username: str | None = None
+    """SMTP AUTH user name; unset: no authentication."""
     password_file: Secret | None = None
+    """Secret: the SMTP AUTH password (needs username)."""
     timeout: PositiveDuration = 10.0
+    """How long one SMTP conversation may take; a mail that fails is retried."""
     ca_file: ConfigPath | None = None
     """PEM file of the CA that signed the server's certificate (a private CA), for tls/starttls."""
 
@@ -167,7 +180,9 @@ class GitDeployment(Frozen):
     install: Argv | None = None
     """argv that reinstalls dependencies; run only when a requirements file differs."""
     requirements: list[str] = ["requirements.txt"]
+    """Files (relative to repo) whose change between two commits makes a rollback run `install`."""
     command_timeout: PositiveDuration = 120.0
+    """How long one command (restart, install, git) may take."""
 
 
 # [targets.<name>.deployment], tagged by `kind` (git when left out).
@@ -188,12 +203,12 @@ PolicyOverrides = create_model(  # type: ignore[call-overload]
     __config__=ConfigDict(extra="forbid", frozen=True),
     # Same types and bounds as [policy], every key optional: a target names only what differs.
     **{
-        name: (_optional(f), None)
+        name: (_optional(f), Field(None, description=f.description))
         for name, f in PolicySettings.model_fields.items()
     },
 )
 
-_probe_models = tuple(model for model, _ in PROBE_KINDS.values())
+_probe_models = tuple(kind.settings for kind in PROBE_KINDS.values())
 ProbeConfig = (
     _probe_models[0]
     if len(_probe_models) == 1
@@ -213,16 +228,22 @@ class AccountsSettings(Frozen):
     dsn_file: Secret | None = None
     """Secret file holding the database URL (postgresql://... or sqlite:///...)."""
     table: SqlName = "users"
+    """The app's table of user accounts."""
     email_column: SqlName = "email"
+    """Its column of e-mail addresses (the login name)."""
     password_column: SqlName = "password_hash"
     """bcrypt hashes."""
     admin_column: SqlName = "is_admin"
+    """Its boolean column that marks an admin."""
     locked_column: SqlName = "locked_until"
+    """Its column of the naive UTC time an account is locked until."""
     failed_column: SqlName = "failed_login_attempts"
+    """Its count of failed logins since the last good one."""
     expires_column: SqlName = "expires_at"
     """Naive UTC time after which the app refuses the account; the emergency admin needs it."""
     emergency_email: str = Field(default="rollbackd-emergency@localhost",
                                  pattern=r"^[^@\s]+@[^@\s]+$")
+    """The address (login name) of the emergency admin account that emergency-admin creates."""
     emergency_ttl: PositiveDuration = 3600.0
     """How long an emergency admin's password works."""
     redis_url_file: Secret | None = None

@@ -1,10 +1,10 @@
-"""One target's monitor: runs probes, debounces, keeps the ledger, decides, starts the runner."""
+"""One target's monitor: runs its probes, debounces them, keeps the ledger, and asks the
+target's incident desk to act on what they show."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections import deque
@@ -16,37 +16,32 @@ from typing import Any
 from daemon.backup.losses import with_losses
 from daemon.clock import now_utc
 from daemon.config import TargetConfig
+from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
-from daemon.journal import Incident, Journal
+from daemon.incidents.desk import IncidentDesk, Picture
 from daemon.journal.freshness import JournalBackups
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
 from policies.classify import SESSION_KINDS, IncidentClass, all_passing, classify
 from policies.debounce import ProbeHealth, debounce
-from policies.decision import Action, Decision, History, decide
+from policies.decision import History
 from policies.latency import LatencyState, explain, track
 from policies.ledger import LedgerEntry, observe, redeployed_bad
-from policies.lifecycle import SELF_CLOSING, State
-from policies.overrides import OverrideKind, active
-from policies.plans import Capabilities, Component, Plan, plan_from_dict, plan_to_dict
+from policies.plans import Capabilities, Component
 from policies.settings import PolicySettings
 from policies.targets import Facts
 from probes.base import Probe, ProbeSettings
 from probes.observation import Observation, Status, Symptom
-from probes.registry import build_probe
+from probes.registry import Tells, build_probe, kinds_that
 
 log = logging.getLogger("rollbackd.monitor")
 
 # Probe kinds whose Observation.version tells the schema revision or the key fingerprint.
-REVISION_KINDS = ("sqlite_integrity", "postgres_integrity")
-KEY_KINDS = ("fernet_key",)
-
-_STATE_OF = {Action.EXECUTE: State.OPEN, Action.DRY_RUN: State.DRY_RUN,
-             Action.ESCALATE: State.ESCALATED, Action.AWAIT_APPROVAL: State.AWAITING_APPROVAL,
-             Action.HOLD: State.HELD}
-
+REVISION_KINDS = tuple(sorted(kinds_that(Tells.REVISION)))
+KEY_KINDS = tuple(sorted(kinds_that(Tells.KEY_FINGERPRINT)))
 
 async def run_probe(probe: Probe, timeout: float) -> Observation:
     """The scheduler owns the timeout; whatever escapes a probe becomes an error observation."""
@@ -76,8 +71,11 @@ def journal_history(journal: Journal, target: str,
 class TargetMonitor:
     def __init__(self, name: str, config: TargetConfig, policy: PolicySettings, journal: Journal,
                  outbox: Outbox, metrics: Metrics, reports_dir: Path,
-                 fault_hook: Callable[[str], None] | None = None) -> None:
+                 fault_hook: Callable[[str], None] | None = None,
+                 own_fault: Callable[[Observation], bool] | None = None) -> None:
         self.name = name
+        self.own_fault = own_fault
+        """selfcheck.SelfCheck.judge: True while the daemon itself is self_degraded."""
         self.config = config
         self.policy = policy
         self.journal = journal
@@ -88,18 +86,16 @@ class TargetMonitor:
         self.probes: dict[str, Probe] = {p: build_probe(p, s, backups)
                                          for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
-        self.components: dict[Component, Executor] = build_executors(config)
+        self.components: dict[Component, Executor] = build_executors(config, name)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
-        self.task: asyncio.Task[bool] | None = None
+        self.desk = IncidentDesk(self, journal, outbox, metrics, self.runner)
         self.transitions: deque[float] = deque(maxlen=64)
         """time.monotonic() of each healthy <-> failing change: a clock step must not make
         recent flapping old, or old flapping recent."""
         self._was_failing = False
         self._version: tuple[float, str | None] = (0.0, None)
-        self._eval_lock = asyncio.Lock()
         self._warned_bad: str | None = None
-        self._last_suppressed: str | None = None
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
 
     @property
@@ -108,7 +104,13 @@ class TargetMonitor:
 
     @property
     def busy(self) -> bool:
-        return self.task is not None and not self.task.done()
+        return self.desk.busy
+
+    def forget_transitions_since(self, since: float) -> None:
+        """A drill's healthy/failing changes (monotonic `since` on) are not flapping."""
+        kept = [t for t in self.transitions if t < since]
+        self.transitions.clear()
+        self.transitions.extend(kept)
 
     def capabilities(self) -> Capabilities:
         caps: dict[Any, Any] = {}
@@ -166,12 +168,13 @@ class TargetMonitor:
     async def run_scheduled(self, probe_name: str) -> None:
         try:
             obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            if self.own_fault is not None and self.own_fault(obs):
+                return  # the daemon's own fault: the target is neither blamed nor evaluated
             self._record(obs)
-            async with self._eval_lock:
-                try:
-                    await self.evaluate()
-                except Exception:  # the daemon outlives any one bad evaluation
-                    log.exception("target=%s status=error reason=evaluation crashed", self.name)
+            try:
+                await self.desk.evaluate()
+            except Exception:  # the daemon outlives any one bad evaluation
+                log.exception("target=%s status=error reason=evaluation crashed", self.name)
         except asyncio.CancelledError:
             # Only shutdown cancels a probe run, and it has nothing to record; APScheduler would
             # log the cancellation as a crashed job.
@@ -206,16 +209,12 @@ class TargetMonitor:
         bad = redeployed_bad(entries, version)
         if bad is None or self._warned_bad == version or self.busy:
             return
-        if self.journal.incidents.open_for(self.name) is not None:
+        if self.desk.current() is not None:
             return  # the version is bad because this very incident rolled it back
         self._warned_bad = version
         log.warning("target=%s version=%s status=bad-version-redeployed earlier=%r", self.name,
                     version[:12], bad.bad_reason)
-        self.outbox.enqueue(None, f"redeploy-{self.name}-{version[:12]}-{time.time():.0f}",
-                            f"[rollbackd] {self.name}: bad version {version[:12]} redeployed",
-                            f"{version[:12]} was deployed again on {self.name}; it is marked bad: "
-                            f"{bad.bad_reason}.\n`rollbackctl known-good list {self.name}` and "
-                            "the earlier incident's report have the details.\n")
+        self.outbox.send(notices.bad_redeploy(self.name, version, bad.bad_reason, time.time()))
 
     def damaged(self, probes: list[str]) -> frozenset[Component]:
         """Whose data these failing probes speak for."""
@@ -250,106 +249,40 @@ class TargetMonitor:
         return journal_history(self.journal, self.name, tuple(
             now - timedelta(seconds=mono - t) for t in self.transitions))
 
-    async def evaluate(self) -> None:
-        if self.busy:
-            return
+    async def picture(self) -> Picture:
+        """The debounced picture now, with the ledger brought up to date (the desk asks)."""
         health = self.target_health()
         found = classify(health)
-        passing = all_passing(health)
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
-        version = await self._update_ledger(passing, max_age=2.0 if found is None else 0.0)
-        incident = self.journal.incidents.open_for(self.name)
-        if found is None:
-            if passing and incident and incident.state in SELF_CLOSING:
-                self._close_recovered(incident)
-            return
-        if incident is not None:
-            self._join(incident, found[1])
-            return  # one open incident per target; it already owns these symptoms
-        incident_class, probes = found
+        version = await self._update_ledger(all_passing(health),
+                                            max_age=2.0 if found is None else 0.0)
+        return Picture(found, all_passing(health), version)
+
+    async def confirm(self) -> tuple[Picture, dict[str, str]]:
+        """Every probe of the target afresh, at once, each within its own timeout; recorded like
+        any run. The picture after them, and what each said (for the incident's timeline)."""
+        names = list(self.probes)
+        observations = await asyncio.gather(*(run_probe(self.probes[p], self.settings[p].timeout)
+                                              for p in names))
+        said = {}
+        for obs in observations:
+            self._record(obs)
+            said[obs.probe] = "ok" if obs.ok else f"{obs.status}: {obs.detail}"
+        return await self.picture(), said
+
+    def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
         evidence = "; ".join(f"{p} {h.last.detail}" for p in probes
                              if (h := self.health[p]).last is not None)
         onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
-        decision = decide(incident_class, evidence, await self.facts(version, onset, probes),
-                          self.history(), now_utc(), self.policy, self.name)
-        if decision.action in (Action.SUPPRESS, Action.IGNORE):
-            if self._last_suppressed != decision.reason:  # say it once, not every run
-                self._last_suppressed = decision.reason
-                log.info("target=%s action=%s reason=%r", self.name, decision.action,
-                         decision.reason)
-            return
-        self._open(decision, onset, version, probes)
+        return evidence, onset
 
-    def _close_recovered(self, incident: Incident) -> None:
-        acted = bool(self.journal.steps.of(incident.id))
-        state = State.RESOLVED if acted else State.TRANSIENT
-        self.journal.incidents.update(incident.id, "recovered", "every probe passes again",
-                                      state=state.value, closed_at=now_utc())
-        self.metrics.recovered(self.name, incident.incident_class,
-                               incident.onset_at or incident.detected_at)
-        log.info("target=%s incident=%d status=%s", self.name, incident.id, state)
+    def forget_version(self) -> None:
+        self._version = (0.0, None)
 
-    def _join(self, incident: Incident, probes: list[str]) -> None:
-        known = set(incident.evidence.get("failing", []))
-        new = [p for p in probes if p not in known]
-        if new:
-            evidence = {**incident.evidence, "failing": sorted(known | set(new))}
-            self.journal.incidents.set_evidence(incident.id, evidence)
-            self.journal.incidents.add_event(incident.id, "joined", "new failing probes: " + ", ".join(
-                f"{p} ({self.health[p].symptom})" for p in new))
-
-    def _silenced(self) -> bool:
-        return active(self.journal.overrides.active(), self.name, now_utc(), OverrideKind.SILENCE) \
-            is not None
-
-    def _open(self, decision: Decision, onset: datetime | None, version: str | None,
-              probes: list[str]) -> None:
-        state = _STATE_OF[decision.action]
-        incident_id = self.journal.incidents.open(
-            self.name, decision.incident_class, decision.reason, onset,
-            {"probes": self.probe_evidence(), "version": version, "failing": sorted(probes)},
-            state=state.value,
-        )
-        self.metrics.incidents.labels(self.name, decision.incident_class).inc()
-        self.metrics.detected(self.name, decision.incident_class, onset)
-        log.info("target=%s incident=%d class=%s action=%s reason=%r", self.name, incident_id,
-                 decision.incident_class, decision.action, decision.reason)
-        if decision.plan is not None:
-            self.journal.incidents.update(incident_id, "planned", ", ".join(
-                decision.plan.step_names), plan=json.dumps(plan_to_dict(decision.plan)))
-        if decision.action is Action.EXECUTE and decision.plan:
-            self.start(incident_id, decision.plan)
-            return
-        self._tell(incident_id, decision)
-
-    def _tell(self, incident_id: int, decision: Decision) -> None:
-        if self._silenced():
-            self.journal.incidents.add_event(incident_id, "silenced", "no mail: silenced by an operator")
-            return
-        if decision.action is Action.AWAIT_APPROVAL:
-            what = "waiting for approval"
-            body = (f"{decision.reason}\n\nNothing has been changed. To run the plan:\n\n"
-                    f"    rollbackctl approve {incident_id}\n\nTo refuse it:\n\n"
-                    f"    rollbackctl deny {incident_id}\n")
-        else:
-            what = {Action.DRY_RUN: "would act (dry run)", Action.HOLD: "held for a person",
-                    Action.ESCALATE: "escalated"}.get(decision.action, str(decision.action))
-            body = (f"{decision.reason}\n\nNothing was changed. `rollbackctl show {incident_id}` "
-                    "has the evidence.\n")
-        if decision.plan is not None:
-            body += f"\nPlan ({decision.plan.kind}): {', '.join(decision.plan.step_names)}\n"
-        self.outbox.enqueue(incident_id, "opened",
-                            f"[rollbackd] {self.name}: {decision.incident_class}, {what}", body)
-
-    def start(self, incident_id: int, plan: Plan) -> None:
-        self.task = asyncio.create_task(self.runner.execute(incident_id, plan),
-                                        name=f"rollback-{self.name}-{incident_id}")
-        # The rollback changes the deployed version: forget the cached one when it ends.
-        self.task.add_done_callback(lambda _: setattr(self, "_version", (0.0, None)))
-
-    def stored_plan(self, incident: Incident) -> Plan | None:
-        extras = self.journal.incidents.extras(incident.id)
-        return plan_from_dict(extras.plan) if extras and extras.plan else None
+    @property
+    def version(self) -> str | None:
+        """The deployed version as last read (None: not read yet, or no deployment)."""
+        return self._version[1]
 
     async def verify(self, timeout: float) -> tuple[bool, str]:
         """Run every probe until each passes its success threshold in a row, within timeout."""

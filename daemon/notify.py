@@ -30,7 +30,6 @@ class Notifier:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         # sdnotify opens its socket even when NOTIFY_SOCKET is unset; not systemd's child, no socket.
         self._sd = sdnotify.SystemdNotifier() if self.enabled else None
-        self.last_progress = time.monotonic()
 
     def send(self, state: str) -> None:
         if self._sd is not None:
@@ -59,7 +58,6 @@ class Notifier:
             await asyncio.sleep(interval)
             now = time.monotonic()
             if now - before < interval * 1.9:
-                self.last_progress = now
                 self.send("WATCHDOG=1")
             else:
                 log.warning("watchdog status=skipped reason=event loop stalled %.1fs",

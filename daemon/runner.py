@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from daemon.clock import now_utc
+from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.journal.store import Journal
 from daemon.metrics import Metrics
+from daemon.metrics.instruments import Trigger
+from daemon.refusal import Refused
 from daemon.report import write_report
 from daemon.rollback.base import Executor, StepContext, StepFailed
 from policies.breaker import record_failure, record_success
-from policies.plans import Component, Plan, StepSpec
+from policies.lifecycle import State
+from policies.plans import Component, Plan, PlanKind, StepSpec
 from policies.settings import PolicySettings
 
 log = logging.getLogger("rollbackd.runner")
@@ -65,8 +69,12 @@ class Runner:
         ctx = StepContext(incident_id, self.target, plan)
         body = [s for s in plan.steps if s.component not in RUNNER_COMPONENTS]
         first, last = (body[0].name, body[-1].name) if body else (None, None)
+        # Verification starts with the probes' step, or, in a plan that checks its own work
+        # (the lockdown), with its last step.
+        checks = next((s.name for s in plan.steps if s.component is Component.VERIFY),
+                      plan.steps[-1].name)
         self.journal.incidents.update(
-            incident_id, state="remediating", plan_kind=plan.kind.value,
+            incident_id, state=State.REMEDIATING.value, plan_kind=plan.kind.value,
             from_version=plan.current_version, to_version=plan.target_version or None,
         )
         done = {s.name for s in self.journal.steps.of(incident_id) if s.state == "done"}
@@ -76,8 +84,8 @@ class Runner:
             if spec.name == first:
                 self.journal.incidents.update(incident_id, "started", f"{plan.kind} started",
                                               started_at=now_utc())
-            if spec.component is Component.VERIFY:
-                self.journal.incidents.update(incident_id, state="verifying")
+            if spec.name == checks:
+                self.journal.incidents.update(incident_id, state=State.VERIFYING.value)
             ok, detail = await self._run_step(seq, spec, ctx)
             if not ok:
                 await self._failed(incident_id, plan, f"step {spec.name} failed: {detail}")
@@ -97,7 +105,7 @@ class Runner:
         try:
             detail = await asyncio.wait_for(self._dispatch(spec, ctx), spec.timeout)
             ok = True
-        except StepFailed as exc:
+        except (StepFailed, Refused) as exc:
             ok, detail = False, str(exc)
         except TimeoutError:
             ok, detail = False, f"timed out after {spec.timeout:g}s"
@@ -144,22 +152,9 @@ class Runner:
     async def _notify(self, ctx: StepContext) -> str:
         inc = self.journal.incidents.get(ctx.incident_id)
         assert inc is not None
-        steps = ", ".join(s.name for s in ctx.plan.steps
-                          if s.component not in RUNNER_COMPONENTS)
-        probes = inc.evidence.get("probes", {})
-        evidence = "".join(f"  {p}: {e.get('status')} - {e.get('detail')}\n"
-                           for p, e in probes.items() if e.get("failing"))
-        body = (f"{inc.reason}\n\nTarget: {self.target}\nIncident: {inc.id}\n"
-                f"Detected: {inc.detected_at:%Y-%m-%d %H:%M:%S} UTC\n"
-                + (f"Failing probes:\n{evidence}" if evidence else "")
-                + f"Plan ({ctx.plan.kind}): {steps}\n\nrollbackd is acting now; "
-                f"`rollbackctl show {inc.id}` follows it.\n")
-        # After an approval the incident has its "opened" mail already: this one says it started.
-        started = self.journal.mail.incident_mailed(inc.id)
-        to = self.outbox.enqueue(
-            inc.id, "started" if started else "opened",
-            f"[rollbackd] {self.target}: {inc.incident_class}, {ctx.plan.kind}"
-            + (" started" if started else ""), body)
+        steps = [s.name for s in ctx.plan.steps if s.component not in RUNNER_COMPONENTS]
+        to = self.outbox.send(notices.acting(self.target, inc, ctx.plan, steps,
+                                             self.journal.mail.incident_mailed(inc.id)))
         return f"{len(to)} recipients queued"
 
     async def _backup_current(self, ctx: StepContext) -> str:
@@ -175,6 +170,10 @@ class Runner:
         if version:
             entry = next((e for e in self.journal.ledger.entries(self.target) if e.version == version),
                          None)
+            if entry is not None and entry.bad_at is not None:
+                raise StepFailed(f"refused: rollback target {version[:12]} was marked bad at "
+                                 f"{entry.bad_at:%H:%M:%S} UTC ({entry.bad_reason}) after the "
+                                 "plan was made")
             if entry is None or not entry.known_good:
                 raise StepFailed(f"rollback target {version[:12]} is not known-good in the ledger")
             details.append(f"{version[:12]} known-good since {entry.known_good_at:%H:%M:%S}")
@@ -188,50 +187,46 @@ class Runner:
 
     async def _resolved(self, incident_id: int, plan: Plan) -> None:
         now = now_utc()
-        self.journal.incidents.update(incident_id, "verified", "all probes pass",
-                                      state="resolved", verified_at=now, closed_at=now)
+        self.journal.incidents.update(incident_id, "verified", "all probes pass"
+                                      if plan.kind is not PlanKind.LOCKDOWN else "lockdown checked",
+                                      state=State.RESOLVED.value, verified_at=now, closed_at=now)
+        marked_bad = None
         if plan.current_version and Component.DEPLOYMENT in plan.targets:
-            self.journal.ledger.mark_bad(self.target, plan.current_version,
-                                         f"rolled back by incident {incident_id}")
+            marked_bad = plan.current_version
+            self.journal.ledger.mark_bad(self.target, marked_bad, f"rolled back by incident {incident_id}")
         breaker = self.journal.breakers.get(self.target, plan.kind)
         self.journal.breakers.save(self.target, plan.kind,
                                    record_success(breaker, now, self.policy.breaker_reset))
-        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
-                                      "success").inc()
+        self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "success",
+                                       self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
         inc = self.journal.incidents.get(incident_id)
         assert inc is not None
+        if plan.kind is PlanKind.LOCKDOWN:
+            details = [s.detail for s in self.journal.steps.of(incident_id)
+                       if s.state == "done" and s.name != "capture_evidence"]
+            self.outbox.send(notices.lockdown_done(self.target, incident_id, details))
+            return
         self.metrics.recovered(self.target, plan.incident_class, inc.onset_at or inc.detected_at)
-        to = ", ".join(f"{k} {v[:12]}" for k, v in plan.targets.items())
-        timings = "".join(
-            f"  {label}: {at:%H:%M:%S} UTC"
-            + (f" (+{(at - inc.detected_at).total_seconds():.1f}s)" if label != "onset" else "")
-            + "\n"
-            for label, at in (("onset", inc.onset_at), ("detected", inc.detected_at),
-                              ("rollback started", inc.started_at),
-                              ("rolled back", inc.rolled_back_at), ("verified", now))
-            if at is not None)
-        body = (f"{self.target} is healthy again ({plan.kind} to {to}).\n\nTimings:\n{timings}\n"
-                + (f"{plan.current_version[:12]} is marked bad.\n"
-                   if plan.current_version and Component.DEPLOYMENT in plan.targets else "")
-                + f"`rollbackctl show {incident_id} --report` has the incident report.\n")
-        self.outbox.enqueue(incident_id, "resolved",
-                            f"[rollbackd] {self.target}: resolved by {plan.kind}", body)
+        self.outbox.send(notices.resolved(self.target, inc, plan, now, marked_bad))
+
+    def _trigger(self, incident_id: int) -> Trigger:
+        # The desk journals a "drill" event on an incident opened while a drill breaks the
+        # target; a person's rollback is not automatic.
+        if any(event == "drill" for _, event, _ in self.journal.incidents.timeline(incident_id)):
+            return "drill"
+        extras = self.journal.incidents.extras(incident_id)
+        return "auto" if extras is not None and extras.automatic else "manual"
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
         breaker = self.journal.breakers.get(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
                                  self.policy.window, self.policy.breaker_reset)
         self.journal.breakers.save(self.target, plan.kind, breaker)
-        self.journal.incidents.update(incident_id, "failed", why, state="failed")
+        self.journal.incidents.update(incident_id, "failed", why, state=State.FAILED.value)
         self.journal.incidents.update(incident_id, "escalated", "a person must take over",
-                                      state="escalated")
-        self.metrics.rollbacks.labels(self.target, plan.incident_class, self.backend,
-                                      "failure").inc()
+                                      state=State.ESCALATED.value)
+        self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "failure",
+                                       self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
-        body = (f"The automatic {plan.kind} of {self.target} failed: {why}.\n"
-                f"Circuit breaker: {breaker.mode}. A person must take over; rollbackd will not "
-                f"try another version.\n"
-                f"`rollbackctl show {incident_id} --report` has the steps and evidence.\n")
-        self.outbox.enqueue(incident_id, "failed",
-                            f"[rollbackd] {self.target}: ROLLBACK FAILED, escalating", body)
+        self.outbox.send(notices.plan_failed(self.target, incident_id, plan, why, breaker.mode))

@@ -41,7 +41,6 @@ class ProbeScheduler:
         self.metrics = metrics
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
-        self.lags: list[float] = []
         self.drills: Callable[[str], Awaitable[Any]] | None = None
         """Runs a target's scheduled drill (the daemon's DrillService); None: no drills."""
         self.wall: Callable[[], float] = time.time
@@ -107,7 +106,7 @@ class ProbeScheduler:
         backups = attach_backups(
             monitor.name, monitor.config.backups, monitor.journal, monitor.components,
             lambda: monitor.busy, self.metrics,
-            lambda event, subject, body: monitor.outbox.enqueue(None, event, subject, body))
+            monitor.outbox.send)
         if backups is None:
             return
         self.scheduler.add_job(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from enum import StrEnum
 
 from policies.debounce import ProbeHealth
 from probes.observation import Symptom
+from probes.registry import Role, Tells, kinds_that, kinds_with
 
 
 class IncidentClass(StrEnum):
@@ -21,16 +22,20 @@ class IncidentClass(StrEnum):
 # probe name -> (probe kind, its debounced health)
 TargetHealth = Mapping[str, tuple[str, ProbeHealth]]
 
-INTEGRITY_KINDS = {"sqlite_integrity", "postgres_integrity"}
+# What each kind means to the tree is declared with the kind (probes/registry.py).
+INTEGRITY_KINDS = kinds_with(Role.INTEGRITY)
+HEALTH_KINDS = kinds_with(Role.HEALTH)
+LOGIN_KINDS = kinds_with(Role.LOGIN)
+KEY_KINDS = kinds_with(Role.KEY)
+PERF_KINDS = kinds_with(Role.HEALTH, Role.LOGIN, Role.METRIC)
+DEPENDENCY_KINDS = kinds_that(Tells.DEPENDENCY)
+SESSION_KINDS = kinds_that(Tells.SESSIONS)
 CORRUPTION = {Symptom.INTEGRITY, Symptom.MISSING_TABLE, Symptom.BAD_REVISION,
               Symptom.ROWS_COLLAPSED}
-HEALTH_KINDS = {"http_health", "docker_container", "k8s_deployment", "alertmanager"}
-DEPENDENCY_KINDS = {"redis", "postgres_integrity"}
-SESSION_KINDS = {"redis"}
 DOWN = {Symptom.UNREACHABLE, Symptom.TIMEOUT}
 
 
-def _failing(health: TargetHealth, kinds: set[str],
+def _failing(health: TargetHealth, kinds: Set[str],
              symptoms: set[Symptom] | None = None) -> list[str]:
     return [
         name for name, (kind, h) in health.items()
@@ -49,7 +54,7 @@ def _dependency_down(health: TargetHealth) -> list[str]:
     return _failing(health, DEPENDENCY_KINDS, DOWN | {Symptom.DEPENDENCY_DOWN})
 
 
-def _failures_started(health: TargetHealth, kinds: set[str],
+def _failures_started(health: TargetHealth, kinds: Set[str],
                       symptoms: set[Symptom] | None = None) -> bool:
     """Some probe of these kinds is failing or on its way there (below its threshold)."""
     return any(
@@ -68,7 +73,7 @@ def _app_down(health: TargetHealth) -> list[str]:
 
 
 def _key_invalid(health: TargetHealth) -> list[str]:
-    return _failing(health, {"fernet_key"})
+    return _failing(health, KEY_KINDS)
 
 
 def _auth_broken(health: TargetHealth) -> list[str]:
@@ -76,12 +81,12 @@ def _auth_broken(health: TargetHealth) -> list[str]:
     # which fails login too; that is app_down once the health probe reaches its threshold.
     if _failures_started(health, HEALTH_KINDS, set(Symptom) - {Symptom.SLOW}):
         return []
-    return _failing(health, {"login"}, {Symptom.SERVER_ERROR, Symptom.WRONG_CREDENTIALS,
-                                        Symptom.BAD_RESPONSE})
+    return _failing(health, LOGIN_KINDS, {Symptom.SERVER_ERROR, Symptom.WRONG_CREDENTIALS,
+                                          Symptom.BAD_RESPONSE})
 
 
 def _perf_degraded(health: TargetHealth) -> list[str]:
-    return _failing(health, HEALTH_KINDS | {"login", "prometheus_query"}, {Symptom.SLOW})
+    return _failing(health, PERF_KINDS, {Symptom.SLOW})
 
 
 # Precedence of DESIGN.md: the first class whose rule matches wins, because a dead app also

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from probes.http_health import LatencySettings
+from probes.http import LatencySettings
 
 PERCENTILE = 0.95
 """Both the windows and the baseline are judged by their 95th percentile."""

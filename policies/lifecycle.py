@@ -17,6 +17,7 @@ class State(StrEnum):
     DRY_RUN = "dry_run"  # dry run or shadow: the plan is recorded, nothing runs
     TRANSIENT = "transient"  # recovered by itself before any action
     DENIED = "denied"  # a person refused the plan
+    ABANDONED = "abandoned"  # a person finishes it by hand, or its target left the config
 
 
 OPEN_STATES = frozenset({State.OPEN, State.AWAITING_APPROVAL, State.REMEDIATING,
@@ -28,16 +29,18 @@ SELF_CLOSING = frozenset({State.OPEN, State.AWAITING_APPROVAL, State.ESCALATED, 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.OPEN: frozenset({State.AWAITING_APPROVAL, State.REMEDIATING, State.ESCALATED,
-                           State.DRY_RUN, State.TRANSIENT, State.HELD}),
+                           State.DRY_RUN, State.TRANSIENT, State.HELD, State.ABANDONED}),
     State.AWAITING_APPROVAL: frozenset({State.REMEDIATING, State.DENIED, State.TRANSIENT,
-                                        State.ESCALATED}),
+                                        State.ESCALATED, State.ABANDONED}),
     State.REMEDIATING: frozenset({State.VERIFYING, State.FAILED, State.HELD, State.ESCALATED}),
     State.VERIFYING: frozenset({State.RESOLVED, State.FAILED, State.HELD, State.ESCALATED}),
     State.FAILED: frozenset({State.ESCALATED}),
-    State.ESCALATED: frozenset({State.RESOLVED, State.TRANSIENT, State.REMEDIATING}),
-    State.HELD: frozenset({State.RESOLVED, State.REMEDIATING, State.ESCALATED}),
-    State.DRY_RUN: frozenset({State.RESOLVED, State.TRANSIENT}),
+    State.ESCALATED: frozenset({State.RESOLVED, State.TRANSIENT, State.REMEDIATING,
+                                State.ABANDONED}),
+    State.HELD: frozenset({State.RESOLVED, State.REMEDIATING, State.ESCALATED, State.ABANDONED}),
+    State.DRY_RUN: frozenset({State.RESOLVED, State.TRANSIENT, State.ABANDONED}),
     State.DENIED: frozenset(),
+    State.ABANDONED: frozenset(),
     State.RESOLVED: frozenset(),
     State.TRANSIENT: frozenset(),
 }

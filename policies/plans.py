@@ -18,6 +18,7 @@ class Component(StrEnum):
     DATABASE = "database"
     KEY = "key"
     SESSIONS = "sessions"
+    ACCOUNTS = "accounts"  # the app's user accounts: the runbook's mass-breach lockdown
     VERIFY = "verify"
 
 
@@ -33,6 +34,7 @@ class Capability(StrEnum):
     DATABASE_CLEAR_ENCRYPTED = "database_clear_encrypted"  # what the lost key encrypted: NULL
     SESSIONS_FLUSH = "sessions_flush"  # after a database restore: sessions of discarded data go
     SESSIONS_RESTORE = "sessions_restore"  # lost sessions and tokens back from a snapshot
+    ACCOUNTS_LOCKDOWN = "accounts_lockdown"  # lock all but the emergency account, drop sessions
 
 
 COMPONENT_OF: dict[Capability, Component] = {
@@ -45,6 +47,7 @@ COMPONENT_OF: dict[Capability, Component] = {
     Capability.DATABASE_CLEAR_ENCRYPTED: Component.DATABASE,
     Capability.SESSIONS_FLUSH: Component.SESSIONS,
     Capability.SESSIONS_RESTORE: Component.SESSIONS,
+    Capability.ACCOUNTS_LOCKDOWN: Component.ACCOUNTS,
 }
 
 
@@ -81,13 +84,19 @@ class PlanKind(StrEnum):
     DATA_RECOVERY = "data_recovery"  # database restore, then deployment rollback
     KEY_RESTORE = "key_restore"
     KEY_RESET = "key_reset"  # the key disaster's manual procedure: never without approval
+    LOCKDOWN = "lockdown"  # an operator's mass-breach request: always approved by a person
     ESCALATE = "escalate"  # never act; tell people
+
+
+LOCKDOWN_CLASS = "lockdown"
+"""The incident class of a lockdown request: an operator's, not the decision tree's."""
 
 
 @dataclass(frozen=True)
 class Plan:
     kind: PlanKind
-    incident_class: IncidentClass
+    incident_class: IncidentClass | str
+    """A decision-tree class, or LOCKDOWN_CLASS for an operator's lockdown request."""
     steps: tuple[StepSpec, ...]
     targets: Mapping[Component | str, str] = field(default_factory=dict)
     """What each component rolls back to: a commit, a backup id, an alembic revision."""
@@ -131,26 +140,22 @@ def build_plan(
     return Plan(kind, incident_class, CHECKLIST + body + verify, dict(targets), dict(current))
 
 
-def deployment_rollback(
-    incident_class: IncidentClass,
-    current_version: str | None,
-    target_version: str,
-    backend_steps: tuple[StepSpec, ...],
-    verify_timeout: float,
-) -> Plan:
-    return build_plan(
-        PlanKind.DEPLOYMENT_ROLLBACK, incident_class,
-        [(Capability.DEPLOYMENT_ROLLBACK, backend_steps)],
-        {Component.DEPLOYMENT: target_version}, {Component.DEPLOYMENT: current_version},
-        verify_timeout,
-    )
+def lockdown_plan(capabilities: Capabilities) -> Plan | None:
+    """The lockdown as one plan: evidence, then the accounts executor's steps, which end with
+    their own check (the probes say nothing about a breach). None: no accounts configured."""
+    steps = capabilities.get(Capability.ACCOUNTS_LOCKDOWN)
+    if not steps:
+        return None
+    body = tuple(StepSpec(s.name, s.idempotent, s.timeout, s.destructive, Component.ACCOUNTS)
+                 for s in steps)
+    return Plan(PlanKind.LOCKDOWN, LOCKDOWN_CLASS, (CHECKLIST[0], *body))
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """A plan as JSON-able data: an incident waiting for approval keeps it across restarts."""
     return {
         "kind": plan.kind.value,
-        "incident_class": plan.incident_class.value,
+        "incident_class": str(plan.incident_class),
         "steps": [{"name": s.name, "idempotent": s.idempotent, "timeout": s.timeout,
                    "destructive": s.destructive, "component": s.component.value}
                   for s in plan.steps],
@@ -163,9 +168,10 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
     def key(k: str) -> Component | str:
         return Component(k) if k in Component._value2member_map_ else k
 
+    cls = data["incident_class"]
     return Plan(
         PlanKind(data["kind"]),
-        IncidentClass(data["incident_class"]),
+        IncidentClass(cls) if cls in IncidentClass._value2member_map_ else str(cls),
         tuple(StepSpec(s["name"], s["idempotent"], s["timeout"], s["destructive"],
                        Component(s["component"])) for s in data["steps"]),
         {key(k): v for k, v in data["targets"].items()},

@@ -17,11 +17,12 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 class ClassPolicy(BaseModel):
     """How one incident class is handled for a target: [policy.classes.<class>]."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     enabled: bool = True
     """False: the class is recognised (so it keeps its symptoms) but nothing is done or sent."""
     escalate_only: bool = False
+    """True: detect and escalate this class, never act on it."""
     plan: PlanName | None = None
     """Replace the tree's default plan for this class."""
 
@@ -29,12 +30,14 @@ class ClassPolicy(BaseModel):
 class MaintenanceWindow(BaseModel):
     """A weekly window (UTC) in which the daemon observes but does not act."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    """Days of the week the window starts on."""
     start: str
     """HH:MM, UTC."""
     duration: PositiveDuration
+    """How long the window lasts from `start`."""
 
     @field_validator("start")
     @classmethod
@@ -46,7 +49,7 @@ class MaintenanceWindow(BaseModel):
 
 
 class PolicySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     auto_rollback: bool = True
     """False: detect, record and escalate, never act without a person."""
@@ -59,6 +62,7 @@ class PolicySettings(BaseModel):
     max_rollbacks: int = Field(default=3, ge=0)
     """Automatic rollbacks allowed per target within `window`."""
     window: PositiveDuration = 3600.0
+    """The window `max_rollbacks` and `breaker_failures` are counted in."""
     cooldown: PositiveDuration = 300.0
     """Quiet time after an automatic rollback before the next may start."""
     breaker_failures: int = Field(default=2, ge=1)
@@ -70,6 +74,7 @@ class PolicySettings(BaseModel):
     flap_changes: int = Field(default=6, ge=2)
     """Healthy/failing changes within `flap_window` that mark a target flapping: hold, escalate."""
     flap_window: PositiveDuration = 600.0
+    """The window `flap_changes` are counted in."""
     auto_destructive: bool = False
     """Destructive steps (database restore, session flush, lockout) run without approval."""
     restore_loss_threshold: int = Field(default=0, ge=0)

@@ -15,8 +15,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from probes.base import PositiveDuration, ProbeSettings
-from probes.observation import Observation, Status, Symptom
+from probes.base import BaseProbe, PositiveDuration, ProbeSettings
+from probes.observation import Observation, Symptom
 
 
 class AlertmanagerSettings(ProbeSettings):
@@ -72,12 +72,11 @@ class AlertSignal:
         return self.labels.get("alertname", self.fingerprint)
 
 
-class AlertmanagerProbe:
+class AlertmanagerProbe(BaseProbe[AlertmanagerSettings]):
     kind: ClassVar[str] = "alertmanager"
 
     def __init__(self, name: str, settings: AlertmanagerSettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._patterns = {k: re.compile(v) for k, v in settings.match_re.items()}
         self._firing: dict[str, tuple[AlertSignal, float]] = {}
         """fingerprint -> (the alert, monotonic time it was last reported firing)."""
@@ -97,16 +96,7 @@ class AlertmanagerProbe:
     def firing(self) -> list[AlertSignal]:
         return [a for a, _ in self._firing.values()]
 
-    async def check(self) -> Observation:
-        started = time.monotonic()
-        try:
-            return self._judge(started)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return Observation(self.name, self.kind, Status.ERROR,
-                               f"probe error: {type(exc).__name__}: {exc}",
-                               time.monotonic() - started, Symptom.PROBE_ERROR)
-
-    def _judge(self, started: float) -> Observation:
+    async def run(self, started: float) -> Observation:
         cutoff = started - self.settings.forget_after
         for fp, (_, seen) in list(self._firing.items()):
             if seen < cutoff:
@@ -114,8 +104,7 @@ class AlertmanagerProbe:
         firing = sorted(self.firing, key=lambda a: (a.name, a.fingerprint))
         metrics = {"alerts_firing": float(len(firing))}
         if not firing:
-            return Observation(self.name, self.kind, Status.OK, "no matching alert is firing.",
-                               time.monotonic() - started, metrics=metrics)
+            return self.ok("no matching alert is firing.", started, None, metrics)
         first = firing[0]
         since = f" since {first.starts_at:%Y-%m-%d %H:%M:%S} UTC" if first.starts_at else ""
         summary = first.annotations.get("summary") or first.annotations.get("description", "")
@@ -123,5 +112,4 @@ class AlertmanagerProbe:
         if len(firing) > 1:
             detail += f" (and {len(firing) - 1} more: " + ", ".join(
                 sorted({a.name for a in firing[1:]})[:5]) + ")"
-        return Observation(self.name, self.kind, Status.FAIL, detail + ".",
-                           time.monotonic() - started, self.settings.symptom, metrics=metrics)
+        return self.fail(detail + ".", started, self.settings.symptom, None, metrics)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
@@ -19,9 +18,8 @@ from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field
 
-from probes.base import PositiveDuration, ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, PositiveDuration, ProbeSettings
+from probes.observation import Observation, Symptom
 from probes.sqlite_integrity import open_read_only
 
 
@@ -106,38 +104,26 @@ class SqliteFileSource:
         return summarize(text for (text,) in rows)
 
 
-class BackupFreshnessProbe:
+class BackupFreshnessProbe(BaseProbe[BackupFreshnessSettings]):
     kind: ClassVar[str] = "backup_freshness"
 
     def __init__(self, name: str, settings: BackupFreshnessSettings,
                  source: BackupSource | None = None) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         if source is None and settings.journal is not None:
             source = SqliteFileSource(settings.journal, settings.timeout)
         self.source = source
         """None: run outside the daemon with no journal file named; every check says so."""
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom,
-                           metrics=metrics or {})
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
+    async def run(self, started: float) -> Observation:
         if self.source is None:
-            return self._obs(Status.ERROR, "no journal to read: outside the daemon, set "
-                             "`journal` to the daemon's SQLite journal file.", started,
-                             Symptom.PROBE_ERROR)
+            return self.error("no journal to read: outside the daemon, set `journal` to the "
+                              "daemon's SQLite journal file.", started)
         try:
             newest = await self.source.verified_backups(self.settings.target,
                                                         self.settings.backup_kind)
         except JournalUnusable as exc:
-            return self._obs(Status.ERROR, f"{exc}.", started, Symptom.PROBE_ERROR)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             Symptom.PROBE_ERROR)
+            return self.error(f"{exc}.", started)
         return self._judge(newest, started)
 
     def _judge(self, newest: VerifiedBackups, started: float) -> Observation:
@@ -147,8 +133,8 @@ class BackupFreshnessProbe:
             if newest.unparsable else ""
         metrics = {"verified_backups": float(newest.verified)}
         if newest.created is None:
-            return self._obs(Status.FAIL, f"no verified {what} of {s.target}{skipped}.", started,
-                             Symptom.BACKUP_STALE, metrics)
+            return self.fail(f"no verified {what} of {s.target}{skipped}.", started,
+                             Symptom.BACKUP_STALE, None, metrics)
         # A backup stamped in the future (clock step) is as fresh as one made now.
         age = max(0.0, (datetime.now(UTC) - newest.created).total_seconds())
         metrics["backup_age_seconds"] = age
@@ -156,8 +142,8 @@ class BackupFreshnessProbe:
                  else f"the newest of {newest.verified} verified {what}s")
         said = f"{which} of {s.target} is {_human(age)} old (limit {_human(s.max_age)}){skipped}"
         if age > s.max_age:
-            return self._obs(Status.FAIL, f"{said}.", started, Symptom.BACKUP_STALE, metrics)
-        return self._obs(Status.OK, f"{said}.", started, None, metrics)
+            return self.fail(f"{said}.", started, Symptom.BACKUP_STALE, None, metrics)
+        return self.ok(f"{said}.", started, None, metrics)
 
 
 def _human(seconds: float) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from probes.base import ProbeSettings
-from probes.observation import Observation, Status, Symptom
+from probes.base import BaseProbe, ProbeSettings
+from probes.observation import Observation, Symptom
 
 
 class DockerContainerSettings(ProbeSettings):
@@ -41,30 +40,18 @@ def short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
-class DockerContainerProbe:
+class DockerContainerProbe(BaseProbe[DockerContainerSettings]):
     kind: ClassVar[str] = "docker_container"
 
     def __init__(self, name: str, settings: DockerContainerSettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._api: Any = None
         self._last: tuple[str, int] | None = None
-        import docker  # noqa: F401 - here: first imports racing in worker threads break requests
         """(container id, restart count) at the previous check: growth means a restart loop."""
+        import docker  # noqa: F401 - here: first imports racing in worker threads break requests
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             version: str | None = None, metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom, version=version,
-                           metrics=metrics or {})
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
-        try:
-            return await asyncio.to_thread(self._check, started)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             Symptom.PROBE_ERROR)
+    async def run(self, started: float) -> Observation:
+        return await asyncio.to_thread(self._check, started)
 
     def _check(self, started: float) -> Observation:
         import docker  # lazily: only daemons that watch containers load the SDK
@@ -80,16 +67,16 @@ class DockerContainerProbe:
             found = self._api.inspect_container(s.container)
         except NotFound:
             self._last = None
-            return self._obs(Status.FAIL, f"no container named {s.container}.", started,
+            return self.fail(f"no container named {s.container}.", started,
                              Symptom.CONTAINER_DOWN)
         except APIError as exc:
-            return self._obs(Status.ERROR, f"docker engine at {s.docker_host} refused: "
-                             f"{exc.explanation or exc}", started, Symptom.PROBE_ERROR)
+            return self.error(f"docker engine at {s.docker_host} refused: "
+                              f"{exc.explanation or exc}", started)
         except (DockerException, RequestException, OSError) as exc:
             # The engine being down says nothing about the app: not a failure of the target.
-            return self._obs(Status.ERROR, f"docker engine at {s.docker_host} is not answering "
-                             f"({type(exc).__name__}); the container's state is unknown.",
-                             started, Symptom.PROBE_ERROR)
+            return self.error(f"docker engine at {s.docker_host} is not answering "
+                              f"({type(exc).__name__}); the container's state is unknown.",
+                              started)
         return self._judge(found, started)
 
     def _judge(self, c: dict[str, Any], started: float) -> Observation:
@@ -104,7 +91,7 @@ class DockerContainerProbe:
         status = state.get("Status", "unknown")
 
         def fail(why: str) -> Observation:
-            return self._obs(Status.FAIL, f"{s.container} {why} ({figures}).", started,
+            return self.fail(f"{s.container} {why} ({figures}).", started,
                              Symptom.CONTAINER_DOWN, version, metrics)
 
         if status == "restarting" or state.get("Restarting"):
@@ -123,5 +110,4 @@ class DockerContainerProbe:
                         f"{output or 'no output'}")
         if health.get("Status") == "starting" and s.require_healthy:
             return fail("is running but its health check is still starting")
-        return self._obs(Status.OK, f"{s.container} is running ({figures}).", started, None,
-                         version, metrics)
+        return self.ok(f"{s.container} is running ({figures}).", started, version, metrics)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from cryptography.fernet import Fernet, InvalidToken
 from pydantic import Field, model_validator
 
-from probes.base import ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, ProbeSettings
+from probes.observation import Observation, Symptom
 
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$")
 
@@ -94,6 +91,9 @@ def _canary(s: FernetKeySettings) -> str | None:
 
 def verify_key(s: FernetKeySettings) -> _Verdict:
     """Blocking (reads files), so called in a thread. Raises KeyProblem or CanaryUnreadable."""
+    # Here, not at the top: a daemon without a key probe never loads cryptography for it.
+    from cryptography.fernet import Fernet, InvalidToken
+
     key = _key_text(s)
     if not key:
         raise KeyProblem(f"key file {str(s.key_file)!r} holds no key")
@@ -118,30 +118,17 @@ def verify_key(s: FernetKeySettings) -> _Verdict:
     return _Verdict(fingerprint(key), canary_checked=True)
 
 
-class FernetKeyProbe:
+class FernetKeyProbe(BaseProbe[FernetKeySettings]):
     kind: ClassVar[str] = "fernet_key"
+    crash_message: ClassVar[bool] = False  # a message from deep inside could quote the key
 
-    def __init__(self, name: str, settings: FernetKeySettings) -> None:
-        self.name = name
-        self.settings = settings
-
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             version: str | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom, version=version)
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
+    async def run(self, started: float) -> Observation:
         try:
             verdict = await asyncio.to_thread(verify_key, self.settings)
         except KeyProblem as exc:
-            return self._obs(Status.FAIL, f"{exc}.", started, Symptom.KEY_INVALID)
+            return self.fail(f"{exc}.", started, Symptom.KEY_INVALID)
         except CanaryUnreadable as exc:
-            return self._obs(Status.ERROR, f"{exc}.", started, Symptom.PROBE_ERROR)
-        except Exception as exc:  # a probe never raises; the type alone, since a message
-            # from deep inside could quote what it was parsing
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}.", started,
-                             Symptom.PROBE_ERROR)
+            return self.error(f"{exc}.", started)
         what = "decrypts the canary" if verdict.canary_checked else "is a valid Fernet key"
-        return self._obs(Status.OK, f"key {verdict.fingerprint} from {self.settings.key_file.name} "
-                         f"{what}.", started, None, verdict.fingerprint)
+        return self.ok(f"key {verdict.fingerprint} from {self.settings.key_file.name} {what}.",
+                       started, verdict.fingerprint)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from probes.base import ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, ProbeSettings
+from probes.observation import Observation, Symptom
 
 REVISION = "deployment.kubernetes.io/revision"
 # Waiting reasons of a container that will not get better by waiting.
@@ -54,28 +52,16 @@ class K8sDeploymentSettings(ProbeSettings):
     """kubeconfig context; unset: its current-context."""
 
 
-class K8sDeploymentProbe:
+class K8sDeploymentProbe(BaseProbe[K8sDeploymentSettings]):
     kind: ClassVar[str] = "k8s_deployment"
 
     def __init__(self, name: str, settings: K8sDeploymentSettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._api: Any = None
         import kubernetes.client  # noqa: F401 - here, not first in a worker thread (see docker_container)
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             version: str | None = None, metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom, version=version,
-                           metrics=metrics or {})
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
-        try:
-            return await asyncio.to_thread(self._check, started)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             Symptom.PROBE_ERROR)
+    async def run(self, started: float) -> Observation:
+        return await asyncio.to_thread(self._check, started)
 
     def _client(self) -> Any:
         if self._api is None:
@@ -112,18 +98,16 @@ class K8sDeploymentProbe:
                 **opts).data).get("items") or []
         except ApiException as exc:
             if exc.status == 404:
-                return self._obs(Status.FAIL, f"{where} does not exist.", started,
-                                 Symptom.CONTAINER_DOWN)
-            return self._obs(Status.ERROR, f"kubernetes API answered {exc.status} "
-                             f"{exc.reason} for {where}.", started, Symptom.PROBE_ERROR)
+                return self.fail(f"{where} does not exist.", started, Symptom.CONTAINER_DOWN)
+            return self.error(f"kubernetes API answered {exc.status} {exc.reason} for {where}.",
+                              started)
         except ConfigException as exc:
-            return self._obs(Status.ERROR, f"cannot load the kubernetes client config: {exc}",
-                             started, Symptom.PROBE_ERROR)
+            return self.error(f"cannot load the kubernetes client config: {exc}", started)
         except (HTTPError, OSError) as exc:
             host = getattr(getattr(self._api, "configuration", None), "host", "?")
-            return self._obs(Status.ERROR, f"kubernetes API at {host} is not answering "
-                             f"({type(exc).__name__}); the deployment's state is unknown.",
-                             started, Symptom.PROBE_ERROR)
+            return self.error(f"kubernetes API at {host} is not answering "
+                              f"({type(exc).__name__}); the deployment's state is unknown.",
+                              started)
         return self._judge(dep, pods, started)
 
     def _judge(self, dep: dict[str, Any], pods: list[dict[str, Any]],
@@ -136,7 +120,7 @@ class K8sDeploymentProbe:
         figures = f"{available}/{want} available, revision {revision or '?'}"
 
         def fail(why: str) -> Observation:
-            return self._obs(Status.FAIL, f"{s.deployment}: {why} ({figures}).", started,
+            return self.fail(f"{s.deployment}: {why} ({figures}).", started,
                              Symptom.CONTAINER_DOWN, revision, metrics)
 
         progressing: dict[str, Any] = next((c for c in st.get("conditions") or []
@@ -149,5 +133,4 @@ class K8sDeploymentProbe:
             return fail("; ".join(problems[:2]) + more)
         if available < want:
             return fail(f"only {available} of {want} replicas available")
-        return self._obs(Status.OK, f"{s.deployment}: {figures}.", started, None, revision,
-                         metrics)
+        return self.ok(f"{s.deployment}: {figures}.", started, revision, metrics)

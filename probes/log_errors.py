@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from probes.base import ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, ProbeSettings
+from probes.observation import Observation, Symptom
 
 MAX_READ = 32 << 20
 """Bytes read per check at most, so a flood cannot stall a check; the rest is read next time."""
@@ -96,37 +94,28 @@ def _start(st: os.stat_result, before: Position | None, first: bool,
     return before.offset, ""
 
 
-class LogErrorsProbe:
+class LogErrorsProbe(BaseProbe[LogErrorsSettings]):
     kind: ClassVar[str] = "log_errors"
 
     def __init__(self, name: str, settings: LogErrorsSettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._pattern = re.compile(settings.pattern)
         self._position: Position | None = None
         self._checked = False
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom,
-                           metrics=metrics or {})
+    def crashed(self, exc: Exception, started: float) -> Observation:
+        return self.error(f"cannot read {self.settings.path}: {type(exc).__name__}: {exc}.",
+                          started)
 
-    async def check(self) -> Observation:
-        started = time.monotonic()
+    async def run(self, started: float) -> Observation:
         s = self.settings
-        try:
-            found = await asyncio.to_thread(scan, str(s.path), self._pattern, self._position,
-                                            not self._checked, s.from_start)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"cannot read {s.path}: {type(exc).__name__}: {exc}.",
-                             started, Symptom.PROBE_ERROR)
+        found = await asyncio.to_thread(scan, str(s.path), self._pattern, self._position,
+                                        not self._checked, s.from_start)
         self._checked, self._position = True, found.position
         if found.position is None:
             if s.missing_is_failure:
-                return self._obs(Status.FAIL, f"log file missing: {s.path}.", started,
-                                 Symptom.LOG_ERRORS)
-            return self._obs(Status.OK, f"log file missing: {s.path}.", started)
+                return self.fail(f"log file missing: {s.path}.", started, Symptom.LOG_ERRORS)
+            return self.ok(f"log file missing: {s.path}.", started)
         return self._judge(found, started)
 
     def _judge(self, found: _Scan, started: float) -> Observation:
@@ -139,7 +128,6 @@ class LogErrorsProbe:
         if found.errors > s.max_errors:
             last = found.last.strip()
             last = last if len(last) <= MAX_LINE_SHOWN else last[: MAX_LINE_SHOWN - 3] + "..."
-            return self._obs(Status.FAIL, f"{said} (limit {s.max_errors}){extra}; last: {last}",
-                             started, Symptom.LOG_ERRORS, metrics)
-        return self._obs(Status.OK, f"{said} (limit {s.max_errors}){extra}.", started, None,
-                         metrics)
+            return self.fail(f"{said} (limit {s.max_errors}){extra}; last: {last}", started,
+                             Symptom.LOG_ERRORS, None, metrics)
+        return self.ok(f"{said} (limit {s.max_errors}){extra}.", started, None, metrics)

@@ -7,16 +7,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
-from probes.base import Duration, Fraction, ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, Duration, Fraction, ProbeSettings
+from probes.observation import Observation, Symptom
+
+if TYPE_CHECKING:  # psycopg is imported by the probe's first run, not with its settings
+    import psycopg
+    from psycopg import sql
 
 # SQLSTATEs of corruption: internal_error (amcheck's elog), data_corrupted, index_corrupted.
 CORRUPTION_STATES = {"XX000", "XX001", "XX002"}
@@ -65,7 +65,7 @@ class PostgresIntegritySettings(ProbeSettings):
 
 
 def read_dsn(path: Path) -> str:
-    """The connection string in `path`; blocking, so called in a thread."""
+    """The connection string in `path` (a small file, read on the event loop)."""
     return path.read_text(encoding="utf-8").strip()
 
 
@@ -104,6 +104,8 @@ class _Relation:
 
     @property
     def ident(self) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(self.schema, self.name)
 
 
@@ -126,92 +128,85 @@ async def _find(cur: psycopg.AsyncCursor[tuple[object, ...]], names: list[str],
     return found
 
 
-class PostgresIntegrityProbe:
+class PostgresIntegrityProbe(BaseProbe[PostgresIntegritySettings]):
     kind: ClassVar[str] = "postgres_integrity"
 
     def __init__(self, name: str, settings: PostgresIntegritySettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._good_counts: dict[str, int] = {}
         """Row counts of the last OK observation: the baseline a collapse is measured against."""
         self._last_index_check: float | None = None
         """monotonic() of the last index check that passed."""
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             version: str | None = None, metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom,
-                           version=version, metrics=metrics or {})
+    async def run(self, started: float) -> Observation:
+        from psycopg.conninfo import conninfo_to_dict
 
-    async def check(self) -> Observation:
-        started = time.monotonic()
         path = self.settings.dsn_file
         try:
-            dsn = await asyncio.to_thread(read_dsn, path)
+            dsn = read_dsn(path)
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or "not UTF-8 text"
-            return self._obs(Status.ERROR, f"cannot read the DSN file {str(path)!r}: {why}.",
-                             started, Symptom.PROBE_ERROR)
+            return self.error(f"cannot read the DSN file {str(path)!r}: {why}.", started)
         try:
             params = conninfo_to_dict(dsn)
         except Exception:  # noqa: BLE001 - its message may quote the DSN, password and all
-            return self._obs(Status.ERROR, f"the DSN file {str(path)!r} does not hold a valid "
-                             "libpq connection string.", started, Symptom.PROBE_ERROR)
+            return self.error(f"the DSN file {str(path)!r} does not hold a valid libpq "
+                              "connection string.", started)
         db = str(params.get("dbname") or params.get("user") or "postgres")  # libpq's defaults
         obs = await self._guarded(dsn, db, started)
-        password = str(params.get("password") or "")
-        if password and password in obs.detail:  # no library message may carry it out
-            return self._obs(obs.status, obs.detail.replace(password, "<password>"), started,
-                             obs.symptom, obs.version, dict(obs.metrics))
-        return obs
+        return self.redacted(obs, str(params.get("password") or ""))
 
     async def _guarded(self, dsn: str, db: str, started: float) -> Observation:
+        import psycopg
+
         s = self.settings
         try:
             async with asyncio.timeout(s.timeout):
                 found, connect = await self._pass(dsn)
         except TimeoutError:
-            return self._obs(Status.FAIL, f"database {db} gave no answer within {s.timeout:g}s.",
-                             started, Symptom.TIMEOUT)
+            return self.fail(f"database {db} gave no answer within {s.timeout:g}s.", started,
+                             Symptom.TIMEOUT)
         except _ConnectFailed as failed:
             return self._connect_failure(failed.__cause__, db, started)
         except psycopg.Error as exc:
             return self._query_failure(exc, db, started)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {one_line(exc)}",
-                             started, Symptom.PROBE_ERROR)
+        except Exception as exc:  # a probe never raises; one line, the password redacted
+            return self.error(f"probe error: {type(exc).__name__}: {one_line(exc)}", started)
         return self._judge(found, db, connect, started)
 
     def _connect_failure(self, exc: BaseException | None, db: str, started: float) -> Observation:
+        import psycopg
+
         text = one_line(exc)
         low = text.lower()
         if isinstance(exc, psycopg.errors.ConnectionTimeout) or "timeout expired" in low:
-            return self._obs(Status.FAIL, f"database {db}: no connection within "
-                             f"{self.settings.timeout:g}s: {text}.", started, Symptom.TIMEOUT)
+            return self.fail(f"database {db}: no connection within {self.settings.timeout:g}s: "
+                             f"{text}.", started, Symptom.TIMEOUT)
         if f'database "{db.lower()}" does not exist' in low:
-            return self._obs(Status.FAIL, f"database {db} does not exist.", started,
-                             Symptom.INTEGRITY)
+            return self.fail(f"database {db} does not exist.", started, Symptom.INTEGRITY)
         if any(w in low for w in ("authentication", "pg_hba.conf", "role ", "permission denied")):
-            return self._obs(Status.ERROR, f"database {db} refused the probe's login: {text}.",
-                             started, Symptom.PROBE_ERROR)
-        return self._obs(Status.FAIL, f"cannot connect to database {db}: {text}.", started,
+            return self.error(f"database {db} refused the probe's login: {text}.", started)
+        return self.fail(f"cannot connect to database {db}: {text}.", started,
                          Symptom.UNREACHABLE)
 
     def _query_failure(self, exc: psycopg.Error, db: str, started: float) -> Observation:
+        import psycopg
+
         state, text = exc.sqlstate or "", one_line(exc)
         if state in CORRUPTION_STATES:
-            return self._obs(Status.FAIL, f"database {db}: corruption: {text}.", started,
-                             Symptom.INTEGRITY)
+            return self.fail(f"database {db}: corruption: {text}.", started, Symptom.INTEGRITY)
         if state in ("57014", "55P03"):  # our statement_timeout or lock_timeout
-            return self._obs(Status.FAIL, f"database {db}: a query took over "
-                             f"{self.settings.timeout:g}s: {text}.", started, Symptom.TIMEOUT)
+            return self.fail(f"database {db}: a query took over {self.settings.timeout:g}s: "
+                             f"{text}.", started, Symptom.TIMEOUT)
         if state in UNAVAILABLE_STATES or isinstance(exc, psycopg.OperationalError):
-            return self._obs(Status.FAIL, f"database {db} stopped serving: {text}.", started,
+            return self.fail(f"database {db} stopped serving: {text}.", started,
                              Symptom.UNREACHABLE)
-        return self._obs(Status.ERROR, f"probe error on database {db}: {text} (SQLSTATE "
-                         f"{state or 'none'}).", started, Symptom.PROBE_ERROR)
+        return self.error(f"probe error on database {db}: {text} (SQLSTATE {state or 'none'}).",
+                          started)
 
     async def _pass(self, dsn: str) -> tuple[_Findings, float]:
+        import psycopg
+
         s = self.settings
         sent = time.monotonic()
         try:
@@ -240,6 +235,8 @@ class PostgresIntegrityProbe:
 
     async def _amcheck_setup(self, cur: psycopg.AsyncCursor[tuple[object, ...]]) -> list[str]:
         """Creates amcheck when told to; [] when usable, else why the index check is skipped."""
+        import psycopg
+
         if self.settings.create_amcheck:
             try:
                 await cur.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
@@ -249,6 +246,8 @@ class PostgresIntegrityProbe:
 
     async def _examine(self, cur: psycopg.AsyncCursor[tuple[object, ...]],
                        amcheck: list[str] | None) -> _Findings:
+        from psycopg import sql
+
         s, found = self.settings, _Findings()
         names = [*s.required_tables, s.alembic_table, *s.row_counts]
         tables = await _find(cur, list(dict.fromkeys(names)), TABLE_KINDS)
@@ -274,6 +273,8 @@ class PostgresIntegrityProbe:
 
     async def _revision(self, cur: psycopg.AsyncCursor[tuple[object, ...]],
                         table: _Relation | None, found: _Findings) -> None:
+        from psycopg import sql
+
         s = self.settings
         if table is None:
             if s.alembic_revisions:
@@ -294,6 +295,8 @@ class PostgresIntegrityProbe:
     async def _check_indexes(self, cur: psycopg.AsyncCursor[tuple[object, ...]],
                              found: _Findings) -> list[str]:
         """bt_index_check on each configured index; a corrupt one raises (caught by the caller)."""
+        from psycopg import sql
+
         s = self.settings
         await cur.execute(_AMCHECK)
         row = await cur.fetchone()
@@ -320,14 +323,14 @@ class PostgresIntegrityProbe:
         metrics["connect_seconds"] = connect
         metrics["indexes_checked"] = float(found.indexes_checked)
         if found.symptom is not None:
-            return self._obs(Status.FAIL, f"database {db}: {found.problem}.", started,
-                             found.symptom, found.version, metrics)
+            return self.fail(f"database {db}: {found.problem}.", started, found.symptom,
+                             found.version, metrics)
         for table, count in found.counts.items():
             before = self._good_counts.get(table)
             limit = s.row_counts[table]
             if before and count < before * (1 - limit):
-                return self._obs(
-                    Status.FAIL, f"database {db}: rows.{table} fell from {before} to {count} "
+                return self.fail(
+                    f"database {db}: rows.{table} fell from {before} to {count} "
                     f"({1 - count / before:.0%} drop, limit {limit:.0%}).", started,
                     Symptom.ROWS_COLLAPSED, found.version, metrics)
         self._good_counts = dict(found.counts)
@@ -339,5 +342,4 @@ class PostgresIntegrityProbe:
         parts += [f"{found.indexes_checked} index(es) pass bt_index_check"] \
             if found.indexes_checked else []
         parts += found.notes
-        return self._obs(Status.OK, f"database {db}: {', '.join(parts)}.", started, None,
-                         found.version, metrics)
+        return self.ok(f"database {db}: {', '.join(parts)}.", started, found.version, metrics)

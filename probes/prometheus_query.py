@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import operator
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from probes.http_health import NO_ANSWER, HttpSettings, http_client, read_capped, ssl_context
+from probes.base import BaseProbe
+from probes.http import NO_ANSWER, HttpClient, HttpSettings
 from probes.observation import Observation, Status, Symptom
 
 Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -28,6 +27,7 @@ class PrometheusQuerySettings(HttpSettings):
     query: str = Field(min_length=1)
     """The PromQL expression, e.g. 'histogram_quantile(0.95, sum by (le) (rate(...[5m])))'."""
     threshold: float
+    """The number each series' value is compared with."""
     comparison: Comparison = ">"
     """The probe fails when `value <comparison> threshold` holds for any returned series."""
     symptom: Symptom = Symptom.SLOW
@@ -71,40 +71,28 @@ def _labels(metric: dict[str, str]) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-class PrometheusQueryProbe:
+class PrometheusQueryProbe(BaseProbe[PrometheusQuerySettings]):
     kind: ClassVar[str] = "prometheus_query"
 
     def __init__(self, name: str, settings: PrometheusQuerySettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
+        self.http = HttpClient(settings)
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom,
-                           metrics=metrics or {})
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
+    async def run(self, started: float) -> Observation:
         try:
             series = await self._query()
         except QueryError as exc:
-            return self._obs(Status.ERROR, f"{exc}.", started, Symptom.PROBE_ERROR)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             Symptom.PROBE_ERROR)
+            return self.error(f"{exc}.", started)
         return self._judge(series, started)
 
     async def _query(self) -> list[tuple[str, float]]:
         s = self.settings
-        verify = await asyncio.to_thread(ssl_context, s)
         url = s.url.rstrip("/") + "/api/v1/query"
         try:
-            async with http_client(s, verify) as client, client.stream(
-                    "POST", url, data={"query": s.query}) as resp:
-                body = await read_capped(resp)
+            answer = await self.http.send("POST", url, data={"query": s.query})
         except NO_ANSWER as exc:
             raise QueryError(f"cannot query Prometheus at {s.url}: {type(exc).__name__}") from None
+        resp, body = answer.response, answer.body
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):
@@ -124,7 +112,7 @@ class PrometheusQueryProbe:
             detail = "the query returned no series."
             status = {"ok": Status.OK, "fail": Status.FAIL, "error": Status.ERROR}[s.on_empty]
             symptom = {Status.OK: None, Status.FAIL: s.symptom}.get(status, Symptom.PROBE_ERROR)
-            return self._obs(status, detail, started, symptom, {"series": 0.0})
+            return self.observe(status, detail, started, symptom, None, {"series": 0.0})
         crossed = COMPARE[s.comparison]
         # NaN (e.g. a rate over no requests) is no value at all: it never crosses the threshold.
         bad = [(labels, v) for labels, v in series if not math.isnan(v) and crossed(v, s.threshold)]
@@ -138,7 +126,7 @@ class PrometheusQueryProbe:
         where = f"{worst[0]} = " if worst[0] else "value "
         if bad:
             more = f" (and {len(bad) - 1} more series)" if len(bad) > 1 else ""
-            return self._obs(Status.FAIL, f"{where}{worst[1]:g} {s.comparison} {s.threshold:g}"
-                             f"{more}.", started, s.symptom, metrics)
-        return self._obs(Status.OK, f"{len(series)} series, none {s.comparison} {s.threshold:g} "
-                         f"(nearest: {where}{worst[1]:g}).", started, None, metrics)
+            return self.fail(f"{where}{worst[1]:g} {s.comparison} {s.threshold:g}{more}.",
+                             started, s.symptom, None, metrics)
+        return self.ok(f"{len(series)} series, none {s.comparison} {s.threshold:g} "
+                       f"(nearest: {where}{worst[1]:g}).", started, None, metrics)

@@ -6,26 +6,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import redis.asyncio as aioredis
 from pydantic import Field, model_validator
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    BusyLoadingError,
-    NoPermissionError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from probes.base import Fraction, ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, Fraction, ProbeSettings
+from probes.observation import Observation, Symptom
+
+if TYPE_CHECKING:  # the client library is imported by the probe's first run, not with settings
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
 
 # Replies that mean the probe's credentials are wrong, not that Redis is broken.
 _AUTH_WORDS = ("NOAUTH", "WRONGPASS", "NOPERM", "invalid password", "invalid username")
@@ -71,7 +61,7 @@ class RedisSettings(ProbeSettings):
 
 
 def read_password(path: Path) -> str:
-    """The password in `path`; blocking, so called in a thread. One trailing newline is dropped."""
+    """The password in `path`; one trailing newline is dropped."""
     return path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
 
 
@@ -90,12 +80,11 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
-class RedisProbe:
+class RedisProbe(BaseProbe[RedisSettings]):
     kind: ClassVar[str] = "redis"
 
     def __init__(self, name: str, settings: RedisSettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._good_sessions: int | None = None
         """Session count of the last passing, complete scan: what a drop is measured against."""
 
@@ -104,30 +93,23 @@ class RedisProbe:
         s = self.settings
         return f"{s.unix_socket if s.unix_socket else f'{s.host}:{s.port}'} db {s.db}"
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom,
-                           metrics=metrics or {})
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
+    async def run(self, started: float) -> Observation:
         path = self.settings.password_file
         password = None
         if path is not None:
             try:
-                password = await asyncio.to_thread(read_password, path)
+                password = read_password(path)  # a small file: cheaper than a thread hop
             except (OSError, UnicodeDecodeError) as exc:
                 why = getattr(exc, "strerror", None) or "not UTF-8 text"
-                return self._obs(Status.ERROR, f"cannot read the password file {str(path)!r}: "
-                                 f"{why}.", started, Symptom.PROBE_ERROR)
-        obs = await self._guarded(password, started)
-        if password and password in obs.detail:  # no library message may carry it out
-            return self._obs(obs.status, obs.detail.replace(password, "<password>"), started,
-                             obs.symptom, dict(obs.metrics))
-        return obs
+                return self.error(f"cannot read the password file {str(path)!r}: {why}.",
+                                  started)
+        return self.redacted(await self._guarded(password, started), password)
 
     def _client(self, password: str | None) -> aioredis.Redis:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         s = self.settings
         return aioredis.Redis(
             host=s.host, port=s.port, unix_socket_path=str(s.unix_socket) if s.unix_socket else None,
@@ -136,6 +118,9 @@ class RedisProbe:
             single_connection_client=True, client_name="rollbackd-probe")
 
     async def _guarded(self, password: str | None, started: float) -> Observation:
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         s = self.settings
         try:
             client = self._client(password)
@@ -145,32 +130,40 @@ class RedisProbe:
             finally:
                 await client.aclose()
         except (TimeoutError, RedisTimeoutError):
-            return self._obs(Status.FAIL, f"redis {self.where} gave no answer within "
-                             f"{s.timeout:g}s.", started, Symptom.TIMEOUT)
+            return self.fail(f"redis {self.where} gave no answer within {s.timeout:g}s.",
+                             started, Symptom.TIMEOUT)
         except RedisError as exc:
             return self._failure(exc, started)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             Symptom.PROBE_ERROR)
+        except Exception as exc:  # a probe never raises; the password is redacted by run()
+            return self.crashed(exc, started)
         return self._judge(figures, started)
 
     def _failure(self, exc: RedisError, started: float) -> Observation:
+        from redis.exceptions import (
+            AuthenticationError,
+            AuthenticationWrongNumberOfArgsError,
+            BusyLoadingError,
+            NoPermissionError,
+            ResponseError,
+        )
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
         text = " ".join(str(exc).split())[:300] or type(exc).__name__
         if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError |
                       NoPermissionError) or any(w in text for w in _AUTH_WORDS):
-            return self._obs(Status.ERROR, f"redis {self.where} refused the probe's credentials: "
-                             f"{text}.", started, Symptom.PROBE_ERROR)
+            return self.error(f"redis {self.where} refused the probe's credentials: {text}.",
+                              started)
         if isinstance(exc, BusyLoadingError):
-            return self._obs(Status.FAIL, f"redis {self.where} is up but still loading its "
-                             "dataset.", started, Symptom.DEPENDENCY_DOWN)
+            return self.fail(f"redis {self.where} is up but still loading its dataset.", started,
+                             Symptom.DEPENDENCY_DOWN)
         if isinstance(exc, RedisConnectionError):
-            return self._obs(Status.FAIL, f"cannot connect to redis {self.where}: {text}.",
-                             started, Symptom.UNREACHABLE)
+            return self.fail(f"cannot connect to redis {self.where}: {text}.", started,
+                             Symptom.UNREACHABLE)
         if isinstance(exc, ResponseError):
-            return self._obs(Status.FAIL, f"redis {self.where} answered with an error: {text}.",
-                             started, Symptom.BAD_RESPONSE)
-        return self._obs(Status.ERROR, f"probe error on redis {self.where}: "
-                         f"{type(exc).__name__}: {text}.", started, Symptom.PROBE_ERROR)
+            return self.fail(f"redis {self.where} answered with an error: {text}.", started,
+                             Symptom.BAD_RESPONSE)
+        return self.error(f"probe error on redis {self.where}: {type(exc).__name__}: {text}.",
+                          started)
 
     async def _measure(self, client: aioredis.Redis) -> _Figures:
         sent = time.monotonic()
@@ -206,24 +199,24 @@ class RedisProbe:
         said = (f"redis {self.where}: PONG in {f.ping * 1000:.1f} ms, {f.keys} keys, "
                 f"{_mib(f.memory)} used" + (f" of {_mib(f.maxmemory)}" if f.maxmemory else ""))
         if f.sessions is None:
-            return self._obs(Status.OK, f"{said}.", started, None, metrics)
+            return self.ok(f"{said}.", started, None, metrics)
         metrics["sessions"] = float(f.sessions)
         metrics["sessions_scan_complete"] = 1.0 if f.complete else 0.0
         found = f"{f.sessions}{'' if f.complete else '+'} keys match {s.session_pattern!r}"
         if f.sessions < s.min_sessions:
             if f.complete:
-                return self._obs(Status.FAIL, f"{said}, but only {found}, fewer than "
-                                 f"min_sessions {s.min_sessions}: sessions were lost.", started,
-                                 Symptom.ROWS_COLLAPSED, metrics)
+                return self.fail(f"{said}, but only {found}, fewer than min_sessions "
+                                 f"{s.min_sessions}: sessions were lost.", started,
+                                 Symptom.ROWS_COLLAPSED, None, metrics)
             found += f" in the first {s.scan_max_keys} keys scanned (not conclusive)"
         before = self._good_sessions
         if f.complete and s.sessions_max_drop is not None and before is not None \
                 and before >= s.sessions_baseline_min \
                 and f.sessions < before * (1 - s.sessions_max_drop):
             drop = 1 - f.sessions / before
-            return self._obs(Status.FAIL, f"{said}, but session keys fell from {before} to "
-                             f"{f.sessions} ({drop:.0%} drop, limit {s.sessions_max_drop:.0%}): "
-                             "sessions were lost.", started, Symptom.ROWS_COLLAPSED, metrics)
+            return self.fail(f"{said}, but session keys fell from {before} to {f.sessions} "
+                             f"({drop:.0%} drop, limit {s.sessions_max_drop:.0%}): sessions were "
+                             "lost.", started, Symptom.ROWS_COLLAPSED, None, metrics)
         if f.complete:
             self._good_sessions = f.sessions
-        return self._obs(Status.OK, f"{said}, {found}.", started, None, metrics)
+        return self.ok(f"{said}, {found}.", started, None, metrics)

@@ -1,44 +1,125 @@
-"""Probe kinds by name: the one map the config and the scheduler look kinds up in."""
+"""Probe kinds by name: each kind's settings, where its class lives, and what it tells.
+
+The one map the config, the scheduler and the decision tree look kinds up in. A kind's class is
+named as "module:Class" (as uvicorn names its parts) and imported when a configured probe is
+built, so a daemon loads psycopg, redis, docker, kubernetes or cryptography only for the kinds
+it runs. The settings models are imported here: the config validates every kind, and no
+settings module imports its kind's libraries.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from enum import StrEnum
 
-from probes.alertmanager import AlertmanagerProbe, AlertmanagerSettings
+from probes.alertmanager import AlertmanagerSettings
 from probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings, BackupSource
 from probes.base import Probe, ProbeSettings
-from probes.docker_container import DockerContainerProbe, DockerContainerSettings
-from probes.fernet_key import FernetKeyProbe, FernetKeySettings
-from probes.http_health import HttpHealthProbe, HttpHealthSettings
-from probes.k8s_deployment import K8sDeploymentProbe, K8sDeploymentSettings
-from probes.log_errors import LogErrorsProbe, LogErrorsSettings
-from probes.login import LoginProbe, LoginSettings
-from probes.postgres_integrity import PostgresIntegrityProbe, PostgresIntegritySettings
-from probes.prometheus_query import PrometheusQueryProbe, PrometheusQuerySettings
-from probes.redis import RedisProbe, RedisSettings
-from probes.sqlite_integrity import SqliteIntegrityProbe, SqliteIntegritySettings
+from probes.docker_container import DockerContainerSettings
+from probes.fernet_key import FernetKeySettings
+from probes.http_health import HttpHealthSettings
+from probes.k8s_deployment import K8sDeploymentSettings
+from probes.log_errors import LogErrorsSettings
+from probes.login import LoginSettings
+from probes.postgres_integrity import PostgresIntegritySettings
+from probes.prometheus_query import PrometheusQuerySettings
+from probes.redis import RedisSettings
+from probes.sqlite_integrity import SqliteIntegritySettings
 
-# kind -> (settings model, factory)
-PROBE_KINDS: dict[str, tuple[type[ProbeSettings], Callable[[str, Any], Probe]]] = {
-    "http_health": (HttpHealthSettings, HttpHealthProbe),
-    "login": (LoginSettings, LoginProbe),
-    "sqlite_integrity": (SqliteIntegritySettings, SqliteIntegrityProbe),
-    "postgres_integrity": (PostgresIntegritySettings, PostgresIntegrityProbe),
-    "redis": (RedisSettings, RedisProbe),
-    "fernet_key": (FernetKeySettings, FernetKeyProbe),
-    "log_errors": (LogErrorsSettings, LogErrorsProbe),
-    "backup_freshness": (BackupFreshnessSettings, BackupFreshnessProbe),
-    "prometheus_query": (PrometheusQuerySettings, PrometheusQueryProbe),
-    "alertmanager": (AlertmanagerSettings, AlertmanagerProbe),
-    "docker_container": (DockerContainerSettings, DockerContainerProbe),
-    "k8s_deployment": (K8sDeploymentSettings, K8sDeploymentProbe),
+
+class Role(StrEnum):
+    """Which question of the decision tree a failing probe of the kind answers."""
+
+    HEALTH = "health"  # is the app up? (app_down; slow: perf_degraded)
+    LOGIN = "login"  # can a known-good user log in? (auth_broken; slow: perf_degraded)
+    INTEGRITY = "integrity"  # is the data whole? (data_corruption)
+    KEY = "key"  # can the app decrypt its data? (key_invalid)
+    DEPENDENCY = "dependency"  # is a service the app needs up? (dependency_down)
+    METRIC = "metric"  # a measured figure crossed its limit (slow: perf_degraded)
+    WATCH = "watch"  # recorded, shown, verified after a rollback; no incident class of its own
+
+
+class Tells(StrEnum):
+    """What a kind's observations say besides pass or fail."""
+
+    REVISION = "revision"  # Observation.version is the schema revision
+    KEY_FINGERPRINT = "key_fingerprint"  # Observation.version is the key's fingerprint
+    SESSIONS = "sessions"  # rows_collapsed means the app's sessions were lost
+    LATENCY = "latency"  # metrics["latency_seconds"] (a latency baseline can watch it)
+    DEPENDENCY = "dependency"  # unreachable means a service the app needs is down
+
+
+@dataclass(frozen=True)
+class Kind:
+    settings: type[ProbeSettings]
+    probe: str
+    """The probe class as "module:Class", imported when a probe of the kind is built."""
+    role: Role
+    tells: frozenset[Tells] = frozenset()
+
+
+def _kind(settings: type[ProbeSettings], probe: str, role: Role, *tells: Tells) -> Kind:
+    return Kind(settings, probe, role, frozenset(tells))
+
+
+# http_health first: config errors list the kinds in this order.
+PROBE_KINDS: dict[str, Kind] = {
+    "http_health": _kind(HttpHealthSettings, "probes.http_health:HttpHealthProbe", Role.HEALTH,
+                         Tells.LATENCY),
+    "login": _kind(LoginSettings, "probes.login:LoginProbe", Role.LOGIN, Tells.LATENCY),
+    "sqlite_integrity": _kind(SqliteIntegritySettings,
+                              "probes.sqlite_integrity:SqliteIntegrityProbe", Role.INTEGRITY,
+                              Tells.REVISION),
+    "postgres_integrity": _kind(PostgresIntegritySettings,
+                                "probes.postgres_integrity:PostgresIntegrityProbe",
+                                Role.INTEGRITY, Tells.REVISION, Tells.DEPENDENCY),
+    "redis": _kind(RedisSettings, "probes.redis:RedisProbe", Role.DEPENDENCY, Tells.SESSIONS,
+                   Tells.DEPENDENCY),
+    "fernet_key": _kind(FernetKeySettings, "probes.fernet_key:FernetKeyProbe", Role.KEY,
+                        Tells.KEY_FINGERPRINT),
+    "log_errors": _kind(LogErrorsSettings, "probes.log_errors:LogErrorsProbe", Role.WATCH),
+    "backup_freshness": _kind(BackupFreshnessSettings,
+                              "probes.backup_freshness:BackupFreshnessProbe", Role.WATCH),
+    "prometheus_query": _kind(PrometheusQuerySettings,
+                              "probes.prometheus_query:PrometheusQueryProbe", Role.METRIC),
+    "alertmanager": _kind(AlertmanagerSettings, "probes.alertmanager:AlertmanagerProbe",
+                          Role.HEALTH),
+    "docker_container": _kind(DockerContainerSettings,
+                              "probes.docker_container:DockerContainerProbe", Role.HEALTH),
+    "k8s_deployment": _kind(K8sDeploymentSettings, "probes.k8s_deployment:K8sDeploymentProbe",
+                            Role.HEALTH),
 }
 
 
+def probe_class(kind: str) -> type[Probe]:
+    """The class of a kind, imported now (with its libraries) if it was not yet."""
+    module, _, name = PROBE_KINDS[kind].probe.partition(":")
+    cls: type[Probe] = getattr(importlib.import_module(module), name)
+    return cls
+
+
 def build_probe(name: str, settings: ProbeSettings, backups: BackupSource | None = None) -> Probe:
-    """`backups`: the daemon's journal, for the probes that read it (backup_freshness)."""
+    """`backups`: the daemon's journal, for the kind that reads it (backup_freshness)."""
     if isinstance(settings, BackupFreshnessSettings):
         return BackupFreshnessProbe(name, settings, backups)
-    _, factory = PROBE_KINDS[settings.kind]
-    return factory(name, settings)
+    return probe_class(settings.kind)(name, settings)  # type: ignore[call-arg]
+
+
+def role(kind: str) -> Role | None:
+    """The kind's role; None for a kind this registry does not know."""
+    found = PROBE_KINDS.get(kind)
+    return found.role if found is not None else None
+
+
+def tells(kind: str, what: Tells) -> bool:
+    found = PROBE_KINDS.get(kind)
+    return found is not None and what in found.tells
+
+
+def kinds_that(what: Tells) -> frozenset[str]:
+    return frozenset(k for k, v in PROBE_KINDS.items() if what in v.tells)
+
+
+def kinds_with(*roles: Role) -> frozenset[str]:
+    return frozenset(k for k, v in PROBE_KINDS.items() if v.role in roles)

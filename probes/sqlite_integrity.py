@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +12,8 @@ from urllib.parse import quote
 
 from pydantic import Field
 
-from probes.base import Fraction, PositiveDuration, ProbeSettings
-from probes.http_health import AbsolutePath
-from probes.observation import Observation, Status, Symptom
+from probes.base import AbsolutePath, BaseProbe, Fraction, PositiveDuration, ProbeSettings
+from probes.observation import Observation, Symptom
 
 MAX_PROBLEMS = 10
 """integrity_check stops after this many problems: one is enough to know, ten to show."""
@@ -134,25 +132,17 @@ def _revision(conn: sqlite3.Connection, s: SqliteIntegritySettings, names: dict[
             f"revision {unknown[0][:64]!r} is not one of the {len(s.alembic_revisions)} known")
 
 
-class SqliteIntegrityProbe:
+class SqliteIntegrityProbe(BaseProbe[SqliteIntegritySettings]):
     kind: ClassVar[str] = "sqlite_integrity"
 
     def __init__(self, name: str, settings: SqliteIntegritySettings) -> None:
-        self.name = name
-        self.settings = settings
+        super().__init__(name, settings)
         self._last_full: float | None = None
         """monotonic() of the last full integrity_check that passed."""
         self._good_counts: dict[str, int] = {}
         """Row counts of the last OK observation: the baseline a collapse is measured against."""
 
-    def _obs(self, status: Status, detail: str, started: float, symptom: Symptom | None = None,
-             version: str | None = None, metrics: dict[str, float] | None = None) -> Observation:
-        return Observation(probe=self.name, kind=self.kind, status=status, detail=detail,
-                           duration=time.monotonic() - started, symptom=symptom,
-                           version=version, metrics=metrics or {})
-
-    async def check(self) -> Observation:
-        started = time.monotonic()
+    async def run(self, started: float) -> Observation:
         s = self.settings
         full = self._last_full is None or started - self._last_full >= s.full_check_every
         pragma = "integrity_check" if full else "quick_check"
@@ -160,16 +150,11 @@ class SqliteIntegrityProbe:
             found = await self._pass(full)
         except sqlite3.DatabaseError as exc:
             if is_corruption(exc):
-                return self._obs(Status.FAIL, f"{pragma} could not read {s.path.name}: {exc}.",
-                                 started, Symptom.INTEGRITY)
-            return self._obs(Status.ERROR, f"cannot read {s.path}: {exc}.", started,
-                             Symptom.PROBE_ERROR)
-        except Exception as exc:  # a probe never raises: a crash is a probe error
-            return self._obs(Status.ERROR, f"probe error: {type(exc).__name__}: {exc}", started,
-                             Symptom.PROBE_ERROR)
+                return self.fail(f"{pragma} could not read {s.path.name}: {exc}.", started,
+                                 Symptom.INTEGRITY)
+            return self.error(f"cannot read {s.path}: {exc}.", started)
         if found is None:
-            return self._obs(Status.FAIL, f"database file missing: {s.path}.", started,
-                             Symptom.INTEGRITY)
+            return self.fail(f"database file missing: {s.path}.", started, Symptom.INTEGRITY)
         if full and found.integrity_ok:
             self._last_full = started
         return self._judge(found, pragma, started)
@@ -201,19 +186,19 @@ class SqliteIntegrityProbe:
         metrics: dict[str, float] = {f"rows.{t}": float(n) for t, n in found.counts.items()}
         metrics["integrity_full_check"] = 1.0 if pragma == "integrity_check" else 0.0
         if found.symptom is not None:
-            return self._obs(Status.FAIL, f"{s.path.name}: {found.problem}.", started,
-                             found.symptom, found.version, metrics)
+            return self.fail(f"{s.path.name}: {found.problem}.", started, found.symptom,
+                             found.version, metrics)
         for table, count in found.counts.items():
             before = self._good_counts.get(table)
             limit = s.row_counts[table]
             if before and count < before * (1 - limit):
                 drop = 1 - count / before
-                return self._obs(
-                    Status.FAIL, f"{s.path.name}: rows.{table} fell from {before} to {count} "
+                return self.fail(
+                    f"{s.path.name}: rows.{table} fell from {before} to {count} "
                     f"({drop:.0%} drop, limit {limit:.0%}).", started, Symptom.ROWS_COLLAPSED,
                     found.version, metrics)
         self._good_counts = dict(found.counts)
         rev = f", alembic revision {found.version}" if found.version else ""
         rows = "".join(f", rows.{t}={n}" for t, n in found.counts.items())
-        return self._obs(Status.OK, f"{s.path.name}: {pragma} ok, {found.tables} tables{rev}{rows}.",
-                         started, None, found.version, metrics)
+        return self.ok(f"{s.path.name}: {pragma} ok, {found.tables} tables{rev}{rows}.", started,
+                       found.version, metrics)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from daemon.control.ctl import request
-from daemon.workspace import Workspace, free_port
+from daemon.demo.workspace import Workspace, free_port
 
 pytest_plugins = ["tests.infra.fixtures"]
 

@@ -11,13 +11,14 @@ from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, fie
 from daemon.secrets import SecretValue, load_secret
 
 # As daemon.config's Secret; defined here because daemon.config imports this module.
-Secret = Annotated[SecretValue, PlainValidator(load_secret), PlainSerializer(str)]
+Secret = Annotated[SecretValue, PlainValidator(load_secret, json_schema_input_type=str),
+                   PlainSerializer(str)]
 
 
 class AlertsSettings(BaseModel):
     """[alerts]: Alertmanager posts to http://<listen>/webhook with `Authorization: Bearer`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     listen: str = "127.0.0.1:9618"
     """host:port on loopback; Alertmanager runs on this machine (or tunnels to it)."""

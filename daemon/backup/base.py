@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from daemon.journal.catalog import StoredBackup as StoredBackup  # the catalog row
-
-if TYPE_CHECKING:
-    from daemon.backup.store import BackupStore
 
 BackupKind = Literal["database", "key", "sessions"]
 
@@ -50,15 +47,6 @@ class Backuper(Protocol):
     async def verify(self, path: Path) -> str | None:
         """None when the copy is sound, else why not (one line, never a secret)."""
         ...
-
-
-@runtime_checkable
-class BacksUp(Protocol):
-    """An executor whose component is backed up: the scheduler attaches the target's store."""
-
-    def backupers(self) -> Sequence[Backuper]: ...
-
-    def attach(self, store: BackupStore) -> None: ...
 
 
 @runtime_checkable

@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from daemon.backup.base import (
-    BacksUp,
     Backuper,
     BackupFailed,
     BackupRefused,
@@ -20,6 +19,8 @@ from daemon.backup.base import (
     StoredBackup,
 )
 from daemon.backup.store import BackupStore
+from daemon.escalation import notices
+from daemon.escalation.notices import Notice
 from daemon.journal.store import Journal
 from daemon.rollback.data_settings import BackupSettings
 
@@ -35,8 +36,8 @@ COSTLY = 60.0
 """A test restore that could not finish (error) after this many seconds of work waits a whole
 period before the next attempt: a full disk or a timeout must not load the server every look."""
 
-Tell = Callable[[str, str, str], object]
-"""Mail people a notice that is about no incident: (event, subject, body) -> the outbox."""
+Tell = Callable[[Notice], object]
+"""Mail people a notice that is about no incident (the outbox's send)."""
 
 
 class TargetBackups:
@@ -178,16 +179,16 @@ class TargetBackups:
                   b.id, why)
         if self.tell is not None:
             try:
-                self.tell(
-                    f"restore-test-{self.target}-{kind}-{b.id}",
-                    f"[rollbackd] {self.target}: {kind} backup #{b.id} failed its test restore",
+                self.tell(notices.backup_problem(
+                    self.target, f"restore-test-{self.target}-{kind}-{b.id}",
+                    f"{kind} backup #{b.id} failed its test restore",
                     f"The scheduled test restore of {kind} backup #{b.id} of {self.target} "
                     f"({b.path.name}, taken {b.created_at:%Y-%m-%d %H:%M:%S} UTC) failed:\n\n"
                     f"    {why}\n\nThe backup is marked unusable: no restore will use it; "
                     "older verified backups still count. The live database was not touched.\n"
                     f"`rollbackctl backups {self.target}` lists the catalog; "
                     f"`rollbackctl backup {self.target} --kind {kind}` takes a new backup, which "
-                    "the next scheduled test restore proves.\n")
+                    "the next scheduled test restore proves.\n"))
             except Exception:  # a mail that cannot be queued must not hide the failure
                 log.exception("target=%s restore-test=failed mail=not queued", self.target)
         return self._count("failed")
@@ -196,6 +197,16 @@ class TargetBackups:
         if self.metrics is not None:
             self.metrics.restore_tests.labels(self.target, result).inc()
         return result
+
+
+@runtime_checkable
+class BacksUp(Protocol):
+    """An executor whose component is backed up: attach_backups gives it the target's store.
+    Here, not in base.py: it names the store, and the store is built on base.py."""
+
+    def backupers(self) -> Sequence[Backuper]: ...
+
+    def attach(self, store: BackupStore) -> None: ...
 
 
 def attach_backups(target: str, settings: BackupSettings, journal: Journal,

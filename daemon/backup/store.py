@@ -21,12 +21,16 @@ from daemon.backup.files import (
     remove,
 )
 from daemon.journal.store import Journal
+from policies.lifecycle import OPEN_STATES
 
 log = logging.getLogger("rollbackd.backup")
 
 DEFAULT_KEEP = 7 * 86400.0
 PARTIAL_AGE = 6 * 3600.0
 """A .partial file this old is no backup in progress: a crash left it."""
+EVIDENCE = "evidence"
+"""In the file name of a backup taken for an incident: it is kept as evidence, not a copy for
+later restores, and a person looking at the directory must see so."""
 
 
 class BackupStore:
@@ -65,6 +69,8 @@ class BackupStore:
             raise BackupFailed(f"cannot create {self.directory(backuper.kind)}: "
                                f"{exc.strerror}") from None
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", reason)
+        if incident is not None:
+            slug = f"{EVIDENCE}-{slug}"
         stem = f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{slug}"
         final, n = d / f"{stem}{backuper.suffix}", 1
         while final.exists() or (d / f".{final.name}.partial").exists():  # never replace one
@@ -179,7 +185,8 @@ class BackupStore:
     async def enforce_retention(self, kind: str, now: datetime | None = None) -> list[int]:
         """Remove backups older than `keep`, only once a newer verified backup exists.
 
-        Backups taken for an incident are evidence: a person removes those.
+        Backups taken for an incident are evidence: they count against retention like any
+        other, but only once their incident is closed (while it is open a person may need them).
         """
         async with self._lock:
             now = now or datetime.now(UTC)
@@ -190,14 +197,23 @@ class BackupStore:
             cutoff = now - timedelta(seconds=self.keep)
             doomed = [b for b in self.catalog(kind)
                       if b.created_at < cutoff and b.created_at < newest.created_at
-                      and b.incident is None and b.id != newest.id]
+                      and b.id != newest.id and not self._evidence_needed(b)]
             for b in doomed:
                 # Catalog row first: a crash between leaves an orphan file, never a dangling row.
                 self.journal.backups.forget(b.id)
                 await asyncio.to_thread(remove, b.path)
-                log.info("target=%s backup=%s id=%d status=removed reason=older than %s",
-                         self.target, kind, b.id, timedelta(seconds=self.keep))
+                of = f" evidence_of=incident-{b.incident}" if b.incident is not None else ""
+                log.info("target=%s backup=%s id=%d status=removed reason=older than %s%s",
+                         self.target, kind, b.id, timedelta(seconds=self.keep), of)
             return [b.id for b in doomed]
+
+    def _evidence_needed(self, b: StoredBackup) -> bool:
+        """Evidence of an incident still open (or one the journal does not know: we cannot
+        tell) stays whatever its age."""
+        if b.incident is None:
+            return False
+        incident = self.journal.incidents.get(b.incident)
+        return incident is None or incident.state in OPEN_STATES
 
     def _sweep_partials(self, kind: str) -> None:
         """Remove what a crash mid-backup left; only old ones, as another store object (a manual
@@ -211,3 +227,27 @@ class BackupStore:
                     remove(p)
             except FileNotFoundError:
                 pass
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """At start-up, remove every .partial under root/<target>/<kind>/: with the state directory
+    locked (one daemon per state directory) and no backup started yet, each is what a crash
+    (kill -9, power loss) left mid-backup. Logged one by one, with its size."""
+    removed = []
+    for p in sorted(root.glob("*/*/.*.partial")):
+        try:
+            size = _size_of(p)
+            remove(p)
+        except OSError as exc:
+            log.error("backup=leftover path=%s status=not-removed reason=%r", p, exc.strerror)
+            continue
+        log.warning("backup=leftover path=%s size=%d status=removed reason=interrupted by a "
+                    "crash", p, size)
+        removed.append(p)
+    return removed
+
+
+def _size_of(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

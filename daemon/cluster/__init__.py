@@ -14,12 +14,12 @@ from daemon.cluster.ownership import Host, Ownership
 from daemon.cluster.session import OWNERS_SQL, SCHEMA
 from daemon.cluster.timing import Timing
 from daemon.config import Config
-from daemon.control.commands.registry import redact
 from daemon.control.protocol import CommandError
+from daemon.control.redact import redact
 from daemon.escalation.outbox import Outbox
 from daemon.journal.backend import journal_dsn
 from daemon.journal.escalations import Escalations
-from daemon.journal.pg import MIGRATE_KEY
+from daemon.journal.lock_keys import MIGRATE_KEY
 from daemon.journal.store import Journal
 
 OWNER_ONLY = frozenset({"rollback", "approve", "backup", "drill"})

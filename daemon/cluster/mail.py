@@ -11,19 +11,23 @@ dies mid-send leaves its claim to expire after `ttl`, and another instance retri
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.escalation.outbox import Outbox
 from daemon.journal import Journal, Ladder, OutboxMail
 from daemon.journal.claims import MailClaims
 from daemon.journal.escalations import Escalations
-from daemon.journal.pg import PgConnection
+
+if TYPE_CHECKING:  # psycopg loads only for a daemon whose journal is on PostgreSQL
+    from daemon.journal.pg import PgConnection
 
 log = logging.getLogger("rollbackd.mail")
 
 
 def pg_connection(journal: Journal) -> PgConnection:
+    from daemon.journal.pg import PgConnection
+
     db: Any = journal.db
     if not isinstance(db, PgConnection):
         raise TypeError("the cluster needs the journal on PostgreSQL")

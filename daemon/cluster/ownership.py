@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
 
-import psycopg
 from apscheduler.jobstores.base import JobLookupError
 
 from daemon.cluster.session import LockSession
@@ -158,6 +157,8 @@ class Ownership:
                 await asyncio.sleep(self.timing.retry)
 
     async def _connect(self) -> None:
+        import psycopg  # here: only a daemon in a cluster (journal on PostgreSQL) loads it
+
         t = self.timing
         session: LockSession | None = None
         try:
@@ -349,8 +350,8 @@ class Ownership:
             task.cancel()
         for monitor in {id(m): m for m in (*lease.monitors, self.host.monitors.get(target))
                         if m is not None}.values():
-            if monitor.task is not None and not monitor.task.done():
-                monitor.task.cancel()
+            if monitor.desk.task is not None and not monitor.desk.task.done():
+                monitor.desk.task.cancel()
         lease.monitors = []
         if not self._stopping and target in self.host.monitors:
             # What it saw is another owner's business now; status shows it unprobed here.

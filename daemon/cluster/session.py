@@ -11,12 +11,13 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+if TYPE_CHECKING:  # psycopg loads when a session opens: single-host daemons never need it
+    import psycopg
 
 from daemon.cluster.timing import Timing
-from daemon.journal.pg import NAMESPACE
+from daemon.journal.lock_keys import NAMESPACE
 
 TARGET_LOCKS = NAMESPACE + 1
 """Advisory-lock key (TARGET_LOCKS, cluster_leases.id): ownership of one target."""
@@ -86,6 +87,8 @@ class LockSession:
 
     @classmethod
     async def open(cls, dsn: str, instance: str, timing: Timing) -> LockSession:
+        import psycopg
+
         t = timing
         conn = await psycopg.AsyncConnection.connect(
             dsn, autocommit=True, connect_timeout=max(2, int(t.fence_after)),

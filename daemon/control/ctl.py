@@ -9,18 +9,44 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from daemon.control.ctl_output import human
-from daemon.control.protocol import PROTOCOL_VERSION
+from daemon.control.protocol import PROTOCOL_VERSION, Request
 
 DEFAULT_SOCKET = "/run/rollbackd/control.sock"
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-CLOSED = ("resolved", "failed", "escalated", "held", "denied", "transient", "dry_run")
+EXIT_PIPE = 141
+"""stdout was closed (`rollbackctl incidents | head`): what a shell reports for SIGPIPE."""
+USAGE_CODES = ("bad_args", "unknown_command")
+"""Refusals that are the caller's usage error: exit 2, as argparse's own."""
+CLOSED = ("resolved", "failed", "escalated", "held", "denied", "abandoned", "transient",
+          "dry_run")
 
 
 class Unreachable(Exception):
     pass
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised, so that --json can report it as JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("rollbackd")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _group_of(path: str) -> str | None:
@@ -45,7 +71,21 @@ def _denied(path: str) -> str:
             "(daemon.allowed_uids or daemon.allowed_groups), or ask root")
 
 
+BUSY_RETRY = 0.1
+"""Seconds between tries while the daemon refuses clients beyond its cap (reply `busy`)."""
+
+
 def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """One request; while the daemon is at its connection cap, tried again up to timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = _exchange(path, cmd, args, timeout)
+        if reply.get("code") != "busy" or time.monotonic() + BUSY_RETRY > deadline:
+            return reply
+        time.sleep(BUSY_RETRY)
+
+
+def _exchange(path: str, cmd: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             _connect(sock, path, timeout)
@@ -57,14 +97,17 @@ def request(path: str, cmd: str, args: dict[str, Any], timeout: float = 30.0) ->
         except ConnectionRefusedError:
             raise Unreachable(f"connection refused at {path}: rollbackd is not running") from None
         sock.settimeout(timeout)
-        req = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
+        req: Request = {"v": PROTOCOL_VERSION, "cmd": cmd, "args": args}
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
         except BrokenPipeError:
             pass  # the daemon answered and closed early (a refusal): its reply is still there
         data = b""
         while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # closed with our request unread: a `busy` refusal
+                break
             if not chunk:
                 break
             data += chunk
@@ -91,8 +134,13 @@ def _connect(sock: socket.socket, path: str, timeout: float) -> None:
 
 # -- the command line --------------------------------------------------------------------------
 
+JSON_HELP = "print the result as JSON (errors too: {ok, code, error}); anywhere on the line"
+
+
 def _sub(sub: Any, name: str, help: str, *positional: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+    # SUPPRESS: given after the command it sets ns.json; not given, the top-level value stays.
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
     for arg in positional:
         p.add_argument(arg, type=int if arg == "id" else str)
     return p
@@ -177,10 +225,13 @@ def _drill_text(cmd: str, result: Any) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollbackctl", description="Steer a running rollbackd.")
+    p = Parser(prog="rollbackctl", description="Steer a running rollbackd through its control "
+               "socket. Exit status: 0 done, 1 refused by the daemon, 2 usage error, "
+               "3 daemon unreachable.")
     p.add_argument("--socket", default=os.environ.get("ROLLBACKCTL_SOCKET", DEFAULT_SOCKET),
                    help="the control socket (default $ROLLBACKCTL_SOCKET or %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--version", action="version", version=f"rollbackctl {version()}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _sub(sub, "status", "daemon, targets, open incidents, breakers, overrides")
     _sub(sub, "incidents", "recent incidents").add_argument("--limit", type=int, default=20)
@@ -230,9 +281,15 @@ def _wait(path: str, result: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+def _fail(as_json: bool, code: str, message: str, status: int, label: str = "") -> int:
+    if as_json:
+        print(json.dumps({"ok": False, "code": code, "error": message}))
+    else:
+        print(f"{label}{message}", file=sys.stderr)
+    return status
+
+
+def _run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cmd, args = _request_of(ns, parser)
     try:
         reply = request(ns.socket, cmd, args)
@@ -244,22 +301,37 @@ def main(argv: list[str] | None = None) -> int:
                   f"(Ctrl-C stops following, not the drill) ...", file=sys.stderr, flush=True)
             reply = _follow_drill(ns.socket, reply["result"]["id"])
     except Unreachable as exc:
-        print(f"rollbackctl: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _fail(ns.json, "unreachable", str(exc), EXIT_UNREACHABLE, "rollbackctl: ")
     except (OSError, ValueError) as exc:
-        print(f"rollbackctl: {ns.socket}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _fail(ns.json, "unreachable", f"{ns.socket}: {exc}", EXIT_UNREACHABLE,
+                     "rollbackctl: ")
     if not reply.get("ok"):
-        print(f"{cmd}: ERROR ({reply.get('code')}) {reply.get('error')}", file=sys.stderr)
-        return EXIT_REFUSED
+        code = str(reply.get("code"))
+        status = EXIT_USAGE if code in USAGE_CODES else EXIT_REFUSED
+        return _fail(ns.json, code, str(reply.get("error")), status, f"{cmd}: ERROR ({code}) ")
     result: Any = reply.get("result")
     text = None if ns.json else _drill_text(cmd, result)
     print(json.dumps(result, indent=2, default=str) if ns.json else text or human(cmd, result))
+    sys.stdout.flush()  # a closed pipe shows here, inside main, not at interpreter exit
     if cmd == "drill" and not ns.no_wait and result["state"] != "passed":
         return EXIT_REFUSED  # the drill ended, but not every scenario passed
     if getattr(ns, "wait", False) and cmd == "show" and result["state"] != "resolved":
         return EXIT_REFUSED  # --wait: the rollback ended, but not healthy
     return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+        return _run(ns, parser)
+    except UsageError as exc:
+        return _fail("--json" in argv, "usage", str(exc), EXIT_USAGE)
+    except BrokenPipeError:
+        # The reader went away: nothing more to say, and nothing to flush at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from daemon.control.ctl_format import cell, duration, local_time
+
 
 def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[str(r.get(c)) if r.get(c) is not None else "-" for c in cols] for r in rows]
+    cells = [[cell(c, r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
@@ -22,11 +24,19 @@ def _short(value: Any, n: int = 12) -> str:
     return str(value)[:n] if value else "-"
 
 
+def _state(target: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
+    """The target's state, with any pause or silence on it (or on every target) beside it."""
+    kinds = dict.fromkeys(o["kind"] for o in overrides if o["target"] in (target["target"], "*"))
+    shown = {"pause": "paused", "silence": "silenced"}
+    return ", ".join([str(target["state"]), *(shown.get(k, k) for k in kinds)])
+
+
 def _status(r: dict[str, Any]) -> str:
     rows = [{**t, "probes": " ".join(f"{p}:{s}" for p, s in t["probes"].items()),
-             "version": _short(t["version"])} for t in r["targets"]]
+             "version": _short(t["version"]), "state": _state(t, r.get("overrides", []))}
+            for t in r["targets"]]
     owned = "instance" in r  # several instances share the journal: who acts for each target
-    out = [f"rollbackd pid {r['pid']}, up {r['uptime']}s: {r['summary']}"
+    out = [f"rollbackd pid {r['pid']}, up {duration(r['uptime'])}: {r['summary']}"
            + (f"\ninstance {r['instance']}" if owned else ""),
            table(rows, ["target", *(["owner"] if owned else []), "state", "incident", "version",
                         "probes"])]
@@ -77,7 +87,7 @@ def _audit(r: Any) -> str:
 def _emergency_admin(r: dict[str, Any]) -> str:
     verb = "created" if r["created"] else "renewed"
     return (f"emergency admin {r['email']} on {r['target']} {verb}.\n"
-            f"  password: {r['password']}\n  expires:  {r['expires_at']}\n"
+            f"  password: {r['password']}\n  expires:  {local_time(r['expires_at'])}\n"
             "This password is shown once and stored nowhere in clear: keep it safe now.")
 
 
@@ -89,30 +99,46 @@ def _lockdown(r: dict[str, Any]) -> str:
 
 
 def _approve(r: dict[str, Any]) -> str:
-    if "locked" in r:
-        return (f"lockdown of {r['target']} done (incident {r['id']}): {r['locked']} accounts "
-                f"locked; sessions: {r['sessions']}; reset tokens: {r['reset_tokens']}")
-    return f"incident {r['id']}: {r['started']} started"
+    return (f"incident {r['id']}: {r['started']} started; `rollbackctl show {r['id']}` "
+            "follows it")
+
+
+def _deny(r: dict[str, Any]) -> str:
+    if r["state"] == "abandoned":
+        return (f"incident {r['id']}: abandoned, nothing more will run; a person finishes it "
+                f"(`rollbackctl show {r['id']}` says what was left)")
+    return f"incident {r['id']}: denied, nothing was run"
 
 
 def _unlock(r: dict[str, Any]) -> str:
-    until = f"locked until {r['was_locked_until']} UTC" if r["was_locked_until"] else "not locked"
+    until = (f"locked until {local_time(r['was_locked_until'])}" if r["was_locked_until"]
+             else "not locked")
     return (f"{r['email']} on {r['target']} unlocked (was {until}, {r['failed_attempts']} failed "
             "attempts cleared)")
 
 
 def _override(r: dict[str, Any]) -> str:
-    return f"{r['kind']} {r['target']} until {r['until']}: {r['reason']}"
+    return f"{r['kind']} {r['target']} until {local_time(r['until'])}: {r['reason']}"
 
 
 def _backups(rows: list[dict[str, Any]]) -> str:
     def restore_test(b: dict[str, Any]) -> str | None:
         at = b.get("restore_tested_at")
-        return None if not at else f"FAILED {at}" if b.get("restore_test_error") else f"ok {at}"
+        shown = local_time(at) if at else ""
+        return None if not at else f"FAILED {shown}" if b.get("restore_test_error") else f"ok {shown}"
 
     return table([{**b, "sha256": _short(b["sha256"]), "restore_test": restore_test(b)}
                   for b in rows], ["id", "kind", "created_at", "size", "verified", "restore_test",
                                    "sha256", "path"])
+
+
+def _reload(r: dict[str, Any]) -> str:
+    lines = [f"config reloaded: {', '.join(r['targets'])}"]
+    waiting = r.get("needs_restart", [])
+    if waiting:
+        lines.append("not applied until a restart (the old value stays in force):")
+        lines += [f"  {w['key']}: {w['old']} -> {w['new']}" for w in waiting]
+    return "\n".join(lines)
 
 
 RENDER: dict[str, Callable[[Any], str]] = {
@@ -132,12 +158,12 @@ RENDER: dict[str, Callable[[Any], str]] = {
     "unlock-admin": _unlock,
     "lockdown": _lockdown,
     "approve": _approve,
-    "deny": lambda r: f"incident {r['id']}: denied, nothing was run",
+    "deny": _deny,
     "ack": lambda r: f"incident {r['id']} acknowledged",
     "pause": _override,
     "silence": _override,
     "resume": lambda r: f"{r['target']}: {r['ended']} override(s) ended",
-    "reload": lambda r: f"config reloaded: {', '.join(r['targets'])}",
+    "reload": _reload,
     "help": lambda r: "\n".join(f"{k:16} {v}" for k, v in r.items()),
 }
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from daemon.refusal import Refused
+
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 5.0
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects a request may have. Far beyond what any command takes,
+and far below Python's recursion limit: the audit log's redaction and JSON encoding recurse."""
 
 
 class Request(TypedDict):
@@ -23,12 +28,8 @@ class Reply(TypedDict):
     code: NotRequired[str]
 
 
-class CommandError(Exception):
+class CommandError(Refused):
     """A command refused; `code` is stable for scripts, the message is for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def version_error(req: dict[str, Any]) -> Reply | None:
@@ -39,3 +40,24 @@ def version_error(req: dict[str, Any]) -> Reply | None:
     return {"ok": False, "code": "bad_version",
             "error": f"protocol version {v!r} is not supported; this rollbackd speaks "
                      f"version {PROTOCOL_VERSION} (upgrade rollbackctl or rollbackd)"}
+
+
+def nested_deeper(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest deeper than `limit` in a parsed request. Iterative, so
+    a request of any depth is judged without recursing."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def too_deep() -> Reply:
+    return {"ok": False, "code": "bad_request",
+            "error": f"request nested deeper than {MAX_DEPTH} levels of arrays and objects"}

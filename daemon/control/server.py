@@ -22,6 +22,8 @@ from daemon.control.protocol import (
     REQUEST_TIMEOUT,
     CommandError,
     Reply,
+    nested_deeper,
+    too_deep,
     version_error,
 )
 
@@ -46,7 +48,7 @@ class Peer:
 
 
 Handler = Callable[[str, dict[str, Any], Peer], Awaitable[Any]]
-Refused = Callable[[Peer, str], None]
+Forbidden = Callable[[Peer, str], None]
 """Audits a request from a peer the socket refused: the peer and the command it named."""
 
 
@@ -86,13 +88,24 @@ def _member_by_database(uid: int, gids: frozenset[int]) -> bool:
         user.pw_name in g.gr_mem for g in grp.getgrall() if g.gr_gid in gids)
 
 
+BUSY: Reply = {"ok": False, "code": "busy",
+              "error": "too many control connections at once (daemon.max_control_connections); "
+                       "try again"}
+
+
 class ControlServer:
     def __init__(self, path: Path, handler: Handler, allowed_uids: list[int],
                  socket_group: str | None = None, allowed_groups: list[str] | None = None,
-                 refused: Refused | None = None) -> None:
+                 max_connections: int = 64, on_forbidden: Forbidden | None = None) -> None:
         self.path = path
+        self.on_forbidden = on_forbidden
+        self.max_connections = max_connections
+        """Beyond this many clients at once, a new one is refused at once: idle clients must
+        not use up the descriptors the probes need."""
+        self.active = 0
+        self._refused = 0
+        """Connections refused since the burst began (0: not refusing)."""
         self.handler = handler
-        self.refused = refused
         self.allowed = {0, os.getuid(), *allowed_uids}
         self.socket_group = socket_group
         self.allowed_group_names = list(allowed_groups or [])
@@ -138,6 +151,31 @@ class ControlServer:
 
     async def _serve_client(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
+        if self.active >= self.max_connections:
+            self._refuse(writer)
+            return
+        if self._refused:
+            log.warning("control status=accepting refused=%d max_connections=%d", self._refused,
+                        self.max_connections)
+            self._refused = 0
+        self.active += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.active -= 1
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Close at once, with a best-effort `busy` line: nothing waits on this client."""
+        if not self._refused:  # once per burst; the end of the burst says how many
+            log.warning("control status=refusing reason=too many connections "
+                        "max_connections=%d", self.max_connections)
+        self._refused += 1
+        with contextlib.suppress(Exception):
+            writer.write(json.dumps(BUSY).encode() + b"\n")
+        writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
         try:
             reply = await self._one_request(reader, writer)
             writer.write(json.dumps(reply, default=str).encode() + b"\n")
@@ -164,15 +202,19 @@ class ControlServer:
         if not self.permits(peer):
             log.warning("control status=refused uid=%d gid=%d pid=%d", peer.uid, peer.gid,
                         peer.pid)
-            if self.refused is not None:
-                self.refused(peer, _named_command(line))
+            if self.on_forbidden is not None:
+                self.on_forbidden(peer, _named_command(line))
             return {"ok": False, "code": "forbidden",
                     "error": f"uid {peer.uid} may not use this socket (daemon.allowed_uids "
                              "and daemon.allowed_groups name who may)"}
         try:
             req = json.loads(line)
-        except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or absurdly deep nesting
+        except RecursionError:  # deeper than even the parser goes (some thousand levels)
+            return too_deep()
+        except ValueError:  # bad JSON or bad UTF-8
             return {"ok": False, "code": "bad_request", "error": "request is not one JSON line"}
+        if nested_deeper(req):  # what parsed still must not reach the recursive audit redaction
+            return too_deep()
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "code": "bad_request",
                     "error": 'expected {"cmd": "...", "args": {...}}'}

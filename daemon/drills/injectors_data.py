@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from daemon.backup.envfile import read_env, replace_file, with_value
-from daemon.drills.injectors import DrillError, InjectContext, run_injector_argv
+from daemon.drills.injector_base import DrillError, InjectContext, run_injector_argv
 from daemon.rollback.data_settings import KeySettings, SqliteDatabase
 from probes.fernet_key import fingerprint
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from daemon.drills.injectors import DrillError, InjectContext
+from daemon.drills.injector_base import DrillError, InjectContext
 from daemon.rollback.deploy_settings import DockerDeployment
 from daemon.rollback.docker import recreate_body, short
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.config import GitDeployment
-from daemon.drills.injectors import DrillError, InjectContext
+from daemon.drills.injector_base import DrillError, InjectContext
 from daemon.rollback.base import StepFailed
 from daemon.rollback.commands import run_argv
-from daemon.workspace import BROKEN_PATCH, GIT_ID
+
+# The drill's commits are made under this identity, whatever the host's git config says (a
+# daemon's user often has none) and never signed (no agent to ask).
+GIT_ID = ["-c", "user.name=rollbackd drill", "-c", "user.email=rollbackd@localhost",
+          "-c", "commit.gpgsign=false"]
+# A deploy that cannot start: the kind of mistake that takes an app down at 3 a.m.
+BROKEN_PATCH = '\nraise SystemExit("ImportError: settings module grading_settings is missing")\n'
 
 HEALTH = "    def health() -> JsonReply:\n"
 

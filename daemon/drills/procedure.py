@@ -21,15 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from daemon.backup.base import BacksUp, BackupFailed
+from daemon.backup.base import BackupFailed
+from daemon.backup.schedule import BacksUp
 from daemon.drills.health import Snapshot, snapshot
 from daemon.drills.injectors import DrillError, InjectContext, Injector, build_injector
 from daemon.drills.preflight import gate, not_known_good, not_ready, unfit
 from daemon.drills.record import FAILED, PASSED, REFUSED, RUNNING, DrillRun, ScenarioRun, now_utc
 from daemon.drills.scenarios import SCENARIOS
 from daemon.journal import Incident, Journal
+from daemon.refusal import Refused
 from daemon.rollback.base import StepFailed
 
 if TYPE_CHECKING:
@@ -87,15 +89,11 @@ def _opened(journal: Journal, target: str, after_id: int) -> Incident | None:
 
 async def _approve(ctx: DrillContext, m: TargetMonitor, inc: Incident) -> bool:
     """Run the waiting plan as `rollbackctl approve` would; the timeline says who approved."""
-    plan = m.stored_plan(inc)
-    if plan is None:
+    try:
+        await m.desk.approve(inc.id, f"drill {ctx.run.id} (drills.approve = true)")
+    except Refused as exc:
+        log.info("drill=%d incident=%d approve=refused reason=%s", ctx.run.id, inc.id, exc)
         return False
-    async with m._eval_lock:
-        if m.busy:
-            return False
-        ctx.journal.incidents.update(inc.id, "approved", f"approved by drill {ctx.run.id} "
-                                     "(drills.approve = true)")
-        m.start(inc.id, plan)
     return True
 
 
@@ -151,6 +149,7 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
     onset_mono = time.monotonic()
     log.info("drill=%d target=%s scenario=%s status=injecting", ctx.run.id, target, s.scenario)
     inc: Incident | None = None
+    m.desk.drill = ctx.run.id  # what opens from here on is the drill's, for the metrics too
     try:
         try:
             s.injected = await injector.inject()
@@ -170,6 +169,7 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
         inc = await _follow(ctx, s, inc)
         await _judge(ctx, s, m, inc, injector, before)
     finally:
+        m.desk.drill = None
         if inc is not None:
             _forget(ctx, inc, s.onset, onset_mono)
 
@@ -223,14 +223,9 @@ async def _judge(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor, inc: Incid
 
 def _forget(ctx: DrillContext, inc: Incident, onset: datetime | None, onset_mono: float) -> None:
     """Once closed: not automatic (no limit or cooldown used up), no flapping counted."""
-    current = ctx.journal.incidents.get(inc.id)
-    if current is not None and current.closed_at is not None:
-        ctx.journal.incidents.mark_manual(inc.id)
     m = ctx.monitor()
-    if m is None or onset is None:
+    if m is None:
         return
-    # The monitor keeps its changes as monotonic seconds (or, before that, as datetimes).
-    transitions: Any = m.transitions
-    kept = [t for t in transitions if t < (onset_mono if isinstance(t, float) else onset)]
-    transitions.clear()
-    transitions.extend(kept)
+    m.desk.forget_drill(inc.id)
+    if onset is not None:
+        m.forget_transitions_since(onset_mono)

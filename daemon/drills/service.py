@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.drills.procedure import DrillContext, run_scenario
 from daemon.drills.record import INTERRUPTED, RUNNING, DrillRun, ScenarioRun, now_utc
@@ -18,11 +18,28 @@ from daemon.drills.store import DrillStore
 from daemon.metrics.drills import DrillMetrics
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
-    from daemon.config import TargetConfig
+    from daemon.config import Config, TargetConfig
+    from daemon.journal.store import Journal
+    from daemon.metrics import Metrics
     from daemon.monitor import TargetMonitor
 
 log = logging.getLogger("rollbackd.drills")
+
+
+class DrillHost(Protocol):
+    """What drills may see of the daemon: the live config, journal, metrics and monitors."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def monitors(self) -> Mapping[str, TargetMonitor]: ...
 
 
 class DrillRefused(Exception):
@@ -32,7 +49,7 @@ class DrillRefused(Exception):
 
 
 class DrillService:
-    def __init__(self, daemon: Daemon, clock: Callable[[], datetime] = now_utc) -> None:
+    def __init__(self, daemon: DrillHost, clock: Callable[[], datetime] = now_utc) -> None:
         self.d = daemon
         state_dir = daemon.config.daemon.state_dir
         self.store = DrillStore(state_dir)

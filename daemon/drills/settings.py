@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.drills.cron import parse_cron
 from probes.base import PositiveDuration
 
 SCENARIO_NAMES = ("app_down", "auth_broken", "data_corruption", "perf_degraded", "key_invalid")
@@ -56,7 +57,7 @@ SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class InjectorSettings(_Frozen):
@@ -66,6 +67,7 @@ class InjectorSettings(_Frozen):
     """Run as it is (no shell) with ROLLBACKD_DRILL_TARGET, _SCENARIO and _ID in its
     environment; exit 0 means the fault is in place."""
     builtin: BuiltinName | None = None
+    """A fault rollbackd knows how to put in (see the list of built-ins in docs/drills.md)."""
     cwd: ConfigPath | None = None
     """Working directory of argv."""
     cleanup: Argv | None = None
@@ -102,8 +104,6 @@ class InjectorSettings(_Frozen):
 
 
 def _cron_ok(value: str) -> str:
-    from daemon.drills.schedule import parse_cron
-
     parse_cron(value, "UTC")  # raises ValueError with the reason
     return value
 
@@ -114,6 +114,7 @@ class DrillSettings(_Frozen):
     schedule: Annotated[str, AfterValidator(_cron_ok)] = QUARTERLY
     """Cron syntax (minute hour day-of-month month day-of-week), in `timezone`."""
     timezone: str = "UTC"
+    """The IANA time zone `schedule` is read in, e.g. "Europe/Berlin"."""
     scheduled: bool = True
     """false: drills run only when asked (`rollbackctl drill`); overdue is still reported."""
     scenarios: list[ScenarioName] = []

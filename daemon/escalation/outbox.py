@@ -16,6 +16,8 @@ from daemon.clock import now_utc
 from daemon.config import Config
 from daemon.escalation import redact, routing, storm
 from daemon.escalation.messages import build_message
+from daemon.escalation.notices import Notice, digest
+from daemon.escalation.settings import EventKind
 from daemon.escalation.smtp import deliver
 from daemon.journal import Journal, OutboxMail
 
@@ -64,25 +66,30 @@ class Outbox:
         # Stable per incident and event: a retried or replayed send carries the same Message-ID.
         return f"<rollbackd.{incident_id or 0}.{event}@{self.host}>"
 
-    def facts(self, incident_id: int | None, event: str) -> routing.MailFacts:
-        kind = routing.event_kind(event)
+    def facts(self, incident_id: int | None, kind: EventKind) -> routing.MailFacts:
         ctx = self.journal.incidents.mail_context(incident_id) if incident_id else None
         if ctx is None:
             return routing.MailFacts(kind)
         return routing.MailFacts(kind, ctx.incident_class, routing.conditions(
             kind, ctx.reason, ctx.rollback_failed, ctx.breaker_open))
 
-    def route(self, incident_id: int | None, event: str) -> tuple[str, ...]:
+    def route(self, incident_id: int | None, kind: EventKind) -> tuple[str, ...]:
         """Who gets this mail: the routed roles up to the incident's tier, plus anyone paged."""
         reached = self.journal.escalations.of(incident_id) if incident_id else None
         tier, paged = reached or (1, [])
         return routing.recipients(self.config.escalation, self.config.contacts,
-                                  self.facts(incident_id, event), tier, paged)
+                                  self.facts(incident_id, kind), tier, paged)
 
-    def enqueue(self, incident_id: int | None, event: str, subject: str, body: str, *,
-                recipients: Sequence[str] | None = None) -> tuple[str, ...]:
-        """Journal one mail (or hold it for a storm digest); returns its recipients."""
-        to = tuple(recipients) if recipients is not None else self.route(incident_id, event)
+    def send(self, notice: Notice, *, recipients: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Journal one notice's mail (or hold it for a storm digest); returns its recipients."""
+        incident_id, event = notice.incident_id, notice.event
+        subject, body = notice.subject, notice.body
+        if recipients is not None:
+            to = tuple(recipients)
+        elif notice.everyone:
+            to = tuple(self.recipients())
+        else:
+            to = self.route(incident_id, notice.route_as)
         if not to:
             log.warning("mail=%s skipped reason=no contacts configured", event)
             return ()
@@ -106,9 +113,10 @@ class Outbox:
         esc = self.config.escalation
         if not storm.digest_due(held, now, esc.digest_delay):
             return
-        subject, body, to = storm.digest(held, esc.storm_max, esc.storm_window)
-        message_id = f"<rollbackd.digest.{held[0].id}-{held[-1].id}@{self.host}>"
-        self.journal.mail.enqueue_digest([h.id for h in held], message_id, to, subject, body)
+        notice, to = digest(held, esc.storm_max, esc.storm_window)
+        message_id = f"<rollbackd.{notice.event.replace('-', '.', 1)}@{self.host}>"
+        self.journal.mail.enqueue_digest([h.id for h in held], message_id, to, notice.subject,
+                                         notice.body)
         log.info("mail=%s status=queued digest_of=%d", message_id, len(held))
 
     def _build(self, mail: OutboxMail) -> Any:

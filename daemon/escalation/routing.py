@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from daemon.escalation.settings import Contact, EscalationSettings, EventKind, Route
 from policies.decision import KEY_DISASTER
-
-_KINDS: tuple[EventKind, ...] = ("opened", "started", "resolved", "failed", "held", "escalated",
-                                 "redeploy", "digest")
-
-
-def event_kind(event: str) -> EventKind:
-    """The kind of an outbox event name: `held-12` -> held, `tier-2` -> escalated."""
-    head = re.split(r"[-.]", event, maxsplit=1)[0]
-    if head == "tier":
-        return "escalated"
-    return next((k for k in _KINDS if k == head), "other")
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ Condition = Literal["breaker_open", "key_disaster", "rollback_failed"]
 
 EventKind = Literal["opened", "started", "resolved", "failed", "held", "escalated", "redeploy",
                     "digest", "other"]
-"""What a mail is about; the outbox derives it from the event name (held-12 -> held)."""
+"""What a mail is about, as routing rules name it (each notice kind routes as one of these)."""
 
 
 class _Frozen(BaseModel):
     # The same settings as daemon.config.Frozen; config.py imports this module, not the reverse.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Contact(_Frozen):

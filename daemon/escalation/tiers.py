@@ -7,7 +7,7 @@ import logging
 from datetime import datetime, timedelta
 
 from daemon.clock import now_utc
-from daemon.escalation import routing
+from daemon.escalation import notices, routing
 from daemon.escalation.outbox import NEEDS_PERSON, Outbox
 from daemon.journal.escalations import Escalations
 
@@ -42,22 +42,13 @@ class TierChecker:
             if nxt is None:
                 continue  # the top tier has it; there is nobody further to page
             incident_id = row.incident_id
-            event = f"tier-{nxt}"
-            facts = self.outbox.facts(incident_id, event)
+            facts = self.outbox.facts(incident_id, "escalated")
             to = routing.tier_recipients(cfg.escalation, cfg.contacts, facts, nxt)
             waited = (now - since).total_seconds()
-            body = (f"Incident {incident_id} on {row.target} ({row.incident_class}) needs a "
-                    f"person and nobody has acknowledged it: tier {tier} was mailed "
-                    f"{_age(waited)} ago (timeout {_age(timeout)}). You are tier {nxt}.\n\n"
-                    f"{row.reason}\n\nState: {row.state}. Detected: "
-                    f"{row.detected_at:%Y-%m-%d %H:%M:%S} UTC.\n\n"
-                    f"To take it:\n\n    rollbackctl ack {incident_id}\n\n"
-                    f"`rollbackctl show {incident_id} --report` has the evidence.\n")
             # Mail first, then the step: a crash in between re-enqueues the same Message-ID,
             # which the outbox ignores, and then records the step.
-            self.outbox.enqueue(incident_id, event,
-                                f"[rollbackd] {row.target}: incident {incident_id} "
-                                f"UNACKNOWLEDGED, tier {nxt}", body, recipients=to)
+            self.outbox.send(notices.tier_page(row, nxt, _age(waited), _age(timeout)),
+                             recipients=to)
             before = self.ladders.of(incident_id)
             everyone = list(dict.fromkeys([*(before[1] if before else []), *to]))
             self.ladders.step(incident_id, nxt, now, everyone)

@@ -11,7 +11,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from daemon.journal.db import Database
-from daemon.journal.pg import PgConnection, open_pg_journal
 from daemon.journal.store import Journal, Repositories
 from daemon.metrics import JournalCollector
 from policies.settings import PolicySettings
@@ -30,6 +29,8 @@ def journal_dsn(cfg: Config) -> str:
 
 def open_journal(cfg: Config) -> Journal:
     if cfg.daemon.journal_backend == "postgresql":
+        from daemon.journal.pg import open_pg_journal  # psycopg: only for this backend
+
         # The journal is synchronous, like sqlite3: a dead network must not hold the daemon's
         # loop for longer than an owner may go without renewing its lock session.
         fence_ms = int(cfg.daemon.takeover_after * 1000 / 5)
@@ -50,6 +51,8 @@ class PgJournalCollector(JournalCollector):
                                      "1 if every journal metric could be read at this scrape")
         ok = True
         try:
+            from daemon.journal.pg import PgConnection
+
             db = PgConnection(self._dsn, "rollbackd-metrics", connect_timeout=2)
             db.conn.execute("SET default_transaction_read_only = on")
         except Exception as exc:  # noqa: BLE001 - a scrape must never raise

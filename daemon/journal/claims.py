@@ -9,8 +9,12 @@ ago is not claimed. The outbox_claims table belongs to the cluster's schema
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from daemon.journal.mail import OutboxMail
-from daemon.journal.pg import PgConnection
+
+if TYPE_CHECKING:  # psycopg loads only for a daemon whose journal is on PostgreSQL
+    from daemon.journal.pg import PgConnection
 
 
 class MailClaims:

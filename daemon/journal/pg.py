@@ -22,15 +22,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.rows import RowMaker
 
+from daemon.journal.lock_keys import MIGRATE_KEY, NAMESPACE
+
 if TYPE_CHECKING:
     from daemon.journal.store import Journal
 
-NAMESPACE = 0x726F6C6C
-"""First half of every advisory-lock key rollbackd takes ("roll"); the cluster uses the next ones."""
 WRITE_KEY = (NAMESPACE, 1)
 """Held for the length of every journal write transaction: one writer at a time, as on SQLite."""
-MIGRATE_KEY = (NAMESPACE, 2)
-"""Held while one instance creates or upgrades the schema; the others wait for it."""
 
 VERSION_TABLE = "journal_schema"
 BUSY_TIMEOUT = "5s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,7 +15,12 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
+
+Trigger = Literal["auto", "manual", "drill"]
+"""What started an incident or a rollback: the daemon itself, a person
+(`rollbackctl rollback`), or a recovery drill. Dashboards count production incidents apart."""
 
 # Web latencies: most answers within a few hundred ms; timeouts land in the top buckets.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -35,6 +41,9 @@ class Metrics:
     """Every live instrument on one explicit registry; a test passes a fresh one."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The _created series of every counter and histogram double the series count and nobody
+        # graphs them (a process-wide switch; the daemon has one Metrics).
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -50,11 +59,11 @@ class Metrics:
             "rollbackd_probe_runs_total", "Probe runs by result",
             ["target", "probe", "result"], registry=r)
         self.incidents = Counter(
-            "rollbackd_incidents_total", "Incidents opened", ["target", "incident_class"],
-            registry=r)
+            "rollbackd_incidents_total", "Incidents opened, by what started them",
+            ["target", "incident_class", "trigger"], registry=r)
         self.rollbacks = Counter(
-            "rollbackd_rollbacks_total", "Rollbacks by outcome",
-            ["target", "incident_class", "backend", "result"], registry=r)
+            "rollbackd_rollbacks_total", "Rollbacks by outcome and by what started them",
+            ["target", "incident_class", "backend", "result", "trigger"], registry=r)
         self.time_to_detect = Histogram(
             "rollbackd_time_to_detect_seconds", "From the first failed probe run to the incident",
             ["target", "incident_class"], buckets=INCIDENT_BUCKETS, registry=r)
@@ -83,6 +92,14 @@ class Metrics:
         self.webhook_unmatched = Counter(
             "rollbackd_webhook_alerts_unmatched_total", "Alerts no alertmanager probe matched",
             registry=r)
+
+    def incident_opened(self, target: str, incident_class: str,
+                        trigger: Trigger = "auto") -> None:
+        self.incidents.labels(target, incident_class, trigger).inc()
+
+    def rollback_finished(self, target: str, incident_class: str, backend: str, result: str,
+                          trigger: Trigger = "auto") -> None:
+        self.rollbacks.labels(target, incident_class, backend, result, trigger).inc()
 
     def detected(self, target: str, incident_class: str, onset: datetime | None) -> None:
         if onset is not None:

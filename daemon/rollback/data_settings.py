@@ -33,7 +33,8 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
 
 
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
-Secret = Annotated[SecretValue, PlainValidator(load_secret), PlainSerializer(str)]
+Secret = Annotated[SecretValue, PlainValidator(load_secret, json_schema_input_type=str),
+                   PlainSerializer(str)]
 Argv = Annotated[list[str], Field(min_length=1)]
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _COLUMN = r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$"
@@ -44,7 +45,7 @@ fresh key. Empty: the procedure is not offered, the disaster is only escalated."
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _migrate_has_placeholder(v: list[str] | None) -> list[str] | None:
@@ -79,9 +80,11 @@ class SqliteDatabase(_Frozen):
     timestamp_column: str = Field(default="created_at", pattern=_NAME)
     """Per-row timestamp used to count writes beside rowids; an updated_at column counts updates."""
     alembic_table: str = Field(default="alembic_version", min_length=1)
+    """The table Alembic keeps the schema revision in."""
     encrypted_columns: EncryptedColumns = []
     """table.column fields encrypted with the target's key (see the key disaster procedure)."""
     command_timeout: PositiveDuration = 120.0
+    """How long one command (stop, start, migrate, pg_dump) may take."""
 
     _has_placeholder = field_validator("migrate")(_migrate_has_placeholder)
     _stop_with_start = model_validator(mode="after")(_stop_and_start_together)
@@ -106,7 +109,9 @@ class PostgresDatabase(_Frozen):
     migrate: Argv | None = None
     """argv of a schema downgrade with a "{revision}" placeholder; enables the Alembic downgrade."""
     cwd: ConfigPath | None = None
+    """Working directory of `migrate` (the app's directory, which holds alembic.ini)."""
     env_file: ConfigPath | None = None
+    """KEY=VALUE lines given to `migrate` as its environment (the app's own env file)."""
     jobs: int = Field(default=2, ge=1, le=64)
     """pg_restore -j (and pg_dump -j with the directory format)."""
     dump_format: Literal["custom", "directory"] = "custom"
@@ -126,6 +131,7 @@ class PostgresDatabase(_Frozen):
     encrypted_columns: EncryptedColumns = []
     """table.column fields encrypted with the target's key (see the key disaster procedure)."""
     alembic_table: str = Field(default="alembic_version", min_length=1)
+    """The table Alembic keeps the schema revision in."""
     bin_dir: ConfigPath | None = None
     """Directory of pg_dump and pg_restore; default: found on PATH."""
     restore_work_mem: str = Field(default="512MB", pattern=r"^[0-9]+(kB|MB|GB)$")
@@ -145,7 +151,9 @@ class PostgresDatabase(_Frozen):
     """Concurrent COPYs a large table's rows are split over in a "sections" restore (1: one
     COPY FREEZE per table). More than the server's free cores only adds contention."""
     command_timeout: PositiveDuration = 120.0
+    """How long one command (stop, start, migrate, pg_dump) may take."""
     restore_timeout: PositiveDuration = 3600.0
+    """How long a whole restore of a dump may take."""
 
     _has_placeholder = field_validator("migrate")(_migrate_has_placeholder)
     _stop_with_start = model_validator(mode="after")(_stop_and_start_together)
@@ -167,7 +175,9 @@ class RedisSessions(_Frozen):
     """Flush the sessions after every database restore: a session issued against data the
     restore discarded (a user or a role that no longer exists) must not outlive it."""
     scan_count: int = Field(default=500, ge=1, le=100_000)
+    """SCAN COUNT: keys Redis looks at per SCAN call."""
     command_timeout: PositiveDuration = 30.0
+    """How long one Redis command may take."""
 
 
 _KINDS = ("sqlite", "postgres")
@@ -220,6 +230,7 @@ class KeySettings(_Frozen):
     passphrase_file: Secret | None = None
     """Encrypt key backups with this passphrase (scrypt + Fernet); unset: stored as 0600 copies."""
     command_timeout: PositiveDuration = 60.0
+    """How long `restart` may take."""
 
     @model_validator(mode="after")
     def _one_canary(self) -> KeySettings:

@@ -50,7 +50,7 @@ def deployment_discriminator() -> Discriminator:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DockerDeployment(_Frozen):

@@ -8,7 +8,7 @@ from daemon.rollback.base import Executor
 from policies.plans import Component
 
 
-def build_executors(target: Any) -> dict[Component, Executor]:
+def build_executors(target: Any, name: str = "") -> dict[Component, Executor]:
     """The executors a target's config asks for, keyed by the component they act on."""
     found: dict[Component, Executor] = {}
     if target.deployment is not None:
@@ -41,4 +41,8 @@ def build_executors(target: Any) -> dict[Component, Executor]:
         from daemon.rollback.key_restore import KeyExecutor
 
         found[Component.KEY] = KeyExecutor(key)
+    if getattr(target, "accounts", None) is not None:
+        from daemon.rollback.lockdown import LockdownExecutor
+
+        found[Component.ACCOUNTS] = LockdownExecutor(name, target)
     return found

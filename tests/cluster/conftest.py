@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from daemon.workspace import Workspace, free_port
+from daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 

@@ -17,6 +17,7 @@ from daemon.journal.claims import MailClaims
 from daemon.journal.pg import PgConnection, open_pg_journal
 from daemon.journal.store import Journal
 from tests.conftest import SmtpSink
+from tests.notices import notice
 
 
 def make_config(port: int) -> Config:
@@ -59,8 +60,8 @@ async def test_three_instances_flushing_at_once_send_each_mail_once(
     boxes = [ClaimingOutbox(j, config, f"i{n}") for n, j in enumerate(journals)]
     for n in range(12):
         inc = journals[0].incidents.open("web", "app_down", "down", None, {}, state="escalated")
-        for event in ("opened", "escalated"):
-            boxes[n % 3].enqueue(inc, event, f"[rollbackd] {n} {event}", "body")
+        for event in ("opened", "tier-2"):
+            boxes[n % 3].send(notice(inc, event, f"[rollbackd] {n} {event}", "body"))
     for _ in range(3):  # each round: all three at once, as their background senders would
         await asyncio.gather(*(b.flush() for b in boxes))
     ids = Counter(str(m["Message-ID"]) for _, m in smtp.messages)

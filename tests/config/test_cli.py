@@ -116,8 +116,10 @@ def test_check_config_valid(tmp_path: Path) -> None:
                                                "login": "http://127.0.0.1:9/login"}})
     result = run("check-config", str(path))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{path}: ok (1 targets, 2 probes)\n"
-    assert result.stderr == ""
+    assert result.stdout == f"{path}: ok (1 targets, 2 probes, 1 warnings)\n"
+    assert result.stderr == (f"{path}: warning: contacts: no [contacts.emergency] (the emergency "
+                             "role): an open breaker, a key disaster or a failed rollback reaches "
+                             "only the usual roles\n")
 
 
 def test_check_config_bad_prints_file_and_key_path(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_test_restore_period_is_daily_by_default_and_0_turns_it_off(line: str,
 
 
 def test_full_workspace_config_is_valid(tmp_path: Path) -> None:
-    from daemon.workspace import Workspace
+    from daemon.demo.workspace import Workspace
 
     ws = Workspace(tmp_path, 18080)
     config = parse_config(ws.config_toml(2525), "ws.toml")

@@ -15,9 +15,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from daemon.config import parse_config
-from daemon.control.accounts import LOCKED_FOREVER, Accounts
-from daemon.control.protocol import CommandError
-from daemon.sampleapp import scaffold
+from daemon.demo.sampleapp import scaffold
+from daemon.refusal import Refused
+from daemon.rollback.accounts import LOCKED_FOREVER, Accounts
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_unlock_emergency_admin_and_lockdown(app_db: tuple[psycopg.Connection, s
     done = a.unlock_admin("root@example.com")
     assert isinstance(done["was_locked_until"], datetime)
     assert user(db, "root@example.com")["locked_until"] is None
-    with pytest.raises(CommandError) as refused:
+    with pytest.raises(Refused) as refused:
         a.unlock_admin("user@example.com")
     assert refused.value.code == "not_admin"
 
@@ -93,7 +93,7 @@ def test_a_wrong_password_in_the_dsn_is_reported_without_it(
         app_db: tuple[psycopg.Connection, str], tmp_path: Path) -> None:
     _, dsn = app_db
     bad = dsn.replace("postgresql://postgres@", "postgresql://nobody:s3cr3t-pw@")
-    with pytest.raises(CommandError) as failed:
+    with pytest.raises(Refused) as failed:
         accounts(bad, tmp_path).unlock_admin("root@example.com")
     assert failed.value.code == "database_failed"
     assert "s3cr3t-pw" not in str(failed.value)

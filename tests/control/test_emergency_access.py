@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 from tests.control.conftest import accounts_section, login, ok_json, rollbackctl, seed
 
@@ -137,13 +137,15 @@ def test_lockdown_waits_for_approval_then_leaves_only_the_emergency_admin(
 
         # Waiting, it changes nothing and does not close itself while the app stays healthy.
         time.sleep(2)
-        assert ok_json(d, "show", str(inc_id))["state"] == "held"
+        assert ok_json(d, "show", str(inc_id))["state"] == "awaiting_approval"
         assert login(ws, *ALICE).status_code == 200
         assert ok_json(d, "status")["targets"][0]["incident"] == inc_id
 
         done = rollbackctl(d, "approve", str(inc_id))
         assert done.returncode == 0, done.stderr
-        assert "3 accounts locked" in done.stdout
+        assert "lockdown started" in done.stdout
+        # The runner runs it as a plan, each step journaled before and after it runs.
+        wait_for(lambda: ok_json(d, "show", str(inc_id))["state"] == "resolved", 30, "lockdown")
 
         for email, password in (ALICE, BOB, ("probe@example.com", "correct horse battery staple")):
             assert login(ws, email, password).status_code == 423, email
@@ -157,8 +159,10 @@ def test_lockdown_waits_for_approval_then_leaves_only_the_emergency_admin(
         show = ok_json(d, "show", str(inc_id))
         assert show["state"] == "resolved"
         assert [(s["name"], s["state"]) for s in show["steps"]] == [
-            ("lock_accounts", "done"), ("delete_sessions", "done"),
-            ("delete_reset_tokens", "done"), ("notify", "done"), ("verify", "done")]
+            ("capture_evidence", "done"), ("lock_accounts", "done"),
+            ("delete_sessions", "done"), ("delete_reset_tokens", "done"),
+            ("check_lockdown", "done")]
+        assert "3 accounts locked" in show["steps"][1]["detail"]
         again = rollbackctl(d, "approve", str(inc_id))
         assert again.returncode == 1 and "bad_state" in again.stderr
 
@@ -180,11 +184,11 @@ def test_lockdown_denied_changes_nothing(workspace: Workspace, smtp: SmtpSink,
     inc_id = ok_json(d, "lockdown", "grading")["id"]
     # A manual rollback neither takes the waiting lockdown over nor closes it.
     assert "no_plan" in rollbackctl(d, "rollback", "grading").stderr
-    assert ok_json(d, "show", str(inc_id))["state"] == "held"
+    assert ok_json(d, "show", str(inc_id))["state"] == "awaiting_approval"
     out = rollbackctl(d, "deny", str(inc_id))
     assert out.returncode == 0, out.stderr
     show = ok_json(d, "show", str(inc_id))
-    assert show["state"] == "transient" and show["steps"] == []
+    assert show["state"] == "denied" and show["steps"] == []
     assert "denied" in [e["event"] for e in show["timeline"]]
     assert login(ws, *ALICE).status_code == 200
     assert rollbackctl(d, "approve", str(inc_id)).returncode == 1

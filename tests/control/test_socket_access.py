@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink
 from tests.control.conftest import audit_rows
 

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from daemon.control.ctl import request
-from daemon.workspace import Workspace, free_port
+from daemon.control.protocol import MAX_DEPTH
+from daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -220,6 +221,32 @@ def test_deeply_nested_json_gets_a_bad_request_reply(env: ControlEnv) -> None:
         env.assert_healthy()
 
 
+def nested_args(depth: int) -> bytes:
+    """A status request whose args nest `depth` levels deep, counting args itself."""
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    return b'{"cmd": "status", "args": {"x": ' + inner.encode() + b"}}\n"
+
+
+@pytest.mark.parametrize("depth", [100, 500, 980, 5000])
+def test_a_request_nested_too_deep_is_bad_request_at_any_depth(env: ControlEnv,
+                                                               depth: int) -> None:
+    # 500-980 once parsed, then blew the audit's recursive redaction: `internal`, no audit row.
+    reply = raw_request(env.socket, nested_args(depth))
+    assert reply == {"ok": False, "code": "bad_request",
+                     "error": f"request nested deeper than {MAX_DEPTH} levels of arrays and "
+                              "objects"}
+    env.assert_healthy()
+
+
+def test_a_request_nested_as_deep_as_allowed_runs(env: ControlEnv) -> None:
+    # The request object is level 1, args level 2: args may hold MAX_DEPTH - 2 more levels.
+    reply = raw_request(env.socket, nested_args(MAX_DEPTH - 1))
+    assert reply["ok"] is True, reply
+    env.expected_audit.append(("status", os.getuid(), os.getpid(), "ok"))
+    reply = raw_request(env.socket, nested_args(MAX_DEPTH))
+    assert reply["code"] == "bad_request", reply
+
+
 def test_unknown_command(env: ControlEnv) -> None:
     reply = raw_request(env.socket, b'{"cmd": "self-destruct", "args": {"now": true}}\n')
     assert reply["ok"] is False
@@ -295,13 +322,20 @@ def test_idle_clients_time_out_without_blocking_others(env: ControlEnv) -> None:
 
 def request_waiting_for_accept(path: str, cmd: str, timeout: float = 30.0) -> dict[str, Any]:
     """Like ctl.request, but connects in blocking mode: a full listen backlog makes a Unix
-    connect wait for the daemon instead of failing at once with EAGAIN."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(path)
-        s.settimeout(timeout)
-        s.sendall(json.dumps({"cmd": cmd, "args": {}}).encode() + b"\n")
-        reply: dict[str, Any] = json.loads(_read_line(s))
-    return reply
+    connect wait for the daemon instead of failing at once with EAGAIN. Beyond the daemon's
+    max_control_connections it answers `busy`: tried again, as rollbackctl does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.settimeout(timeout)
+            with contextlib.suppress(BrokenPipeError):  # refused before it read our line
+                s.sendall(json.dumps({"cmd": cmd, "args": {}}).encode() + b"\n")
+            line = _read_line(s)
+        reply: dict[str, Any] = json.loads(line) if line else {"code": "busy"}
+        if reply.get("code") != "busy" or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.05)
 
 
 def test_200_concurrent_status_clients(env: ControlEnv) -> None:

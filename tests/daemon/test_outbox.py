@@ -16,9 +16,10 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from daemon.config import Config, parse_config
+from daemon.demo.workspace import free_port
 from daemon.escalation.outbox import Outbox, _retry_delay
 from daemon.journal.store import Journal
-from daemon.workspace import free_port
+from tests.notices import notice
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 EVENTS = ("opened", "started", "resolved")
@@ -83,7 +84,7 @@ def smtp_later(port: int) -> Iterator[tuple[Controller, Sink]]:
 def enqueue_three(outbox: Outbox, journal: Journal) -> int:
     inc = journal.incidents.open("web", "app_down", "health failing", None, {})
     for event in EVENTS:
-        outbox.enqueue(inc, event, f"[rollbackd] web: incident {inc} {event}", f"{event} body\n")
+        outbox.send(notice(inc, event, f"[rollbackd] web: incident {inc} {event}", f"{event} body\n"))
     return inc
 
 
@@ -163,9 +164,9 @@ async def test_enqueueing_an_event_twice_sends_it_once(
     controller.start()
     outbox = Outbox(journal, make_config(port))
     inc = journal.incidents.open("web", "app_down", "down", None, {})
-    outbox.enqueue(inc, "opened", "s", "b")
+    outbox.send(notice(inc, "opened", "s", "b"))
     assert await outbox.flush() == 1
-    outbox.enqueue(inc, "opened", "s", "b")  # e.g. replayed after a restart
+    outbox.send(notice(inc, "opened", "s", "b"))  # e.g. replayed after a restart
     assert await outbox.flush(now=FAR_FUTURE) == 0
     assert len(sink.messages) == 1
 
@@ -200,7 +201,7 @@ async def test_a_restarted_daemon_sends_what_the_last_one_left_queued(
 async def test_no_contacts_means_nothing_is_queued(journal: Journal, port: int) -> None:
     cfg = make_config(port).model_copy(update={"contacts": {}})
     outbox = Outbox(journal, cfg)
-    outbox.enqueue(None, "opened", "s", "b")
+    outbox.send(notice(None, "opened", "s", "b"))
     assert outbox_rows(journal) == []
     assert await outbox.flush(now=FAR_FUTURE) == 0
 
@@ -211,10 +212,10 @@ async def test_mail_without_an_incident_is_not_threaded(
     controller, sink = smtp_later
     controller.start()
     outbox = Outbox(journal, make_config(port))
-    outbox.enqueue(None, "daily", "[rollbackd] summary", "all well\n")
+    outbox.send(notice(None, "redeploy-daily", "[rollbackd] summary", "all well\n"))
     assert await outbox.flush() == 1
     (_, msg), = sink.messages
-    assert str(msg["Message-ID"]) == f"<rollbackd.0.daily@{outbox.host}>"
+    assert str(msg["Message-ID"]) == f"<rollbackd.0.redeploy-daily@{outbox.host}>"
     assert msg["In-Reply-To"] is None
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 from tests.drills.conftest import Staging
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ CLASSES = {"app_down", "auth_broken", "data_corruption", "perf_degraded", "key_i
 
 def passed(run: dict[str, Any], scenario: str, staging: Staging) -> dict[str, Any]:
     """The scenario passed, its timings are in order, and the target is as it was."""
-    assert run["state"] == "passed", (run, staging.d.log_text()[-4000:])
+    assert run["state"] == "passed", (run.get("scenarios"), staging.d.log_text()[-4000:])
     (s,) = [s for s in run["scenarios"] if s["scenario"] == scenario]
     assert s["result"] == "passed" and s["detected_as"] == scenario, s
     t = s["timings"]
@@ -73,6 +73,13 @@ def test_app_down_drill_by_rollbackctl_passes_with_report_and_metrics(staging: S
     assert "drill" in [e["event"] for e in show["timeline"]]
 
     m = scrape(staging)
+    # The drill's incident and rollback are counted as the drill's, never as production ones.
+    opened = {k[1]: v for k, v in m.items() if k[0] == "rollbackd_incidents_total"}
+    assert opened == {(("incident_class", "app_down"), ("target", "grading"),
+                       ("trigger", "drill")): 1.0}, opened
+    rolled = {dict(k[1])["trigger"]: v for k, v in m.items()
+              if k[0] == "rollbackd_rollbacks_total"}
+    assert rolled == {"drill": 1.0}, rolled
     assert m[("rollbackd_drill_last_success_timestamp_seconds", (("target", "grading"),))] > 0
     assert m[("rollbackd_drill_overdue", (("target", "grading"),))] == 0
     assert m[("rollbackd_drill_next_due_timestamp_seconds", (("target", "grading"),))] > 0

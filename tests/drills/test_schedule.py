@@ -12,8 +12,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from daemon.config import ConfigError, parse_config
+from daemon.drills.cron import parse_cron
 from daemon.drills.record import DrillRun, ScenarioRun
-from daemon.drills.schedule import attach_drills, due_since, is_overdue, next_after, parse_cron
+from daemon.drills.schedule import attach_drills, due_since, is_overdue, next_after
 from daemon.drills.service import DrillService
 from daemon.drills.settings import QUARTERLY, DrillSettings
 from daemon.metrics import Metrics

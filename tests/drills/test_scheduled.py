@@ -12,7 +12,7 @@ import pytest
 
 from daemon.app import Daemon
 from daemon.config import parse_config
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink
 from tests.drills.conftest import ready_workspace, staging_config
 

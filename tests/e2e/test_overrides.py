@@ -9,7 +9,7 @@ from contextlib import closing
 
 import pytest
 
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e

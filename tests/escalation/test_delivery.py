@@ -11,6 +11,7 @@ from pathlib import Path
 from daemon.escalation.outbox import Outbox
 from daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
+from tests.notices import notice
 
 # Three incidents of different classes, three mails each, routed to different roles.
 SCENARIO = (("app_down", ("opened", "started", "resolved")),
@@ -29,7 +30,7 @@ def enqueue_scenario(outbox: Outbox, journal: Journal) -> dict[str, list[str]]:
                 journal.incidents.update(inc, state="remediating")
                 journal.incidents.update(inc, "failed", "step git_checkout failed",
                                          state="failed")
-            to = outbox.enqueue(inc, event, f"[rollbackd] {cls} {event}", f"{event} of {inc}\n")
+            to = outbox.send(notice(inc, event, f"[rollbackd] {cls} {event}", f"{event} of {inc}\n"))
             for addr in to:
                 expected.setdefault(addr, []).append(outbox.message_id(inc, event))
     return expected
@@ -117,7 +118,7 @@ async def test_restart_while_mails_wait_loses_none(tmp_path: Path, mail_server: 
         assert await new.flush(now=FAR_FUTURE) == 9
         assert await new.flush(now=FAR_FUTURE) == 0
         # Replays by the restarted daemon (same incident and event) are not sent again.
-        new.enqueue(1, "opened", "again", "again\n")
+        new.send(notice(1, "opened", "again", "again\n"))
         assert await new.flush(now=FAR_FUTURE) == 0
     finally:
         second.close()

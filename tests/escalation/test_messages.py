@@ -16,6 +16,7 @@ from tests.escalation.conftest import (
     incident,
     outbox_for,
 )
+from tests.notices import notice
 
 NASTY = ('health failed: <script>alert("x")</script> & <b>bold</b> \'quoted\'\n\n'
          "Run `rollbackctl approve 3 <now>` to act.\n\n"
@@ -81,8 +82,8 @@ async def test_outbox_scrubs_config_secrets_from_queued_mail(
     # Any secret value a config holds is learnt, a DSN's password on its own too.
     remember(SecretValue("/run/credentials/dsn", "postgresql://app:dsn-Secret-41x@127.0.0.1/app"))
     inc = incident(journal)
-    outbox.enqueue(inc, "opened", f"[rollbackd] pw {SMTP_PASSWORD}",
-                   f"oops: {SMTP_PASSWORD} and dsn-Secret-41x\n")
+    outbox.send(notice(inc, "opened", f"[rollbackd] pw {SMTP_PASSWORD}",
+                   f"oops: {SMTP_PASSWORD} and dsn-Secret-41x\n"))
     mail_server.start()
     assert await outbox.flush(now=FAR_FUTURE) == 1
     raw = mail_server.deliveries[0].raw.decode()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from daemon.config import ConfigError, parse_config
+from daemon.escalation.notices import ROUTE_AS, Notice, NoticeKind
 from daemon.escalation.routing import (
     MailFacts,
     conditions,
-    event_kind,
     next_tier,
     recipients,
     routed_roles,
     tier_recipients,
 )
-from daemon.escalation.settings import Contact, EscalationSettings, RoleNames, Route
+from daemon.escalation.settings import Contact, EscalationSettings, EventKind, RoleNames, Route
 from policies.decision import KEY_DISASTER
 
 ONCALL, DBA, DEVOPS, CTO, LEAD = ("oncall@x.org", "dba@x.org", "devops@x.org", "cto@x.org",
@@ -47,21 +49,28 @@ NONE: frozenset[str] = frozenset()
 ])
 def test_default_routing(cls: str | None, event: str, conds: frozenset[str],
                          expected: set[str]) -> None:
-    facts = MailFacts(event_kind(event), cls, conds)  # type: ignore[arg-type]
+    facts = MailFacts(event, cls, conds)  # type: ignore[arg-type]
     got = recipients(DEFAULT, CONTACTS, facts)
     assert set(got) == expected
     assert len(got) == len(set(got))  # each address once
 
 
-@pytest.mark.parametrize(("event", "kind"), [
-    pytest.param("opened", "opened", id="opened"),
-    pytest.param("held-12", "held", id="held-step"),
-    pytest.param("tier-3", "escalated", id="tier"),
-    pytest.param("redeploy-web-93d949b-1700000000", "redeploy", id="redeploy"),
-    pytest.param("daily", "other", id="unknown"),
+@pytest.mark.parametrize(("kind", "route_as"), [
+    pytest.param(NoticeKind.OPENED, "opened", id="opened"),
+    pytest.param(NoticeKind.HELD, "held", id="held-step"),
+    pytest.param(NoticeKind.TIER, "escalated", id="tier"),
+    pytest.param(NoticeKind.REDEPLOY, "redeploy", id="redeploy"),
+    pytest.param(NoticeKind.BACKUP, "other", id="backup"),
 ])
-def test_event_kind(event: str, kind: str) -> None:
-    assert event_kind(event) == kind
+def test_notice_routes_as_its_kind(kind: NoticeKind, route_as: str) -> None:
+    """Routing keys on the notice's type; the key (a step id, a tier) never changes it."""
+    assert Notice(kind, "s", "b", 12, key="7").route_as == route_as
+    assert Notice(kind, "s", "b", 12).route_as == route_as
+
+
+def test_every_notice_kind_routes_as_a_configurable_event() -> None:
+    assert set(ROUTE_AS) == set(NoticeKind)
+    assert set(ROUTE_AS.values()) <= set(get_args(EventKind))
 
 
 @pytest.mark.parametrize(("event", "reason", "failed", "breaker", "expected"), [

@@ -12,6 +12,7 @@ from daemon.clock import now_utc
 from daemon.escalation.outbox import Outbox
 from daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
+from tests.notices import notice
 
 STORM = 'storm_window = "1m"\nstorm_max = 5\ndigest_delay = "300ms"'
 
@@ -44,11 +45,11 @@ async def test_a_storm_of_50_incidents_in_a_minute_yields_a_bounded_number_of_ma
         for i in range(50):  # 50 targets fail within a minute (here: within about a second)
             inc = incident(journal, target=f"web-{i:02d}")
             ids.append(inc)
-            outbox.enqueue(inc, "opened", f"[rollbackd] web-{i:02d}: app_down",
-                           f"app_down: web-{i:02d} health cannot connect\n")
+            outbox.send(notice(inc, "opened", f"[rollbackd] web-{i:02d}: app_down",
+                           f"app_down: web-{i:02d} health cannot connect\n"))
             await asyncio.sleep(0.02)
         for inc in ids:  # and every one of them is resolved again
-            outbox.enqueue(inc, "resolved", f"[rollbackd] incident {inc} resolved", "ok\n")
+            outbox.send(notice(inc, "resolved", f"[rollbackd] incident {inc} resolved", "ok\n"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (journal.mail.counts()["queued"]
                                                or journal.mail.held_pending()):
@@ -75,13 +76,13 @@ async def test_incidents_after_the_window_have_their_own_mails_again(
 ) -> None:
     outbox = outbox_for(journal, mail_server.port, escalation=STORM)
     for i in range(8):
-        outbox.enqueue(incident(journal, target=f"w{i}"), "opened", f"s{i}", "b\n")
+        outbox.send(notice(incident(journal, target=f"w{i}"), "opened", f"s{i}", "b\n"))
     assert len(journal.mail.held_pending()) == 3
     # Two minutes later the storm is over: the next incident is mailed on its own.
     journal.db.execute("UPDATE incidents SET detected_at = ?",
                        ((now_utc() - timedelta(minutes=2)).isoformat(),))
     late = incident(journal, target="late")
-    outbox.enqueue(late, "opened", "late", "b\n")
+    outbox.send(notice(late, "opened", "late", "b\n"))
     mail_server.start()
     await outbox.flush(now=FAR_FUTURE)
     subjects = [str(d.msg["Subject"]) for d in mail_server.deliveries]
@@ -99,7 +100,7 @@ async def test_held_mails_survive_a_restart_and_are_digested_once(
     try:
         outbox = Outbox(first, cfg)
         for i in range(7):
-            outbox.enqueue(incident(first, target=f"w{i}"), "opened", f"s{i}", "b\n")
+            outbox.send(notice(incident(first, target=f"w{i}"), "opened", f"s{i}", "b\n"))
     finally:
         first.close()
     mail_server.start()

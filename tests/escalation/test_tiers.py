@@ -12,6 +12,7 @@ from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
 from daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
+from tests.notices import notice
 
 TIERED = """\
 [contacts.oncall]
@@ -38,7 +39,7 @@ def later(seconds: float) -> datetime:
 def escalated(outbox: Outbox, journal: Journal) -> int:
     """What the monitor does when it must not act: open escalated, mail the first tier."""
     inc = incident(journal, state="escalated", reason="no known-good version: escalating")
-    outbox.enqueue(inc, "opened", "[rollbackd] web: app_down, escalated", "nothing known-good\n")
+    outbox.send(notice(inc, "opened", "[rollbackd] web: app_down, escalated", "nothing known-good\n"))
     return inc
 
 
@@ -65,7 +66,7 @@ async def test_unacknowledged_incident_climbs_the_tiers(journal: Journal,
     events = [e for _, e, _ in journal.incidents.timeline(inc)]
     assert events.count("paged") == 2
     # Who was paged hears the rest of the incident.
-    to = outbox.enqueue(inc, "resolved", "[rollbackd] web: resolved", "ok\n")
+    to = outbox.send(notice(inc, "resolved", "[rollbackd] web: resolved", "ok\n"))
     assert set(to) == {"oncall@example.com", "devops-lead@example.com", "lead@example.com",
                        "cto@example.com"}
     mail_server.start()
@@ -90,7 +91,7 @@ async def test_acknowledgement_or_resolution_stops_the_climb(journal: Journal) -
                              closed_at=now_utc())
     # An incident rollbackd is handling itself needs nobody: no ladder.
     acting = incident(journal, state="open")
-    outbox.enqueue(acting, "opened", "[rollbackd] acting", "rolling back\n")
+    outbox.send(notice(acting, "opened", "[rollbackd] acting", "rolling back\n"))
     assert checker.check(FAR_FUTURE) == 0
     assert tier_mails(journal) == []
     assert journal.escalations.of(acting) is None
@@ -100,7 +101,7 @@ async def test_a_new_reason_to_need_a_person_restarts_the_clock(journal: Journal
     outbox = outbox_for(journal, 9, contacts=TIERED, escalation=FAST)
     checker = TierChecker(journal.escalations, outbox)
     inc = incident(journal, state="awaiting_approval")
-    outbox.enqueue(inc, "opened", "waiting for approval", "rollbackctl approve\n")
+    outbox.send(notice(inc, "opened", "waiting for approval", "rollbackctl approve\n"))
     journal.db.execute("UPDATE escalations SET since = ?",
                        ((now_utc() - timedelta(hours=1)).isoformat(),))
     # Approved (a person acted): remediating needs nobody, the ladder pauses.
@@ -108,7 +109,7 @@ async def test_a_new_reason_to_need_a_person_restarts_the_clock(journal: Journal
     assert checker.check() == 0
     journal.incidents.update(inc, "failed", "step failed", state="failed")
     journal.incidents.update(inc, "escalated", "a person must take over", state="escalated")
-    outbox.enqueue(inc, "failed", "ROLLBACK FAILED", "failed\n")
+    outbox.send(notice(inc, "failed", "ROLLBACK FAILED", "failed\n"))
     assert checker.check(later(0.5)) == 0  # fresh clock for the failure
     assert checker.check(later(1.1)) == 1
 

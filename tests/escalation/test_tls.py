@@ -20,6 +20,7 @@ from tests.escalation.conftest import (
     make_config,
     outbox_for,
 )
+from tests.notices import notice
 
 
 @pytest.fixture
@@ -51,8 +52,8 @@ async def test_tls_with_a_private_ca_and_auth_delivers(
     outbox = outbox_for(journal, tls_server.port,
                         smtp_extra=smtp_extra(tls_server.mode, password_file, cert.cert))
     inc = incident(journal)
-    outbox.enqueue(inc, "opened", "[rollbackd] web: app_down", "health fails\n")
-    outbox.enqueue(inc, "resolved", "[rollbackd] web: resolved", "healthy again\n")
+    outbox.send(notice(inc, "opened", "[rollbackd] web: app_down", "health fails\n"))
+    outbox.send(notice(inc, "resolved", "[rollbackd] web: resolved", "healthy again\n"))
     assert await outbox.flush() == 2
     assert [d.user for d in tls_server.deliveries] == [SMTP_USER, SMTP_USER]
     assert [str(d.msg["Subject"]) for d in tls_server.deliveries] == [
@@ -65,7 +66,7 @@ async def test_without_the_ca_file_the_certificate_is_refused_and_mail_waits(
 ) -> None:
     outbox = outbox_for(journal, tls_server.port,
                         smtp_extra=smtp_extra(tls_server.mode, password_file, None))
-    outbox.enqueue(incident(journal), "opened", "s", "b\n")
+    outbox.send(notice(incident(journal), "opened", "s", "b\n"))
     assert await outbox.flush(now=FAR_FUTURE) == 0
     row = journal.db.execute("SELECT * FROM outbox").fetchone()
     assert row["sent_at"] is None and "CERTIFICATE_VERIFY_FAILED" in row["last_error"]
@@ -81,7 +82,7 @@ async def test_a_wrong_password_keeps_mail_queued_and_is_not_recorded(
         wrong.write_text("not-the-Password-4711")
         outbox = outbox_for(journal, server.port, smtp_extra=smtp_extra("starttls", wrong,
                                                                         cert.cert))
-        outbox.enqueue(incident(journal), "opened", "s", "b\n")
+        outbox.send(notice(incident(journal), "opened", "s", "b\n"))
         assert await outbox.flush() == 0
         row = journal.db.execute("SELECT * FROM outbox").fetchone()
         assert "SMTPAuthenticationError" in row["last_error"]

@@ -15,7 +15,7 @@ from policies.lifecycle import (
     check_transition,
 )
 
-TERMINAL = {State.RESOLVED, State.TRANSIENT, State.DENIED}
+TERMINAL = {State.RESOLVED, State.TRANSIENT, State.DENIED, State.ABANDONED}
 
 # The lifecycle as the runbook tells it, written out independently of TRANSITIONS.
 ALLOWED = {
@@ -46,6 +46,13 @@ ALLOWED = {
     (State.HELD, State.ESCALATED),
     (State.DRY_RUN, State.RESOLVED),
     (State.DRY_RUN, State.TRANSIENT),
+    # Abandoned: a person takes a held incident over (`deny`), or the target left the config
+    # while nothing ran (a running plan finishes first).
+    (State.HELD, State.ABANDONED),
+    (State.OPEN, State.ABANDONED),
+    (State.AWAITING_APPROVAL, State.ABANDONED),
+    (State.ESCALATED, State.ABANDONED),
+    (State.DRY_RUN, State.ABANDONED),
 }
 PAIRS = [(a, b) for a, b in itertools.product(State, State) if a != b]
 

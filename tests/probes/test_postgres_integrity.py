@@ -368,10 +368,10 @@ def test_settings_never_hold_the_dsn_itself() -> None:
 
 
 def test_registered_with_every_setting_documented() -> None:
-    from probes.registry import PROBE_KINDS, build_probe
+    from probes.registry import PROBE_KINDS, build_probe, probe_class
     from tests.probes.test_registry import _documented_fields
 
-    model, cls = PROBE_KINDS["postgres_integrity"]
+    model, cls = PROBE_KINDS["postgres_integrity"].settings, probe_class("postgres_integrity")
     assert (model, cls) == (PostgresIntegritySettings, PostgresIntegrityProbe)
     fields = _documented_fields(model)
     assert [name for name, doc in fields.items() if not doc and name != "kind"] == []

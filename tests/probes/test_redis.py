@@ -190,10 +190,10 @@ def test_min_sessions_needs_a_pattern() -> None:
 
 
 def test_registered_with_every_setting_documented() -> None:
-    from probes.registry import PROBE_KINDS, build_probe
+    from probes.registry import PROBE_KINDS, build_probe, probe_class
     from tests.probes.test_registry import _documented_fields
 
-    model, cls = PROBE_KINDS["redis"]
+    model, cls = PROBE_KINDS["redis"].settings, probe_class("redis")
     assert (model, cls) == (RedisSettings, RedisProbe)
     fields = _documented_fields(model)
     assert [name for name, doc in fields.items() if not doc and name != "kind"] == []

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from probes.base import ProbeSettings
-from probes.registry import PROBE_KINDS, build_probe
+from probes.registry import PROBE_KINDS, build_probe, probe_class
 
 KINDS = ["http_health", "login", "sqlite_integrity", "fernet_key", "log_errors",
          "backup_freshness"]
@@ -31,7 +31,8 @@ def test_every_kind_is_registered_under_its_own_name() -> None:
     assert set(KINDS) <= set(PROBE_KINDS)
     # http_health first: config errors list the kinds in this order.
     assert next(iter(PROBE_KINDS)) == "http_health"
-    for name, (model, cls) in PROBE_KINDS.items():
+    for name, registered in PROBE_KINDS.items():
+        model, cls = registered.settings, probe_class(name)
         assert isinstance(cls, type) and cast(Any, cls).kind == name
         assert model.model_fields["kind"].default == name
         assert issubclass(model, ProbeSettings)
@@ -40,7 +41,7 @@ def test_every_kind_is_registered_under_its_own_name() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_build_from_minimal_settings(kind: str) -> None:
-    model, cls = PROBE_KINDS[kind]
+    model, cls = PROBE_KINDS[kind].settings, probe_class(kind)
     assert isinstance(cls, type)
     settings = model(kind=kind, **MINIMAL[kind])
     probe = build_probe("p", settings)
@@ -66,16 +67,16 @@ def _documented_fields(model: type[BaseModel]) -> dict[str, bool]:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_setting_has_a_docstring(kind: str) -> None:
-    fields = _documented_fields(PROBE_KINDS[kind][0])
+    fields = _documented_fields(PROBE_KINDS[kind].settings)
     fields.pop("kind")
     assert fields and [name for name, doc in fields.items() if not doc] == []
 
 
 def test_kinds_form_a_discriminated_union_as_the_config_needs() -> None:
-    models = tuple(model for model, _ in PROBE_KINDS.values())
+    models = tuple(k.settings for k in PROBE_KINDS.values())
     union = TypeAdapter(dict[str, Annotated[Union[models], Field(discriminator="kind")]])  # type: ignore[valid-type]  # noqa: UP007
     parsed = union.validate_python({k: {"kind": k, **MINIMAL[k]} for k in KINDS})
-    assert [type(v) for v in parsed.values()] == [PROBE_KINDS[k][0] for k in KINDS]
+    assert [type(v) for v in parsed.values()] == [PROBE_KINDS[k].settings for k in KINDS]
     with pytest.raises(ValidationError) as info:
         union.validate_python({"x": {"kind": "tcp"}})
     assert info.value.errors()[0]["type"] == "union_tag_invalid"

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.alerts.rules import rules_text
-from daemon.workspace import free_port
+from daemon.demo.workspace import free_port
 from tests.conftest import wait_for
 
 PROMETHEUS = "/usr/bin/prometheus"

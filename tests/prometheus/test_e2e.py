@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from daemon.demo.workspace import Workspace, free_port
 from daemon.journal.store import Journal
-from daemon.workspace import Workspace, free_port
 from policies.breaker import Breaker, BreakerMode
 from tests.conftest import DaemonProcess, SmtpSink
 from tests.prometheus.alertmanager import LATENCY, alert, notification

@@ -16,6 +16,7 @@ from daemon.alerts.rules import rules_text
 from daemon.backup.store import BackupStore
 from daemon.journal.store import Journal
 from daemon.metrics import JournalCollector, Metrics, MonitorCollector
+from daemon.selfcheck import SelfCheck
 from policies.breaker import Breaker, BreakerMode
 from policies.debounce import ProbeHealth
 from policies.ledger import LedgerEntry
@@ -296,9 +297,10 @@ def test_monitor_source_failing_never_fails_a_scrape(registry: CollectorRegistry
 # -- what the rules rely on ---------------------------------------------------------------------
 
 def test_every_metric_the_rules_use_is_exported(registry: CollectorRegistry,
-                                                journal: Journal) -> None:
+                                                journal: Journal, tmp_path: Path) -> None:
     m = Metrics(registry)
     m.scheduler_ran(0.1)
+    SelfCheck(tmp_path, registry)  # the daemon registers its self_degraded gauge at start
     collect(registry, journal)
     registry.register(MonitorCollector(_monitors))
     exported = {s.name for fam in registry.collect() for s in fam.samples}

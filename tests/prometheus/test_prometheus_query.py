@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.workspace import free_port
+from daemon.demo.workspace import free_port
 from probes.observation import Status, Symptom
 from probes.prometheus_query import PrometheusQueryProbe, PrometheusQuerySettings
-from probes.registry import PROBE_KINDS
+from probes.registry import PROBE_KINDS, probe_class
 from tests.prometheus.conftest import PrometheusServer, launch_prometheus
 
 TWO_ROUTES = ('label_replace(vector(0.1), "route", "/health", "", "")'
@@ -32,7 +32,8 @@ def probe(url: str, query: str, threshold: float = 0.5, **extra: Any) -> Prometh
 
 
 def test_registered_as_a_probe_kind() -> None:
-    assert PROBE_KINDS["prometheus_query"] == (PrometheusQuerySettings, PrometheusQueryProbe)
+    assert PROBE_KINDS["prometheus_query"].settings is PrometheusQuerySettings
+    assert probe_class("prometheus_query") is PrometheusQueryProbe
 
 
 async def test_value_above_threshold_fails_slow(prometheus: PrometheusServer) -> None:

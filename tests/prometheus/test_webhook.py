@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from daemon.app import Daemon
 from daemon.config import ConfigError, load_config, parse_config
+from daemon.demo.workspace import free_port
 from daemon.metrics import Metrics
-from daemon.workspace import free_port
 from probes.observation import Symptom
 from tests.conftest import SmtpSink
 from tests.prometheus.alertmanager import BILLING, ERRORS, LATENCY, UNRELATED, alert, notification
@@ -159,7 +159,7 @@ async def test_firing_status_with_past_end_is_resolved(env: Env) -> None:
 
 async def test_reload_keeps_firing_alerts(env: Env) -> None:
     await env.post(notification(alert(LATENCY)))
-    assert env.daemon.reload()
+    assert env.daemon.reload() == []
     await env.daemon.monitors["grading"].run_scheduled("latency")  # the rebuilt probe runs
     assert env.sample("rollbackd_probe_failing", target="grading", probe="latency") == 1
 

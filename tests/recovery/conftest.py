@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.backup.store import BackupStore
+from daemon.demo.workspace import Workspace
 from daemon.journal.store import Journal
-from daemon.workspace import Workspace
 from tests.recovery.support import use_wal, wait_healthy
 
 

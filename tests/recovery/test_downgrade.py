@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from daemon.backup.store import BackupStore
+from daemon.demo.workspace import Workspace
 from daemon.rollback.base import StepFailed
 from daemon.rollback.sqlite_restore import SqliteExecutor
-from daemon.workspace import Workspace
 from policies.classify import IncidentClass
 from policies.plans import Capability, Plan, PlanKind
 from tests.recovery.support import (

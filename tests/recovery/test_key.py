@@ -12,10 +12,10 @@ from cryptography.fernet import Fernet
 
 from daemon.backup.key import KeyBackuper
 from daemon.backup.store import BackupStore
+from daemon.demo.workspace import Workspace
 from daemon.rollback.base import StepFailed
 from daemon.rollback.key_restore import KeyExecutor
 from daemon.secrets import SecretValue
-from daemon.workspace import Workspace
 from policies.classify import IncidentClass
 from policies.plans import Capability, Component, Plan, PlanKind
 from probes.fernet_key import fingerprint

@@ -24,13 +24,13 @@ from daemon.backup.schedule import TargetBackups, attach_backups
 from daemon.backup.store import BackupStore
 from daemon.control.commands.backups import shown as backup_shown
 from daemon.control.ctl_output import RENDER
+from daemon.demo.workspace import free_port
 from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.data_settings import BackupSettings, PostgresDatabase, SqliteDatabase
 from daemon.rollback.postgres_restore import PostgresExecutor
 from daemon.rollback.sqlite_restore import SqliteExecutor
 from daemon.scheduler import ProbeScheduler
-from daemon.workspace import free_port
 from policies.plans import Component
 from tests.recovery.pg_support import admin, app_database, databases, rows
 

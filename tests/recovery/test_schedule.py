@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from daemon.backup.schedule import attach_backups
+from daemon.demo.workspace import Workspace
 from daemon.journal.store import Journal
 from daemon.rollback.data_settings import BackupSettings
 from daemon.rollback.key_restore import KeyExecutor
 from daemon.rollback.sqlite_restore import SqliteExecutor
-from daemon.workspace import Workspace
 from policies.plans import Component
 from tests.recovery.support import key_settings, sqlite_settings
 

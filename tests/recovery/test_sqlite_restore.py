@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from daemon.backup.store import BackupStore
+from daemon.demo.workspace import Workspace
 from daemon.rollback.base import StepContext, StepFailed
 from daemon.rollback.sqlite_restore import SqliteExecutor
-from daemon.workspace import Workspace
 from policies.classify import IncidentClass
 from policies.plans import Capability, Component, Plan, PlanKind
 from tests.recovery.support import (

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.backup.base import BackupFailed, BackupKind, BackupRefused, BackupResult
 from daemon.backup.files import checksum
-from daemon.backup.store import BackupStore
+from daemon.backup.store import BackupStore, sweep_leftovers
 from daemon.journal.store import Journal
 
 
@@ -74,6 +74,7 @@ async def test_a_copy_that_fails_verification_is_cataloged_unverified(
                          reason="incident-4", incident=4)
     assert not b.verified and b.verify_error == "integrity_check: page 3 is never used"
     assert b.incident == 4 and b.path.exists()  # kept as evidence
+    assert b.path.name.endswith("Z-evidence-incident-4.bin")  # and named so
     (entry,) = journal.backups.entries("grading", "database")
     assert not entry.verified
     assert store.newest_verified("database") is None
@@ -166,3 +167,39 @@ async def test_a_crash_mid_backup_leaves_a_partial_that_retention_sweeps(
     os.utime(stale, (0, 0))
     await store.enforce_retention("database")
     assert not stale.exists() and fresh.exists()
+
+
+async def test_evidence_counts_against_retention_once_its_incident_is_closed(
+        store: BackupStore, journal: Journal) -> None:
+    still_open = journal.incidents.open("grading", "data_corruption", "damaged", None, {})
+    closed = journal.incidents.open("grading", "data_corruption", "damaged", None, {})
+    journal.incidents.update(closed, state="transient")  # recovered by itself: closed
+    kept = await store.take(FakeBackuper(data=b"1"), reason=f"incident-{still_open}",
+                            incident=still_open)
+    done = await store.take(FakeBackuper(data=b"2"), reason=f"incident-{closed}-snapshot",
+                            incident=closed)
+    young = await store.take(FakeBackuper(data=b"3"), reason=f"incident-{closed}",
+                             incident=closed)
+    for b, days in ((kept, 30), (done, 30), (young, 1)):
+        age(journal, b.id, days)
+    await store.take(FakeBackuper(data=b"4"))
+    assert await store.enforce_retention("database") == [done.id]
+    assert not done.path.exists() and kept.path.exists() and young.path.exists()
+    assert "evidence-incident-" in done.path.name and "evidence-incident-" in young.path.name
+
+
+def test_start_up_removes_every_partial_a_crash_left(tmp_path: Path) -> None:
+    root = tmp_path / "backups"
+    (root / "grading" / "database").mkdir(parents=True)
+    (root / "web" / "key").mkdir(parents=True)
+    fresh = root / "grading" / "database" / ".20990101T000000.000Z-scheduled.db.partial"
+    fresh.write_bytes(b"x" * 4096)  # however young: nothing else can be writing it now
+    dump = root / "web" / "key" / ".20990101T000000.000Z-incident-3.dump.partial"
+    dump.mkdir()  # like pg_dump -Fd: a directory
+    (dump / "toc.dat").write_bytes(b"toc")
+    done = root / "grading" / "database" / "20990101T000000.000Z-scheduled.db"
+    done.write_bytes(b"a finished backup")
+    assert sweep_leftovers(root) == [fresh, dump]
+    assert not fresh.exists() and not dump.exists() and done.exists()
+    assert sweep_leftovers(root) == []
+    assert sweep_leftovers(tmp_path / "never-created") == []

@@ -24,7 +24,7 @@ import docker
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.workspace import Workspace, free_port
+from daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.deploy.apps import DockerApp, SocketProxy, build
 from tests.escalation.conftest import MailServer

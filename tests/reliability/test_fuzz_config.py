@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.config import Config, ConfigError, load_config
-from daemon.workspace import Workspace
+from daemon.demo.workspace import Workspace
 
 SECRET = "fuzz-Secret-value-4e1d"
 FUZZ = settings(max_examples=250, deadline=None, database=None,

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from daemon.control.commands.registry import COMMANDS
-from daemon.workspace import Workspace, free_port
+from daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 from tests.prometheus.alertmanager import LATENCY, alert, notification
 

@@ -28,7 +28,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from daemon.control.ctl import Unreachable
-from daemon.workspace import DEMO_USER, Workspace
+from daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.recovery.support import (
     BAD_REVISION,

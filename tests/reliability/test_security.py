@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.workspace import DEMO_USER, Workspace, free_port
+from daemon.demo.workspace import DEMO_USER, Workspace, free_port
 from tests.conftest import DaemonProcess, known_good, wait_for
 from tests.escalation.conftest import SMTP_PASSWORD, SMTP_USER, CertFiles, MailServer
 from tests.recovery.support import db_path, wait_healthy

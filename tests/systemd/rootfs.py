@@ -322,7 +322,7 @@ def _missing(root: Path, wheels: Path, env: dict[str, str]) -> list[Requirement]
     have = {canonicalize_name(parse_wheel_filename(p.name)[0]): p for p in wheels.glob("*.whl")}
     have[canonicalize_name(parse_wheel_filename(root.name)[0])] = root
     todo: list[tuple[str, frozenset[str]]] = [(canonicalize_name(parse_wheel_filename(root.name)[0]),
-                                               frozenset())]
+                                               frozenset({"demo"}))]
     seen: set[tuple[str, frozenset[str]]] = set()
     missing: dict[str, Requirement] = {}
     while todo:
@@ -365,7 +365,8 @@ def wheelhouse(root_wheel: Path, env: dict[str, str]) -> Path:
         house.mkdir()
         (house / "constraints.txt").write_text(constraints)
         cons = str(house / "constraints.txt")
-        _pip("wheel", "-q", "-w", str(house), "-c", cons, str(root_wheel),
+        # [demo]: the sample app's packages, which its own venv installs from this house too.
+        _pip("wheel", "-q", "-w", str(house), "-c", cons, f"{root_wheel}[demo]",
              what="pip wheel of rollbackd's dependencies")
         for p in house.glob("rollbackd-*.whl"):
             p.unlink()  # the project's wheel is built afresh for every run

@@ -10,11 +10,11 @@ from policies.ledger import LedgerEntry
 from probes.base import parse_duration
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
     from daemon.monitor import TargetMonitor
 
 
-def incident_arg(d: Daemon, args: dict[str, Any]) -> Incident:
+def incident_arg(d: DaemonFace, args: dict[str, Any]) -> Incident:
     incident_id = args.get("id")
     # bool is an int subclass and 1.5 would truncate: only a real integer names an incident.
     if isinstance(incident_id, str) and incident_id.isdigit():
@@ -28,7 +28,7 @@ def incident_arg(d: Daemon, args: dict[str, Any]) -> Incident:
     return inc
 
 
-def target_arg(d: Daemon, args: dict[str, Any], required: bool = False) -> str | None:
+def target_arg(d: DaemonFace, args: dict[str, Any], required: bool = False) -> str | None:
     target = args.get("target")
     if target is None and not required:
         return None
@@ -37,7 +37,7 @@ def target_arg(d: Daemon, args: dict[str, Any], required: bool = False) -> str |
     return target
 
 
-def monitor_arg(d: Daemon, args: dict[str, Any]) -> tuple[str, TargetMonitor]:
+def monitor_arg(d: DaemonFace, args: dict[str, Any]) -> tuple[str, TargetMonitor]:
     target = target_arg(d, args, required=True)
     assert target is not None
     return target, d.monitors[target]

@@ -10,11 +10,11 @@ from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 
 @command("audit", "recent control commands (limit N), or verify=true: check the hash chain")
-async def _audit(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _audit(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     if flag_arg(args, "verify"):
         audit = d.journal.audit.verify()
         if audit.broken is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from daemon.backup.base import BacksUp, Backuper, BackupFailed
+from daemon.backup.base import Backuper, BackupFailed
+from daemon.backup.schedule import BacksUp
 from daemon.backup.store import DEFAULT_KEEP, BackupStore
 from daemon.control.commands.args import monitor_arg
 from daemon.control.commands.registry import command
@@ -15,7 +16,7 @@ from daemon.journal import StoredBackup
 from daemon.journal.db import ts
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
     from daemon.monitor import TargetMonitor
 
 KINDS = ("database", "key", "sessions")
@@ -30,7 +31,7 @@ def _attached(executor: Any) -> BackupStore | None:
     return found if isinstance(found, BackupStore) else None
 
 
-def _store(d: Daemon, target: str, m: TargetMonitor) -> BackupStore:
+def _store(d: DaemonFace, target: str, m: TargetMonitor) -> BackupStore:
     """The store the scheduler attached to the target's executors (one lock for scheduled and
     manual backups), else one of our own under the same directory."""
     for executor in m.components.values():
@@ -51,7 +52,7 @@ def _backupers(m: TargetMonitor, kind: str | None) -> list[Backuper]:
 
 
 @command("backup", "back a target up now (kind: database, key or sessions; default all)")
-async def _backup(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _backup(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, m = monitor_arg(d, args)
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:
@@ -77,7 +78,7 @@ async def _backup(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 
 @command("backups", "the backup catalog of a target, newest first")
-async def _backups(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _backups(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:

@@ -11,7 +11,7 @@ from daemon.control.server import Peer
 from daemon.drills.service import DrillRefused
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 
 def _scenarios(args: dict[str, Any]) -> list[str] | None:
@@ -26,7 +26,7 @@ def _scenarios(args: dict[str, Any]) -> list[str] | None:
 
 @command("drill", "break a staging target on purpose and time its recovery: target, scenario "
          "(one or a list; default: the configured ones); returns at once, follow with drills id")
-async def _drill(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _drill(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target = args.get("target")
     if not isinstance(target, str) or not target:
         raise CommandError("bad_args", "a target is required")
@@ -42,7 +42,7 @@ def _when(value: Any) -> str | None:
 
 
 @command("drills", "one drill (id), or each staging target's schedule and the recent drills")
-async def _drills(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _drills(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     if args.get("id") is not None:
         drill_id = int_arg(args, "id", 0, 1, 2**62)
         found = d.drills.get(drill_id)

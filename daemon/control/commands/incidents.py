@@ -14,7 +14,7 @@ from daemon.journal import Incident
 from daemon.report import build_report, render_markdown
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 
 def incident_row(i: Incident) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def incident_row(i: Incident) -> dict[str, Any]:
 
 
 @command("status", "the daemon, its targets, open incidents, breakers and overrides")
-async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     targets = []
     owners = d.cluster.owners() if d.cluster else {}  # several instances: who acts for what
     for name, m in d.monitors.items():
@@ -32,7 +32,7 @@ async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
             "target": name,
             "probes": {p: ("failing" if h.failing else "passing" if h.passing else "pending")
                        for p, h in m.health.items()},
-            "version": m._version[1],
+            "version": m.version,
             "incident": inc.id if inc else None,
             "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
             **({"owner": owners.get(name, {}).get("owner")} if d.cluster else {}),
@@ -41,6 +41,7 @@ async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
         "pid": os.getpid(),
         "uptime": round(time.time() - d.started_at, 1),
         "summary": d.summary(),
+        "self_degraded": d.selfcheck.degraded,
         **({"instance": d.cluster.instance} if d.cluster else {}),
         "targets": targets,
         "breakers": [{"target": t, "plan": k, "mode": b.mode} for t, k, b in d.journal.breakers.all()],
@@ -51,13 +52,13 @@ async def _status(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 
 @command("incidents", "recent incidents, newest first")
-async def _incidents(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _incidents(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     limit = int_arg(args, "limit", 20, 1, 1000)
     return [incident_row(i) for i in d.journal.incidents.recent(limit)]
 
 
 @command("show", "one incident with its steps and timeline (report=true: the Markdown report)")
-async def _show(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _show(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     report = build_report(d.journal, incident_arg(d, args).id)
     if args.get("report"):
         return {"markdown": render_markdown(report)}
@@ -65,7 +66,7 @@ async def _show(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 
 @command("ack", "acknowledge an incident: a person has it")
-async def _ack(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _ack(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     inc = incident_arg(d, args)
     d.journal.incidents.update(inc.id, "acked", "acknowledged", acked_at=now_utc())
     return {"id": inc.id, "acked": True}

@@ -12,10 +12,10 @@ from daemon.control.server import Peer
 from policies.overrides import Override, OverrideKind
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 
-def _override(d: Daemon, kind: OverrideKind, args: dict[str, Any], peer: Peer) -> Any:
+def _override(d: DaemonFace, kind: OverrideKind, args: dict[str, Any], peer: Peer) -> Any:
     reason = text_arg(args, "reason", hint=": say why, for the audit log (--reason)")
     assert reason is not None
     target = target_arg(d, args)
@@ -25,17 +25,17 @@ def _override(d: Daemon, kind: OverrideKind, args: dict[str, Any], peer: Peer) -
 
 
 @command("pause", "observe only, act on nothing: target (or all), for DURATION, reason TEXT")
-async def _pause(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _pause(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     return _override(d, OverrideKind.PAUSE, args, peer)
 
 
 @command("silence", "act as usual but send no mail: target (or all), for DURATION, reason TEXT")
-async def _silence(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _silence(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     return _override(d, OverrideKind.SILENCE, args, peer)
 
 
 @command("resume", "end pause and silence overrides for a target (or the global ones)")
-async def _resume(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _resume(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target = target_arg(d, args)
     ended = sum(d.journal.overrides.end(k, target) for k in ("pause", "silence"))
     return {"target": target or "*", "ended": ended}

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daemon.control.protocol import CommandError
+from daemon.control.redact import redact
 from daemon.control.server import Peer
+from daemon.refusal import Refused
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 log = logging.getLogger("rollbackd.control")
 
-CommandFunc = Callable[["Daemon", dict[str, Any], Peer], Awaitable[Any]]
+CommandFunc = Callable[["DaemonFace", dict[str, Any], Peer], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,6 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
-
-# Argument names whose values never reach the audit log.
-_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|dsn|credential", re.IGNORECASE)
-REDACTED = "<redacted>"
-
 
 def command(name: str, help: str) -> Callable[[CommandFunc], CommandFunc]:
     def register(func: CommandFunc) -> CommandFunc:
@@ -42,17 +38,7 @@ def command(name: str, help: str) -> Callable[[CommandFunc], CommandFunc]:
     return register
 
 
-def redact(value: Any) -> Any:
-    """A copy of request arguments fit for the audit log: secret-looking keys are blanked."""
-    if isinstance(value, dict):
-        return {k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
-async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any:
+async def dispatch(d: DaemonFace, cmd: str, args: dict[str, Any], peer: Peer) -> Any:
     found = COMMANDS.get(cmd)
     shown = redact(args)
     if found is None:
@@ -60,9 +46,11 @@ async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any
         raise CommandError("unknown_command", f"no such command {cmd!r}; try 'help'")
     try:
         result = await found.func(d, args, peer)
-    except CommandError as exc:
+    except Refused as exc:  # the desk's and the executors' refusals answer like commands'
         _audit(d, peer, cmd, shown, f"error:{exc.code}")
-        raise
+        if isinstance(exc, CommandError):
+            raise
+        raise CommandError(exc.code, str(exc)) from None
     except Exception as exc:  # audited too: every command leaves a row, crashed or not
         _audit(d, peer, cmd, shown, f"error:internal:{type(exc).__name__}")
         raise
@@ -70,12 +58,12 @@ async def dispatch(d: Daemon, cmd: str, args: dict[str, Any], peer: Peer) -> Any
     return result
 
 
-def audit_refused(d: Daemon, peer: Peer, cmd: str) -> None:
+def audit_refused(d: DaemonFace, peer: Peer, cmd: str) -> None:
     """A peer the socket refused: audited with the command it named, never its arguments."""
     _audit(d, peer, cmd, {}, "error:forbidden")
 
 
-def _audit(d: Daemon, peer: Peer, cmd: str, shown: Any, outcome: str) -> None:
+def _audit(d: DaemonFace, peer: Peer, cmd: str, shown: Any, outcome: str) -> None:
     try:
         d.journal.audit.record(peer.uid, peer.pid, cmd, shown, outcome)
     except Exception as exc:  # a full disk must not silence `status`: the log keeps the row

@@ -15,11 +15,11 @@ from policies.ledger import LedgerEntry
 from policies.plans import PlanKind
 
 if TYPE_CHECKING:
-    from daemon.app import Daemon
+    from daemon.control.face import DaemonFace
 
 
 @command("breaker", "list circuit breakers, or reset one: action=reset target plan")
-async def _breaker(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _breaker(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     action = args.get("action", "list")
     if action == "list":
         rows = []
@@ -47,17 +47,17 @@ def _entry_row(e: LedgerEntry, current: str | None) -> dict[str, Any]:
 
 
 @command("known-good", "the known-good ledger of a target, newest first")
-async def _known_good(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _known_good(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, m = monitor_arg(d, args)
     if args.get("action", "list") != "list":
         raise CommandError("bad_args", "known-good knows only list; see mark-bad and unmark")
-    current = m._version[1]
+    current = m.version
     entries = sorted(d.journal.ledger.entries(target), key=lambda e: e.first_seen, reverse=True)
     return [_entry_row(e, current) for e in entries]
 
 
 @command("mark-bad", "mark a version bad: never a rollback target again (reason TEXT)")
-async def _mark_bad(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _mark_bad(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
     reason = text_arg(args, "reason", hint=": say why, for the ledger and the audit log")
     entry = ledger_version(d.journal.ledger.entries(target), args.get("version"))
@@ -69,7 +69,7 @@ async def _mark_bad(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
 
 
 @command("unmark", "take the bad mark off a version (it is known-good again if it was before)")
-async def _unmark(d: Daemon, args: dict[str, Any], peer: Peer) -> Any:
+async def _unmark(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
     entry = ledger_version(d.journal.ledger.entries(target), args.get("version"))
     if entry.bad_at is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -12,7 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.demo_run import DemoSession, MailSink, Row
+from daemon.demo.run import DemoSession, MailSink, Row
+from daemon.demo.workspace import free_port
 from daemon.drills.text import columns, secs
 from daemon.logs import setup_logging
 
@@ -46,18 +48,38 @@ class Say:
         print(f"[demo] {msg}", flush=True)
 
 
+def keep_config(root: Path) -> tuple[int, str]:
+    """Points the kept config's mail at a port for a local maildir sink and turns metrics on.
+
+    Not the local MTA: the demo's contacts are example.com addresses, which an MTA would try
+    to deliver out of this machine. Returns (smtp port, metrics address).
+    """
+    config = root / "rollbackd.toml"
+    smtp_port, metrics = free_port(), f"127.0.0.1:{free_port()}"
+    text = re.sub(r"(?m)^(\[smtp\]\nhost = \"127\.0\.0\.1\"\nport = )\d+$",
+                  rf"\g<1>{smtp_port}", config.read_text(), count=1)
+    text = text.replace('metrics_address = ""', f'metrics_address = "{metrics}"', 1)
+    config.write_text(text)
+    return smtp_port, metrics
+
+
 def _kept(root: Path) -> str:
     state = root / "state"
+    smtp_port, metrics = keep_config(root)
     return (f"kept {root}. The daemon and the app are stopped; to look around with them:\n"
-            f"  {sys.executable} -m daemon.sampleapp.service start --dir {root / 'app'} "
+            f"  {sys.executable} -m aiosmtpd -n -l 127.0.0.1:{smtp_port} "
+            f"-c aiosmtpd.handlers.Mailbox {root / 'mail'} &\n"
+            f"  {sys.executable} -m daemon.demo.sampleapp.service start --dir {root / 'app'} "
             f"--pidfile {root / 'run' / 'app.pid'} --log {root / 'log' / 'app.log'} "
             f"--env-file {root / 'app.env'}\n"
             f"  rollbackd run --config {root / 'rollbackd.toml'} &\n"
             f"  export ROLLBACKCTL_SOCKET={state / 'control.sock'}\n"
             "  rollbackctl status; rollbackctl incidents; rollbackctl drills; "
             "rollbackctl show 1 --report\n"
-            f"Reports (incidents and drills): {state / 'reports'}; journal: "
-            f"{state / 'journal.sqlite3'}")
+            f"  curl -s http://{metrics}/metrics | grep ^rollbackd_\n"
+            f"Mail goes to the maildir {root / 'mail'} (new/ holds one file per mail); metrics "
+            f"at http://{metrics}/metrics. Reports (incidents and drills): {state / 'reports'}; "
+            f"journal: {state / 'journal.sqlite3'}")
 
 
 def run_demo(keep: bool = False, verbose: bool = False, docker_host: str | None = None) -> int:

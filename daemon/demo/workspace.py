@@ -14,14 +14,14 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from daemon.sampleapp import scaffold, service
+from daemon.demo.sampleapp import scaffold, service
+from daemon.drills.injectors_git import BROKEN_PATCH
+
+__all__ = ["BROKEN_PATCH", "DEMO_USER", "GIT_ID", "SLOW_HEALTH", "Workspace", "free_port"]
 
 DEMO_USER = ("probe@example.com", "correct horse battery staple")
 GIT_ID = ["-c", "user.name=rollbackd demo", "-c", "user.email=demo@localhost",
           "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
-
-# A deploy that cannot start: the kind of mistake that takes an app down at 3 a.m.
-BROKEN_PATCH = '\nraise SystemExit("ImportError: settings module grading_settings is missing")\n'
 
 # The health probe's latency limit for the staging config: the slow version's /health misses it.
 SLOW_HEALTH = 'max_latency = "300ms"\n'
@@ -97,7 +97,7 @@ class Workspace:
         return ws
 
     def restart_argv(self) -> list[str]:
-        return [sys.executable, "-m", "daemon.sampleapp.service", "restart",
+        return [sys.executable, "-m", "daemon.demo.sampleapp.service", "restart",
                 "--dir", str(self.app_dir), "--pidfile", str(self.pidfile),
                 "--log", str(self.app_log), "--env-file", str(self.env_file)]
 

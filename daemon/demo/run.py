@@ -13,12 +13,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from daemon.config import parse_config
-from daemon.demo_docker import DemoDocker, find_engine, static_busybox
+from daemon.demo.docker import DemoDocker, find_engine, static_busybox
+from daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
 from daemon.drills.preflight import detectors
 from daemon.drills.record import ScenarioRun
 from daemon.drills.scenarios import SCENARIOS
 from daemon.drills.settings import SCENARIO_NAMES
-from daemon.workspace import SLOW_HEALTH, Workspace, free_port
 
 if TYPE_CHECKING:
     from daemon.app import Daemon

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from daemon.workspace import free_port
+from daemon.demo.workspace import free_port
 
 ENGINES = ("/var/run/docker.sock", "/run/rollbackd-test/docker.sock")
 """Where the demo looks for an engine after $DOCKER_HOST: the usual socket, then the one the

@@ -82,10 +82,25 @@ def start(app_dir: Path, pidfile: Path, log: Path, env: Mapping[str, str] | None
             start_new_session=True,  # survive the caller and keep its signals/terminal away
         )
     _children[child.pid] = child
+    _await_exec(child)
     tmp = pidfile.with_name(pidfile.name + ".tmp")
     tmp.write_text(f"{child.pid}\n")
     tmp.replace(pidfile)  # atomic, so status never reads a half-written pid
     return child.pid
+
+
+def _await_exec(child: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Popen returns once the exec has begun, not once it is done: until then the child's
+    cmdline reads empty, and a stop() right now would take it for another process and leave
+    the app running, its pidfile gone."""
+    deadline = time.monotonic() + timeout
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            if (Path("/proc") / str(child.pid) / "cmdline").read_bytes():
+                return
+        except OSError:
+            return
+        time.sleep(0.001)
 
 
 def stop(pidfile: Path, timeout: float = STOP_TIMEOUT) -> bool:
@@ -137,7 +152,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.sampleapp.service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m daemon.demo.sampleapp.service", description=__doc__)
     parser.add_argument("action", choices=("start", "stop", "restart", "status"))
     parser.add_argument("--dir", required=True, type=Path, help="deployed app dir with app.py")
     parser.add_argument("--pidfile", required=True, type=Path)

@@ -1,6 +1,6 @@
 """Emergency access in a target's own user table and Redis: unlock, emergency admin, lockdown.
 
-Blocking (SQLAlchemy Core, bcrypt, redis): the commands call these in a worker thread. Nothing
+Blocking (SQLAlchemy Core, bcrypt, redis): callers run these in a worker thread. Nothing
 here logs or returns a password hash, a DSN or a Redis URL; errors say which setting to look at.
 """
 
@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from daemon.config import AccountsSettings, TargetConfig
-from daemon.control.protocol import CommandError
+from daemon.refusal import Refused
 
 LOCKED_FOREVER = datetime(9999, 12, 31)
 """locked_until of a lockdown: until a person unlocks the account."""
@@ -42,10 +42,10 @@ def _database_url(target: str, a: AccountsSettings, t: TargetConfig) -> str:
         path = getattr(db, "path", None)
         where = f"targets.{target}.database"
     if path is None:
-        raise CommandError("not_configured", f"{where}: name the app's database (path = the "
+        raise Refused("not_configured", f"{where}: name the app's database (path = the "
                            "SQLite file, or dsn_file = a secret file holding its URL)")
     if not path.is_file():  # sqlite would quietly create an empty database
-        raise CommandError("not_found", f"{where}.path: no database file at {path}")
+        raise Refused("not_found", f"{where}.path: no database file at {path}")
     return f"sqlite:///{path}"
 
 
@@ -56,7 +56,7 @@ def _normalise(url: str, where: str) -> str:
             return "postgresql+psycopg://" + url.removeprefix(prefix)
     if url.startswith(("postgresql+psycopg://", "sqlite:///")):
         return url
-    raise CommandError("not_configured", f"{where}: expected a postgresql:// or sqlite:/// URL")
+    raise Refused("not_configured", f"{where}: expected a postgresql:// or sqlite:/// URL")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Accounts:
     @classmethod
     def of(cls, target: str, t: TargetConfig) -> Accounts:
         if t.accounts is None:
-            raise CommandError("not_configured", f"targets.{target}.accounts is not configured: "
+            raise Refused("not_configured", f"targets.{target}.accounts is not configured: "
                                "emergency access needs the app's user table")
         return cls(target, t.accounts, _database_url(target, t.accounts, t))
 
@@ -96,7 +96,7 @@ class Accounts:
                 return work(conn, self._table())
         except SQLAlchemyError as exc:
             first = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
-            raise CommandError("database_failed", f"{self.target} accounts database: "
+            raise Refused("database_failed", f"{self.target} accounts database: "
                                f"{type(exc).__name__}: {first}") from None
         finally:
             engine.dispose()
@@ -106,12 +106,12 @@ class Accounts:
         try:
             have = {c["name"] for c in sa.inspect(conn).get_columns(s.table)}
         except sa.exc.NoSuchTableError:
-            raise CommandError("not_supported", f"{self.target}: no table {s.table!r} "
+            raise Refused("not_supported", f"{self.target}: no table {s.table!r} "
                                f"(targets.{self.target}.accounts.table)") from None
         for setting in needs:
             column = getattr(s, setting)
             if column not in have:
-                raise CommandError("not_supported", f"{self.target}: table {s.table} has no "
+                raise Refused("not_supported", f"{self.target}: table {s.table} has no "
                                    f"column {column!r} (targets.{self.target}.accounts.{setting})")
 
     # -- the procedures ------------------------------------------------------------------------
@@ -125,9 +125,9 @@ class Accounts:
             row = conn.execute(sa.select(c[s.admin_column], c[s.locked_column],
                                          c[s.failed_column]).where(by_email)).one_or_none()
             if row is None:
-                raise CommandError("not_found", f"no account {email!r} in {s.table}")
+                raise Refused("not_found", f"no account {email!r} in {s.table}")
             if not row[0]:
-                raise CommandError("not_admin", f"{email} is not an admin: unlock-admin unlocks "
+                raise Refused("not_admin", f"{email} is not an admin: unlock-admin unlocks "
                                    "admin accounts only (an ordinary lockout ends by itself)")
             conn.execute(sa.update(t).where(by_email).values(
                 {s.locked_column: None, s.failed_column: 0}))
@@ -218,7 +218,7 @@ class Accounts:
                 if batch:
                     counts[pattern] += int(client.delete(*batch))
         except redis.RedisError as exc:
-            raise CommandError("redis_failed", f"{self.target} Redis "
+            raise Refused("redis_failed", f"{self.target} Redis "
                                f"({self.settings.redis_url_file.source}): "
                                f"{type(exc).__name__}: {exc}") from None
         finally:

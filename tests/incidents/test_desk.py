@@ -1,0 +1,185 @@
+"""The incident desk against a real journal, a real outbox and a real SMTP server: the refusals
+and exactly-once rules that live where the parts meet."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from daemon.clock import now_utc
+from daemon.escalation.outbox import Outbox
+from daemon.incidents.recovery import hold_interrupted
+from daemon.journal.store import Journal
+from daemon.metrics import Metrics
+from daemon.monitor import TargetMonitor
+from daemon.refusal import Refused
+from policies.classify import IncidentClass
+from policies.ledger import LedgerEntry
+from policies.lifecycle import State
+from policies.plans import Capability, Component, PlanKind, StepSpec, build_plan, plan_to_dict
+from policies.settings import PolicySettings
+from tests.escalation.conftest import FAR_FUTURE, MailServer, make_config
+
+GOOD = "a" * 40
+BAD = "b" * 40
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "journal.sqlite3")
+    yield j
+    j.close()
+
+
+def monitor(journal: Journal, tmp_path: Path, port: int = 9) -> TargetMonitor:
+    cfg = make_config(port)
+    return TargetMonitor("web", cfg.targets["web"], PolicySettings(verify_timeout=1.0), journal,
+                         Outbox(journal, cfg), Metrics(CollectorRegistry()), tmp_path / "reports")
+
+
+def waiting_rollback(journal: Journal) -> int:
+    """An app_down incident whose deployment rollback to GOOD waits for approval."""
+    plan = build_plan(PlanKind.DEPLOYMENT_ROLLBACK, IncidentClass.APP_DOWN,
+                      [(Capability.DEPLOYMENT_ROLLBACK, (StepSpec("git_checkout", False),))],
+                      {Component.DEPLOYMENT: GOOD}, {Component.DEPLOYMENT: BAD}, 1.0)
+    inc = journal.incidents.open("web", "app_down", "app_down: health fails", None, {},
+                                 state=State.AWAITING_APPROVAL.value)
+    journal.incidents.update(inc, "planned", "", plan=json.dumps(plan_to_dict(plan)))
+    earlier = now_utc() - timedelta(days=2)
+    journal.ledger.save("web", LedgerEntry(GOOD, earlier, earlier, earlier + timedelta(hours=1)))
+    return inc
+
+
+async def failing(m: TargetMonitor) -> None:
+    """The health probe (nothing listens on port 9) past its failure threshold: app_down."""
+    for _ in range(m.settings["health"].failure_threshold):
+        await m.confirm()
+
+
+def steps(journal: Journal, inc: int) -> dict[str, tuple[str, str]]:
+    return {s.name: (s.state, s.detail) for s in journal.steps.of(inc)}
+
+
+async def test_a_target_marked_bad_after_the_plan_was_made_is_refused(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    # Between the decision (the stored plan) and its approval, a person marks GOOD bad.
+    journal.ledger.mark_bad("web", GOOD, "leaks memory (found by hand)")
+    await failing(m)
+    await m.desk.approve(inc, "uid 0")
+    assert m.desk.task is not None
+    assert await m.desk.task is False
+    state, detail = steps(journal, inc)["verify_target"]
+    assert state == "failed"
+    assert detail.startswith(f"refused: rollback target {GOOD[:12]} was marked bad")
+    assert "leaks memory" in detail
+    assert "git_checkout" not in steps(journal, inc)  # nothing after the refusal ran
+    found = journal.incidents.get(inc)
+    assert found is not None and found.state == State.ESCALATED
+
+
+async def test_the_same_plan_passes_the_check_when_the_target_stays_known_good(
+        journal: Journal, tmp_path: Path) -> None:
+    """The control for the refusal above: only the bad mark makes verify_target fail."""
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    await failing(m)
+    await m.desk.approve(inc, "uid 0")
+    assert m.desk.task is not None
+    await m.desk.task
+    assert steps(journal, inc)["verify_target"][0] == "done"
+    # No deployment executor is configured here: the first step that needs one fails.
+    assert steps(journal, inc)["git_checkout"][0] == "failed"
+
+
+async def test_an_approval_runs_nothing_while_the_class_is_not_confirmed(
+        journal: Journal, tmp_path: Path) -> None:
+    """Approved later, the plan runs only if a fresh run of every probe still shows its class:
+    here the health probe has failed once, below its threshold: no class yet."""
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    with pytest.raises(Refused) as refused:
+        await m.desk.approve(inc, "uid 0")
+    assert refused.value.code == "not_confirmed"
+    assert "the plan was not run" in str(refused.value)
+    assert m.desk.task is None and journal.steps.of(inc) == []
+    found = journal.incidents.get(inc)
+    assert found is not None and found.state == State.AWAITING_APPROVAL
+    assert journal.incidents.timeline(inc)[-1][1] == "not_confirmed"
+
+
+async def test_approve_and_deny_refuse_what_is_not_waiting(journal: Journal,
+                                                           tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    assert m.desk.deny(inc, "uid 0") is State.DENIED
+    with pytest.raises(Refused) as again:
+        await m.desk.approve(inc, "uid 0")
+    assert again.value.code == "bad_state"
+    with pytest.raises(Refused) as twice:
+        m.desk.deny(inc, "uid 0")
+    assert twice.value.code == "bad_state"
+    with pytest.raises(Refused) as other:
+        m.desk.deny(inc + 1000, "uid 0")
+    assert other.value.code == "not_found"
+
+
+async def test_a_held_incident_is_abandoned_by_deny_saying_what_was_left(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    journal.incidents.update(inc, state=State.REMEDIATING.value)
+    done = journal.steps.started(inc, 0, "capture_evidence", True)
+    journal.steps.finished(done, True, 0.1, "ok")
+    journal.steps.started(inc, 1, "git_checkout", False)  # a crash cut it off
+    hold_interrupted(journal, m.outbox, tmp_path / "reports")
+    assert m.desk.deny(inc, "uid 1000") is State.ABANDONED
+    found = journal.incidents.get(inc)
+    assert found is not None and found.state == State.ABANDONED and found.closed_at
+    last = journal.incidents.timeline(inc)[-1]
+    assert last[1] == "abandoned"
+    assert "after: capture_evidence; not finished: git_checkout" in last[2]
+
+
+async def test_a_held_incident_is_mailed_once_per_recipient_across_restarts(
+        journal: Journal, tmp_path: Path, mail_server: MailServer) -> None:
+    mail_server.start()
+    cfg = make_config(mail_server.port)
+    inc = journal.incidents.open("web", "auth_broken", "auth_broken: login 401", None, {},
+                                 state=State.OPEN.value)
+    journal.incidents.update(inc, state=State.REMEDIATING.value)
+    journal.steps.started(inc, 0, "alembic_downgrade", False)
+    # The first start-up holds it; a crash before the mail went out and two more starts
+    # replay the recovery: the held mail is the same mail every time.
+    for _ in range(3):
+        outbox = Outbox(journal, cfg)
+        hold_interrupted(journal, outbox, tmp_path / "reports")
+        hold_interrupted(journal, outbox, tmp_path / "reports")  # nothing left running: no-op
+    assert await Outbox(journal, cfg).flush(now=FAR_FUTURE) == 1
+    held = [d for d in mail_server.deliveries if "HELD" in str(d.msg["Subject"])]
+    per_recipient = Counter(r for d in held for r in d.rcpts)
+    # auth_broken routes to the database people and on-call, each exactly once.
+    assert per_recipient == {"dba@example.com": 1, "oncall@example.com": 1}
+    assert len({str(d.msg["Message-ID"]) for d in held}) == 1
+    body = held[0].msg.get_body(("plain",)).get_content()
+    assert f"rollbackctl approve {inc}" in body and f"rollbackctl deny {inc}" in body
+
+
+async def test_a_removed_target_closes_its_waiting_incident_once(
+        journal: Journal, tmp_path: Path) -> None:
+    m = monitor(journal, tmp_path)
+    inc = waiting_rollback(journal)
+    assert m.desk.close_removed("its target was removed from the config") == inc
+    assert m.desk.close_removed("its target was removed from the config") == 0
+    found = journal.incidents.get(inc)
+    assert found is not None and found.state == State.ABANDONED
+    closed = [r for r in journal.db.execute("SELECT subject FROM outbox")
+              if "closed" in r[0]]
+    assert len(closed) == 1
