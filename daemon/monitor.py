@@ -128,6 +128,15 @@ class TargetMonitor:
             for p, h in self.health.items() if h.last is not None
         }
 
+    async def component_evidence(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for executor in self.components.values():
+            try:
+                found[executor.component.value] = await asyncio.wait_for(executor.evidence(), 10)
+            except Exception as exc:  # evidence must never keep an incident from opening
+                found[executor.component.value] = {"error": f"{type(exc).__name__}: {exc}"}
+        return found
+
     def _seen(self, kinds: tuple[str, ...]) -> str | None:
         for p, h in self.health.items():
             if self.settings[p].kind in kinds and h.last is not None and h.last.version:
@@ -196,7 +205,10 @@ class TargetMonitor:
         now = now_utc()
         entries = {e.version: e for e in self.journal.ledger.entries(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
-        updated = observe(entry, passing, now, self.policy.stable_after,
+        # Known-good needs every probe passing with no incident open against the release: an
+        # incident still open (awaiting approval, held, escalated) keeps the clock at zero.
+        clean = passing and self.desk.current() is None
+        updated = observe(entry, clean, now, self.policy.stable_after,
                           self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
             self.journal.ledger.save(self.name, updated)
@@ -206,6 +218,8 @@ class TargetMonitor:
         return version
 
     def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
+        if version != self._warned_bad:
+            self._warned_bad = None  # another version since: the next bad redeploy is news again
         bad = redeployed_bad(entries, version)
         if bad is None or self._warned_bad == version or self.busy:
             return

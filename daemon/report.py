@@ -49,6 +49,10 @@ def _issues(steps: list[dict[str, Any]], inc: Any) -> list[str]:
              for s in steps if s["state"] in ("failed", "interrupted")]
     if inc.held_reason:
         found.append(f"held for a person: {inc.held_reason}")
+    changed = inc.evidence.get("changed_since_detection") or []
+    if changed:
+        found.append("Between detection and the plan's start (evidence at_execution): "
+                     + "; ".join(changed))
     dep = inc.evidence.get("deployment", {})
     if dep.get("branch") not in (None, "(detached)"):
         found.append(f"The branch {dep['branch']} still points at the bad commit; resetting it "

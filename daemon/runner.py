@@ -31,6 +31,23 @@ EvidenceSource = Callable[[], dict[str, Any]]
 RUNNER_COMPONENTS = (Component.CHECKLIST, Component.VERIFY)
 
 
+def evidence_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between the evidence at detection and at execution, one phrase each."""
+    changes = []
+    for probe, seen in after.get("probes", {}).items():
+        was = before.get("probes", {}).get(probe, {})
+        if was.get("status") != seen.get("status"):
+            changes.append(f"probe {probe}: {was.get('status', 'not run')} -> {seen.get('status')}")
+    for component, now in after.items():
+        then = before.get(component)
+        if component == "probes" or not isinstance(now, dict) or not isinstance(then, dict):
+            continue
+        for key in sorted(set(then) | set(now)):
+            if then.get(key) != now.get(key) and not isinstance(now.get(key), list | dict):
+                changes.append(f"{component} {key}: {then.get(key)} -> {now.get(key)}")
+    return changes
+
+
 @dataclass
 class Runner:
     target: str
@@ -143,11 +160,22 @@ class Runner:
         return await executor.run_step(spec.name, ctx)
 
     async def _capture_evidence(self, ctx: StepContext) -> str:
-        evidence: dict[str, Any] = {"probes": self.probe_evidence()}
+        now: dict[str, Any] = {"probes": self.probe_evidence()}
         for executor in self.involved(ctx.plan):
-            evidence[executor.component.value] = await executor.evidence()
+            now[executor.component.value] = await executor.evidence()
+        inc = self.journal.incidents.get(ctx.incident_id)
+        found = dict(inc.evidence) if inc is not None else {}
+        if "probes" not in found:  # nothing captured at detection (a person's rollback)
+            evidence = {**found, **now}
+            changed: list[str] = []
+        else:
+            # What was seen at detection stays; what the plan finds now is kept beside it, and
+            # what differs is named (an approval can come hours later).
+            changed = evidence_changes(found, now)
+            evidence = {**found, "at_execution": now, "changed_since_detection": changed}
         self.journal.incidents.set_evidence(ctx.incident_id, evidence)
-        return f"evidence from {len(evidence) - 1} components and {len(evidence['probes'])} probes"
+        return (f"evidence from {len(now) - 1} components and {len(now['probes'])} probes"
+                + (f"; changed since detection: {'; '.join(changed)}" if changed else ""))
 
     async def _notify(self, ctx: StepContext) -> str:
         inc = self.journal.incidents.get(ctx.incident_id)

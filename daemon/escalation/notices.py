@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from daemon.escalation.settings import EventKind
+from daemon.escalation.settings import Condition, EventKind
 
 if TYPE_CHECKING:
     from daemon.journal import HeldMail, Incident, Ladder, StepRecord
@@ -59,6 +59,8 @@ class Notice:
     """What makes this notice one of a kind within its incident (a step id, a tier number)."""
     everyone: bool = False
     """Every configured contact, not the routed roles: a breach or an emergency account."""
+    conditions: frozenset[Condition] = frozenset()
+    """What calls for more people than the class does, known when the notice is written."""
 
     @property
     def event(self) -> str:
@@ -76,9 +78,11 @@ def _subject(target: str, what: str) -> str:
 # -- the life of an incident ---------------------------------------------------------------------
 
 def decided(target: str, incident_id: int, decision: Decision, what: str,
-            approval: bool) -> Notice:
+            approval: bool, history: Sequence[str] = ()) -> Notice:
     """An incident opened and nothing runs now: it waits for approval, is escalated, held or a
-    dry run. `what` is the plain phrase for the action."""
+    dry run. `what` is the plain phrase for the action. A limit that refused the rollback
+    (the rate limit, an open breaker) goes to the emergency contact at once, with `history`:
+    the target's recent automatic rollbacks."""
     if approval:
         body = (f"{decision.reason}\n\nNothing has been changed. To run the plan:\n\n"
                 f"    rollbackctl approve {incident_id}\n\nTo refuse it:\n\n"
@@ -87,10 +91,16 @@ def decided(target: str, incident_id: int, decision: Decision, what: str,
         body = (f"{decision.reason}\n\nNothing was changed. `rollbackctl show {incident_id}` "
                 "has the evidence.\n")
     if decision.plan is not None:
-        label = "Plan" if approval else "The plan it would have run"
+        label = "Plan" if approval else "The plan it would have run (not run)"
         body += f"\n{label} ({decision.plan.kind}): {', '.join(decision.plan.step_names)}\n"
+    conditions: frozenset[Condition] = frozenset()
+    if decision.gate is not None and decision.gate.value in ("rate_limit", "breaker_open"):
+        conditions = frozenset({"limit_reached"})
+        if history:
+            body += ("\nAutomatic rollbacks of " + target + " that led here:\n"
+                     + "".join(f"  {line}\n" for line in history))
     return Notice(NoticeKind.OPENED, _subject(target, f"{decision.incident_class}, {what}"),
-                  body, incident_id)
+                  body, incident_id, conditions=conditions)
 
 
 def acting(target: str, inc: Incident, plan: Plan, steps: Sequence[str],

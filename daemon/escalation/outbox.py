@@ -7,6 +7,7 @@ import logging
 import smtplib
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from daemon.config import Config
 from daemon.escalation import redact, routing, storm
 from daemon.escalation.messages import build_message
 from daemon.escalation.notices import Notice, digest
-from daemon.escalation.settings import EventKind
+from daemon.escalation.settings import Condition, EventKind
 from daemon.escalation.smtp import deliver
 from daemon.journal import Journal, OutboxMail
 
@@ -73,12 +74,17 @@ class Outbox:
         return routing.MailFacts(kind, ctx.incident_class, routing.conditions(
             kind, ctx.reason, ctx.rollback_failed, ctx.breaker_open))
 
-    def route(self, incident_id: int | None, kind: EventKind) -> tuple[str, ...]:
-        """Who gets this mail: the routed roles up to the incident's tier, plus anyone paged."""
+    def route(self, incident_id: int | None, kind: EventKind,
+              extra: frozenset[Condition] = frozenset()) -> tuple[str, ...]:
+        """Who gets this mail: the routed roles up to the incident's tier, plus anyone paged.
+        `extra`: conditions the sender knows of (a limit that just refused a rollback)."""
         reached = self.journal.escalations.of(incident_id) if incident_id else None
         tier, paged = reached or (1, [])
-        return routing.recipients(self.config.escalation, self.config.contacts,
-                                  self.facts(incident_id, kind), tier, paged)
+        facts = self.facts(incident_id, kind)
+        if extra:
+            facts = replace(facts, conditions=facts.conditions | extra)
+        return routing.recipients(self.config.escalation, self.config.contacts, facts, tier,
+                                  paged)
 
     def send(self, notice: Notice, *, recipients: Sequence[str] | None = None) -> tuple[str, ...]:
         """Journal one notice's mail (or hold it for a storm digest); returns its recipients."""
@@ -89,7 +95,7 @@ class Outbox:
         elif notice.everyone:
             to = tuple(self.recipients())
         else:
-            to = self.route(incident_id, notice.route_as)
+            to = self.route(incident_id, notice.route_as, notice.conditions)
         if not to:
             log.warning("mail=%s skipped reason=no contacts configured", event)
             return ()

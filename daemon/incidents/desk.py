@@ -25,7 +25,7 @@ from daemon.metrics import Metrics
 from daemon.refusal import Refused
 from daemon.runner import Runner
 from policies.classify import IncidentClass
-from policies.decision import Action, Decision, History, decide
+from policies.decision import Action, Decision, Gate, History, decide
 from policies.lifecycle import SELF_CLOSING, TRANSITIONS, State, check_transition
 from policies.overrides import OverrideKind, active
 from policies.plans import LOCKDOWN_CLASS, Plan, plan_from_dict, plan_to_dict
@@ -71,6 +71,10 @@ class TargetView(Protocol):
         ...
 
     def probe_evidence(self) -> dict[str, Any]: ...
+
+    async def component_evidence(self) -> dict[str, Any]:
+        """What each executor shows of the target now (version, revision, recent errors)."""
+        ...
 
     def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
         """The evidence sentence for these probes, and the onset of the earliest of them."""
@@ -173,7 +177,7 @@ class IncidentDesk:
                 log.info("target=%s action=%s reason=%r", self.target, decision.action,
                          decision.reason)
             return
-        incident_id = self._open(decision, onset, pic.version, probes, said)
+        incident_id = await self._open(decision, onset, pic.version, probes, said)
         if decision.action is Action.EXECUTE and decision.plan:
             self._start(incident_id, decision.plan)
 
@@ -212,13 +216,15 @@ class IncidentDesk:
                                              "new failing probes: " + ", ".join(new))
             self._changed()
 
-    def _open(self, decision: Decision, onset: datetime | None, version: str | None,
+    async def _open(self, decision: Decision, onset: datetime | None, version: str | None,
               probes: list[str], confirmed: dict[str, str]) -> int:
         state = _STATE_OF[decision.action]
+        # Evidence at detection: what a person approving hours later must see as it was then.
+        evidence = {"probes": self.view.probe_evidence(), "version": version,
+                    "failing": sorted(probes), **await self.view.component_evidence()}
         incident_id = self.journal.incidents.open(
-            self.target, decision.incident_class, decision.reason, onset,
-            {"probes": self.view.probe_evidence(), "version": version,
-             "failing": sorted(probes)}, state=state.value)
+            self.target, decision.incident_class, decision.reason, onset, evidence,
+            state=state.value)
         if confirmed:
             self.journal.incidents.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
                 f"{p} {v}" for p, v in confirmed.items())[:2000])
@@ -238,10 +244,25 @@ class IncidentDesk:
         if self._silenced():
             self.journal.incidents.add_event(incident_id, "silenced", "no mail: silenced by an operator")
             return incident_id
+        limited = decision.gate in (Gate.RATE_LIMIT, Gate.BREAKER_OPEN)
         self.outbox.send(notices.decided(
             self.target, incident_id, decision, _SAYS.get(decision.action, str(decision.action)),
-            approval=decision.action is Action.AWAIT_APPROVAL))
+            approval=decision.action is Action.AWAIT_APPROVAL,
+            history=self._rollback_history() if limited else ()))
         return incident_id
+
+    def _rollback_history(self, most: int = 10) -> list[str]:
+        """The target's recent rollbacks, newest first, one line each (what a limit refused)."""
+        lines = []
+        for inc in self.journal.incidents.recent(200):
+            if inc.target != self.target or inc.started_at is None:
+                continue
+            moved = f"{(inc.from_version or '?')[:12]} -> {(inc.to_version or '?')[:12]}"
+            lines.append(f"{inc.started_at:%Y-%m-%d %H:%M:%S} UTC, incident {inc.id} "
+                         f"({inc.incident_class}): {moved}, {inc.state}")
+            if len(lines) == most:
+                break
+        return lines
 
     def _silenced(self) -> bool:
         return active(self.journal.overrides.active(), self.target, now_utc(),
@@ -249,8 +270,9 @@ class IncidentDesk:
 
     # -- a person's decisions ------------------------------------------------------------------
 
-    async def approve(self, incident_id: int, by: str) -> Plan:
-        """Run the plan of an incident that waits for approval, or resume a held one."""
+    async def approve(self, incident_id: int, by: str, uid: int | None = None) -> Plan:
+        """Run the plan of an incident that waits for approval, or resume a held one. `uid`:
+        the person's (None: not a person, such as a drill)."""
         async with self.lock:  # no automatic start between our check and ours
             inc = self.incident(incident_id)
             if inc.state not in (State.AWAITING_APPROVAL, State.HELD):
@@ -261,11 +283,37 @@ class IncidentDesk:
                 raise Refused("no_plan", f"incident {inc.id} has no plan to run; act by hand")
             if self.busy:
                 raise Refused("busy", f"{self.target} is already running a plan")
+            self._second_person(inc, plan, uid)
             if inc.state == State.AWAITING_APPROVAL and inc.incident_class in _TREE:
                 await self._confirm_approval(inc)
             self.journal.incidents.add_event(inc.id, "approved", f"approved by {by}")
             self._start(inc.id, plan)
             return plan
+
+    def _second_person(self, inc: Incident, plan: Plan, uid: int | None) -> None:
+        """With `two_person`, an irreversible plan needs two different uids: its requester (a
+        lockdown's) or a first approver, and this one. A first approval is journaled."""
+        policy = self.view.policy
+        if not (policy.two_person and plan.kind.value in policy.two_person_plans):
+            return
+        if uid is None:
+            raise Refused("two_person", f"incident {inc.id}: {plan.kind} needs two people's "
+                          "approval; only a person (rollbackctl approve) can give it")
+        asked = {int(e.removeprefix("uid ")) for _, event, e in self.journal.incidents.timeline(inc.id)
+                 if event == "approval_1" and e.removeprefix("uid ").isdigit()}
+        requester = inc.evidence.get("requested_by", {}).get("uid")
+        if isinstance(requester, int):
+            asked.add(requester)
+        if asked - {uid}:
+            return
+        if not asked:
+            self.journal.incidents.add_event(inc.id, "approval_1", f"uid {uid}")
+            raise Refused("second_approval_needed", f"incident {inc.id}: approval by uid {uid} "
+                          f"recorded; {plan.kind} needs a second person (another uid) to "
+                          f"approve it too (policy two_person)")
+        raise Refused("two_person", f"incident {inc.id}: uid {uid} already asked for this "
+                      f"{plan.kind}; a different person (another uid) must approve it "
+                      "(policy two_person)")
 
     async def _confirm_approval(self, inc: Incident) -> None:
         """Approved maybe hours later: the plan runs only if its class still stands now."""

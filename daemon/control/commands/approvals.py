@@ -26,7 +26,7 @@ def _desk(d: DaemonFace, inc: Incident) -> IncidentDesk:
 @command("approve", "run the plan of an incident waiting for approval, or resume a held one")
 async def _approve(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     inc = incident_arg(d, args)
-    plan = await _desk(d, inc).approve(inc.id, f"uid {peer.uid}")
+    plan = await _desk(d, inc).approve(inc.id, f"uid {peer.uid}", peer.uid)
     return {"id": inc.id, "started": plan.kind}
 
 
