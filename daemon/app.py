@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from daemon.alerts.service import AlertReceiver, start_alerts
 from daemon.backup.store import sweep_leftovers
 from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
-from daemon.control.commands import dispatch
+from daemon.control.commands import audit_refused, dispatch
 from daemon.control.server import ControlServer
 from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
@@ -119,14 +120,15 @@ class Daemon:
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
                                      cfg.daemon.socket_group, cfg.daemon.allowed_groups,
-                                     cfg.daemon.max_control_connections)
+                                     cfg.daemon.max_control_connections,
+                                     on_forbidden=partial(audit_refused, self))
         await self.control.start()
         self._start_metrics()
         self.alerts = await start_alerts(cfg.alerts, self.acting_monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self.selfcheck.run(), name="selfcheck"))
         # Unacknowledged escalations page the next tier; cancelled with the other tasks.
-        tiers = TierChecker(self.cluster.tier_journal() if self.cluster else self.journal,
+        tiers = TierChecker(self.cluster.ladders() if self.cluster else self.journal.escalations,
                             self.outbox)
         self._tasks.append(asyncio.create_task(tiers.run(), name="escalation-tiers"))
         # Every incident gets its report, also those that only escalated or recovered alone.

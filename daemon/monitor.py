@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from daemon.backup.losses import with_losses
+from daemon.clock import now_utc
 from daemon.config import TargetConfig
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.incidents.desk import IncidentDesk, Picture
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.freshness import JournalBackups
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
@@ -73,10 +75,10 @@ def journal_history(journal: Journal, target: str,
                     transitions: tuple[datetime, ...] = ()) -> History:
     """Everything the journal keeps that a decision depends on: it survives restarts."""
     return History(
-        rollbacks=journal.rollback_starts(target),
-        breakers={k: b for t, k, b in journal.breakers() if t == target},
+        rollbacks=journal.incidents.rollback_starts(target),
+        breakers={k: b for t, k, b in journal.breakers.all() if t == target},
         transitions=transitions,
-        overrides=journal.overrides(),
+        overrides=journal.overrides.active(),
     )
 
 
@@ -94,7 +96,9 @@ class TargetMonitor:
         self.outbox = outbox
         self.metrics = metrics
         self.settings: dict[str, ProbeSettings] = dict(config.probes)
-        self.probes: dict[str, Probe] = {p: build_probe(p, s) for p, s in self.settings.items()}
+        backups = JournalBackups(journal.backups)  # what backup_freshness reads
+        self.probes: dict[str, Probe] = {p: build_probe(p, s, backups)
+                                         for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config, name)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
@@ -296,7 +300,7 @@ class TargetMonitor:
         if version is None:
             return None
         now = now_utc()
-        entries = {e.version: e for e in self.journal.ledger(self.name)}
+        entries = {e.version: e for e in self.journal.ledger.entries(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
         # Known-good needs every probe passing with no incident open against the release (an
         # incident still open keeps the clock at zero), and a clean work tree: a dirty one is
@@ -305,7 +309,7 @@ class TargetMonitor:
         updated = observe(entry, clean, now, self.policy.stable_after,
                           self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
-            self.journal.save_ledger(self.name, updated)
+            self.journal.ledger.save(self.name, updated)
             if updated.known_good and not entry.known_good:
                 log.info("target=%s version=%s status=known-good", self.name, version[:12])
         self._report_bad_redeploy(list(entries.values()), version)
@@ -358,15 +362,15 @@ class TargetMonitor:
                     probes: list[str] | None = None) -> Facts:
         # The backup a restore would use carries the writes made since it (what it would lose).
         backups = await with_losses(self.components,
-                                    self.journal.backup_entries(self.name, "database"), onset)
+                                    self.journal.backups.entries(self.name, "database"), onset)
         return Facts(
             current_version=version,
             current_revision=self._seen(REVISION_KINDS),
             current_key=self._seen(KEY_KINDS),
-            ledger=tuple(self.journal.ledger(self.name)),
+            ledger=tuple(self.journal.ledger.entries(self.name)),
             backups=backups,
-            key_backups=self.journal.backup_entries(self.name, "key"),
-            session_backups=self.journal.backup_entries(self.name, "sessions"),
+            key_backups=self.journal.backups.entries(self.name, "key"),
+            session_backups=self.journal.backups.entries(self.name, "sessions"),
             damaged=self.damaged(probes or []),
             capabilities=self.capabilities(),
             onset=onset,

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.metrics.instruments import Trigger
 from daemon.refusal import Refused
@@ -93,19 +94,19 @@ class Runner:
         # (the lockdown), with its last step.
         checks = next((s.name for s in plan.steps if s.component is Component.VERIFY),
                       plan.steps[-1].name)
-        self.journal.update_incident(
+        self.journal.incidents.update(
             incident_id, state=State.REMEDIATING.value, plan_kind=plan.kind.value,
             from_version=plan.current_version, to_version=plan.target_version or None,
         )
-        done = {s.name for s in self.journal.steps(incident_id) if s.state == "done"}
+        done = {s.name for s in self.journal.steps.of(incident_id) if s.state == "done"}
         for seq, spec in enumerate(plan.steps):
             if spec.name in done:
                 continue  # resumed by a person after a hold: what completed stays done
             if spec.name == first:
-                self.journal.update_incident(incident_id, "started", f"{plan.kind} started",
-                                             started_at=now_utc())
+                self.journal.incidents.update(incident_id, "started", f"{plan.kind} started",
+                                              started_at=now_utc())
             if spec.name == checks:
-                self.journal.update_incident(incident_id, state=State.VERIFYING.value)
+                self.journal.incidents.update(incident_id, state=State.VERIFYING.value)
             ok, detail, held = await self._run_step(seq, spec, ctx)
             if held:
                 self._held(incident_id, detail)
@@ -114,8 +115,8 @@ class Runner:
                 await self._failed(incident_id, plan, f"step {spec.name} failed: {detail}")
                 return False
             if spec.name == last:
-                self.journal.update_incident(incident_id, "rolled_back", detail,
-                                             rolled_back_at=now_utc())
+                self.journal.incidents.update(incident_id, "rolled_back", detail,
+                                              rolled_back_at=now_utc())
         await self._resolved(incident_id, plan)
         return True
 
@@ -123,7 +124,7 @@ class Runner:
                         ctx: StepContext) -> tuple[bool, str, bool]:
         """(done, detail, held: a person must decide before it can run)."""
         self._still_owner()
-        step_id = self.journal.step_started(ctx.incident_id, seq, spec.name, spec.idempotent)
+        step_id = self.journal.steps.started(ctx.incident_id, seq, spec.name, spec.idempotent)
         if self.fault_hook:
             self.fault_hook(spec.name, "running")
         started, held = time.monotonic(), False
@@ -139,7 +140,7 @@ class Runner:
         except asyncio.CancelledError:
             # Shut down mid-step: what the step did is unknown, so it is not `done` or `failed`.
             if self._owner():
-                self.journal.step_interrupted(step_id, "daemon stopped while the step ran")
+                self.journal.steps.interrupted(step_id, "daemon stopped while the step ran")
             raise
         except Exception as exc:  # an executor bug must not kill the daemon
             log.exception("target=%s step=%s status=crashed", self.target, spec.name)
@@ -148,7 +149,7 @@ class Runner:
         if self.fault_hook and ok:
             self.fault_hook(spec.name, "effect")
         self._still_owner()
-        self.journal.step_finished(step_id, ok, duration, detail)
+        self.journal.steps.finished(step_id, ok, duration, detail)
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",
                  self.target, ctx.incident_id, spec.name, "done" if ok else "failed",
                  duration, detail)
@@ -175,7 +176,7 @@ class Runner:
         now: dict[str, Any] = {"probes": self.probe_evidence()}
         for executor in self.involved(ctx.plan):
             now[executor.component.value] = await executor.evidence()
-        inc = self.journal.incident(ctx.incident_id)
+        inc = self.journal.incidents.get(ctx.incident_id)
         found = dict(inc.evidence) if inc is not None else {}
         if "probes" not in found:  # nothing captured at detection (a person's rollback)
             evidence = {**found, **now}
@@ -185,16 +186,16 @@ class Runner:
             # what differs is named (an approval can come hours later).
             changed = evidence_changes(found, now)
             evidence = {**found, "at_execution": now, "changed_since_detection": changed}
-        self.journal.set_evidence(ctx.incident_id, evidence)
+        self.journal.incidents.set_evidence(ctx.incident_id, evidence)
         return (f"evidence from {len(now) - 1} components and {len(now['probes'])} probes"
                 + (f"; changed since detection: {'; '.join(changed)}" if changed else ""))
 
     async def _notify(self, ctx: StepContext) -> str:
-        inc = self.journal.incident(ctx.incident_id)
+        inc = self.journal.incidents.get(ctx.incident_id)
         assert inc is not None
         steps = [s.name for s in ctx.plan.steps if s.component not in RUNNER_COMPONENTS]
         to = self.outbox.send(notices.acting(self.target, inc, ctx.plan, steps,
-                                             self.journal.incident_mailed(inc.id)))
+                                             self.journal.mail.incident_mailed(inc.id)))
         return f"{len(to)} recipients queued"
 
     async def _backup_current(self, ctx: StepContext) -> str:
@@ -208,7 +209,7 @@ class Runner:
         details = [await e.verify_target(ctx) for e in self.involved(ctx.plan)]
         version = ctx.plan.targets.get(Component.DEPLOYMENT)
         if version:
-            entry = next((e for e in self.journal.ledger(self.target) if e.version == version),
+            entry = next((e for e in self.journal.ledger.entries(self.target) if e.version == version),
                          None)
             if entry is not None and entry.bad_at is not None:
                 raise StepFailed(f"refused: rollback target {version[:12]} was marked bad at "
@@ -227,23 +228,23 @@ class Runner:
 
     async def _resolved(self, incident_id: int, plan: Plan) -> None:
         now = now_utc()
-        self.journal.update_incident(incident_id, "verified", "all probes pass"
-                                     if plan.kind is not PlanKind.LOCKDOWN else "lockdown checked",
-                                     state=State.RESOLVED.value, verified_at=now, closed_at=now)
+        self.journal.incidents.update(incident_id, "verified", "all probes pass"
+                                      if plan.kind is not PlanKind.LOCKDOWN else "lockdown checked",
+                                      state=State.RESOLVED.value, verified_at=now, closed_at=now)
         marked_bad = None
         if plan.current_version and Component.DEPLOYMENT in plan.targets:
             marked_bad = plan.current_version
-            self.journal.mark_bad(self.target, marked_bad, f"rolled back by incident {incident_id}")
-        breaker = self.journal.breaker(self.target, plan.kind)
-        self.journal.save_breaker(self.target, plan.kind,
-                                  record_success(breaker, now, self.policy.breaker_reset))
+            self.journal.ledger.mark_bad(self.target, marked_bad, f"rolled back by incident {incident_id}")
+        breaker = self.journal.breakers.get(self.target, plan.kind)
+        self.journal.breakers.save(self.target, plan.kind,
+                                   record_success(breaker, now, self.policy.breaker_reset))
         self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "success",
                                        self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         assert inc is not None
         if plan.kind is PlanKind.LOCKDOWN:
-            details = [s.detail for s in self.journal.steps(incident_id)
+            details = [s.detail for s in self.journal.steps.of(incident_id)
                        if s.state == "done" and s.name != "capture_evidence"]
             self.outbox.send(notices.lockdown_done(self.target, incident_id, details))
             return
@@ -253,27 +254,28 @@ class Runner:
     def _trigger(self, incident_id: int) -> Trigger:
         # The desk journals a "drill" event on an incident opened while a drill breaks the
         # target; a person's rollback is not automatic.
-        if any(event == "drill" for _, event, _ in self.journal.timeline(incident_id)):
+        if any(event == "drill" for _, event, _ in self.journal.incidents.timeline(incident_id)):
             return "drill"
-        return "auto" if self.journal.is_automatic(incident_id) else "manual"
+        extras = self.journal.incidents.extras(incident_id)
+        return "auto" if extras is not None and extras.automatic else "manual"
 
     def _held(self, incident_id: int, why: str) -> None:
         """Nothing was changed and a person must decide: no failed remediation, no breaker."""
-        self.journal.update_incident(incident_id, "held", why, state=State.HELD.value,
+        self.journal.incidents.update(incident_id, "held", why, state=State.HELD.value,
                                      held_reason=why)
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         assert inc is not None
-        self.outbox.send(notices.held(inc, self.journal.steps(incident_id)[-1]))
+        self.outbox.send(notices.held(inc, self.journal.steps.of(incident_id)[-1]))
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
-        breaker = self.journal.breaker(self.target, plan.kind)
+        breaker = self.journal.breakers.get(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
                                  self.policy.window, self.policy.breaker_reset)
-        self.journal.save_breaker(self.target, plan.kind, breaker)
-        self.journal.update_incident(incident_id, "failed", why, state=State.FAILED.value)
-        self.journal.update_incident(incident_id, "escalated", "a person must take over",
-                                     state=State.ESCALATED.value)
+        self.journal.breakers.save(self.target, plan.kind, breaker)
+        self.journal.incidents.update(incident_id, "failed", why, state=State.FAILED.value)
+        self.journal.incidents.update(incident_id, "escalated", "a person must take over",
+                                      state=State.ESCALATED.value)
         self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "failure",
                                        self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)

@@ -7,17 +7,16 @@ Message-ID from `Notice.event`, which is stable per incident and event: a notice
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from daemon.escalation.settings import Condition, EventKind
 
 if TYPE_CHECKING:
-    from daemon.journal.store import Incident, StepRecord
+    from daemon.journal import HeldMail, Incident, Ladder, StepRecord
     from daemon.rollback.base import Effect
     from policies.decision import Decision
     from policies.plans import Plan
@@ -176,16 +175,16 @@ def closed(target: str, incident_id: int, why: str) -> Notice:
                   incident_id)
 
 
-def tier_page(incident_id: int, row: Mapping[str, Any], tier: int, next_tier: int,
-              waited: str, timeout: str) -> Notice:
-    body = (f"Incident {incident_id} on {row['target']} ({row['incident_class']}) needs a "
-            f"person and nobody has acknowledged it: tier {tier} was mailed "
+def tier_page(ladder: Ladder, next_tier: int, waited: str, timeout: str) -> Notice:
+    incident_id = ladder.incident_id
+    body = (f"Incident {incident_id} on {ladder.target} ({ladder.incident_class}) needs a "
+            f"person and nobody has acknowledged it: tier {ladder.tier} was mailed "
             f"{waited} ago (timeout {timeout}). You are tier {next_tier}.\n\n"
-            f"{row['reason']}\n\nState: {row['state']}. Detected: "
-            f"{datetime.fromisoformat(str(row['detected_at'])):%Y-%m-%d %H:%M:%S} UTC.\n\n"
+            f"{ladder.reason}\n\nState: {ladder.state}. Detected: "
+            f"{ladder.detected_at:%Y-%m-%d %H:%M:%S} UTC.\n\n"
             f"To take it:\n\n    rollbackctl ack {incident_id}\n\n"
             f"`rollbackctl show {incident_id} --report` has the evidence.\n")
-    return Notice(NoticeKind.TIER, _subject(str(row["target"]), f"incident {incident_id} "
+    return Notice(NoticeKind.TIER, _subject(ladder.target, f"incident {incident_id} "
                                             f"UNACKNOWLEDGED, tier {next_tier}"),
                   body, incident_id, key=str(next_tier))
 
@@ -260,31 +259,31 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def digest(held_mails: Sequence[Mapping[str, Any]], storm_max: int,
+def digest(held_mails: Sequence[HeldMail], storm_max: int,
            window: float) -> tuple[Notice, list[str]]:
     """One digest listing every held mail by incident, and everyone those mails were for."""
-    by_incident: dict[Any, list[Mapping[str, Any]]] = {}
+    by_incident: dict[int | None, list[HeldMail]] = {}
     for h in held_mails:
-        by_incident.setdefault(h["incident_id"], []).append(h)
+        by_incident.setdefault(h.incident_id, []).append(h)
     recipients: dict[str, None] = {}
     lines = [f"More than {storm_max} incidents opened within {window:g}s: rollbackd groups their "
              f"mails here instead of sending {len(held_mails)} separately.", ""]
     for incident_id, mails in by_incident.items():
         first = mails[0]
-        lines.append(f"Incident {incident_id}: {first['target']} {first['incident_class']} "
-                     f"(now {first['state']})")
+        lines.append(f"Incident {incident_id}: {first.target} {first.incident_class} "
+                     f"(now {first.state})")
         for m in mails:
-            lines.append(f"- {m['event']}: {m['subject']}")
-            if m["event"] in (NoticeKind.OPENED.value, NoticeKind.FAILED.value):
-                lines.append(f"  {_first_line(str(m['body']))}")
+            lines.append(f"- {m.event}: {m.subject}")
+            if m.event in (NoticeKind.OPENED.value, NoticeKind.FAILED.value):
+                lines.append(f"  {_first_line(m.body)}")
         lines.append("")
         for m in mails:
-            recipients.update(dict.fromkeys(json.loads(str(m["recipients"]))))
+            recipients.update(dict.fromkeys(m.recipients))
     lines.append("`rollbackctl incidents` lists them; `rollbackctl show ID` has each one's "
                  "evidence; `rollbackctl ack ID` acknowledges one.")
     subject = (f"[rollbackd] incident storm: {len(by_incident)} incidents, "
                f"{len(held_mails)} updates grouped")
-    first_id, last_id = held_mails[0]["id"], held_mails[-1]["id"]
+    first_id, last_id = held_mails[0].id, held_mails[-1].id
     notice = Notice(NoticeKind.DIGEST, subject, "\n".join(lines) + "\n",
                     key=f"{first_id}-{last_id}")
     return notice, list(recipients)

@@ -45,12 +45,12 @@ async def effect_of(runner: Runner, journal: Journal, plan: Plan, incident_id: i
 def _runner_step(runner: Runner, journal: Journal, plan: Plan, incident_id: int, name: str,
                  since: datetime) -> Effect:
     if name == "capture_evidence":  # its only effect is the journal's evidence
-        if any(event == "evidence" and at >= since for at, event, _ in journal.timeline(
+        if any(event == "evidence" and at >= since for at, event, _ in journal.incidents.timeline(
                 incident_id)):
             return done("the evidence is in the journal")
         return absent("no evidence was captured since the step began")
     if name == "notify":
-        sent = journal.mail_since(incident_id, since)
+        sent = journal.mail.since(incident_id, since)
         if sent:
             return done(f"its mail is in the outbox ({', '.join(sent)})")
         return absent("no mail of it is in the outbox")

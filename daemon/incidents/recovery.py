@@ -13,11 +13,12 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.incidents.desk import IncidentDesk
 from daemon.incidents.effect_check import effect_of
-from daemon.journal.store import Incident, Journal, StepRecord, now_utc
+from daemon.journal import Incident, Journal, StepRecord
 from daemon.report import write_report
 from daemon.rollback.base import Effect, Found, unknown
 from policies.lifecycle import State
@@ -34,7 +35,7 @@ def hold_interrupted(journal: Journal, outbox: Outbox, reports_dir: Path,
     """Hold, unasked, every incident (of `target`, or all) whose step a crash cut off: for
     incidents whose target has no executors to ask (removed from the config)."""
     held = []
-    for incident, step in journal.recover_interrupted(target):
+    for incident, step in journal.steps.recover_interrupted(target):
         log.warning("incident=%d target=%s step=%s status=interrupted action=held",
                     incident.id, incident.target, step.name)
         write_report(journal, reports_dir, incident.id)
@@ -48,7 +49,7 @@ async def recover_interrupted(journal: Journal, outbox: Outbox, reports_dir: Pat
                               target: str | None = None) -> list[int]:
     """Check every step a crash cut off (of `target`, or all); returns the incidents held."""
     held = []
-    for inc, step in journal.running_steps(target):
+    for inc, step in journal.steps.running(target):
         desk = desks.get(inc.target)
         if desk is None:
             continue  # no executor can be asked: held unasked below
@@ -67,13 +68,13 @@ async def _recover(journal: Journal, outbox: Outbox, reports_dir: Path, desk: In
         effect = await effect_of(desk.runner, journal, plan, inc.id, step.name, step.started_at)
     log.warning("incident=%d target=%s step=%s status=interrupted effect=%s found=%r",
                 inc.id, inc.target, step.name, effect.found, effect.what)
-    journal.settle_step(step.id, effect.found is Found.DONE, _detail(effect))
+    journal.steps.settle(step.id, effect.found is Found.DONE, _detail(effect))
     if effect.found is Found.DONE:
-        journal.add_event(inc.id, "found_done", f"step {step.name} {FOUND_DONE}: {effect.what}")
+        journal.incidents.add_event(inc.id, "found_done", f"step {step.name} {FOUND_DONE}: {effect.what}")
         assert plan is not None
         wait = _why_wait(journal, desk, inc, plan)
-        if wait is None and not any(s.state == "running" for s in journal.steps(inc.id)):
-            journal.add_event(inc.id, "resumed", "the plan goes on by itself: it was running "
+        if wait is None and not any(s.state == "running" for s in journal.steps.of(inc.id)):
+            journal.incidents.add_event(inc.id, "resumed", "the plan goes on by itself: it was running "
                               "by itself and no step left needs an approval")
             log.info("incident=%d target=%s action=resumed", inc.id, inc.target)
             desk.go_on(inc.id, plan)
@@ -87,9 +88,9 @@ async def _recover(journal: Journal, outbox: Outbox, reports_dir: Path, desk: In
         why = (f"step {step.name} was interrupted (daemon stopped while it ran); its effect is "
                f"unknown or partial: {effect.what}; not run again automatically: a person "
                "must look first")
-    held = journal.hold(inc.id, why)
+    held = journal.incidents.hold(inc.id, why)
     write_report(journal, reports_dir, inc.id)
-    settled = next(s for s in journal.steps(inc.id) if s.id == step.id)
+    settled = next(s for s in journal.steps.of(inc.id) if s.id == step.id)
     outbox.send(notices.held(held, settled, effect))
     return True
 
@@ -105,17 +106,18 @@ def _why_wait(journal: Journal, desk: IncidentDesk, inc: Incident, plan: Plan) -
     as when it started (a person's approval is not carried over a crash)."""
     if inc.state != State.REMEDIATING:
         return f"the incident was {inc.state}"
-    if not journal.is_automatic(inc.id):
+    extras = journal.incidents.extras(inc.id)
+    if extras is None or not extras.automatic:
         return "a person started this plan, so a person resumes it"
-    if any(event == "approved" for _, event, _ in journal.timeline(inc.id)):
+    if any(event == "approved" for _, event, _ in journal.incidents.timeline(inc.id)):
         return "the plan ran on a person's approval, so a person resumes it"
     policy = desk.view.policy
     if policy.dry_run or policy.shadow:
         return "the target's policy is dry run"
     for kind in (OverrideKind.PAUSE, OverrideKind.MAINTENANCE):
-        if active(journal.overrides(), inc.target, now_utc(), kind) is not None:
+        if active(journal.overrides.active(), inc.target, now_utc(), kind) is not None:
             return f"the target is under {kind}"
-    done = {s.name for s in journal.steps(inc.id) if s.state == "done"}
+    done = {s.name for s in journal.steps.of(inc.id) if s.state == "done"}
     destructive = [s.name for s in plan.steps if s.destructive and s.name not in done]
     if destructive and not policy.auto_destructive:
         return f"steps left need an approval ({', '.join(destructive)})"

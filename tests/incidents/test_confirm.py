@@ -155,8 +155,8 @@ async def test_a_dependency_outage_is_never_taken_for_app_down(
                 await asyncio.sleep(1.0)  # more evaluations of the same picture
                 redis_server.start()
                 await wait_until(lambda: m.health["health"].passing, 20, "the app back")
-            classes = [i.incident_class for i in journal.incidents(100)]
-            started = [i.id for i in journal.incidents(100) if i.started_at is not None]
+            classes = [i.incident_class for i in journal.incidents.recent(100)]
+            started = [i.id for i in journal.incidents.recent(100) if i.started_at is not None]
     finally:
         scheduler.shutdown()
         journal.close()

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.incidents.recovery import hold_interrupted
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.monitor import TargetMonitor
 from daemon.refusal import Refused
@@ -62,11 +63,11 @@ def waiting_rollback(journal: Journal) -> int:
     plan = build_plan(PlanKind.DEPLOYMENT_ROLLBACK, IncidentClass.APP_DOWN,
                       [(Capability.DEPLOYMENT_ROLLBACK, (StepSpec("git_checkout", False),))],
                       {Component.DEPLOYMENT: GOOD}, {Component.DEPLOYMENT: BAD}, 1.0)
-    inc = journal.open_incident("web", "app_down", "app_down: health fails", None, {},
-                                state=State.AWAITING_APPROVAL.value)
-    journal.update_incident(inc, "planned", "", plan=json.dumps(plan_to_dict(plan)))
+    inc = journal.incidents.open("web", "app_down", "app_down: health fails", None, {},
+                                 state=State.AWAITING_APPROVAL.value)
+    journal.incidents.update(inc, "planned", "", plan=json.dumps(plan_to_dict(plan)))
     earlier = now_utc() - timedelta(days=2)
-    journal.save_ledger("web", LedgerEntry(GOOD, earlier, earlier, earlier + timedelta(hours=1)))
+    journal.ledger.save("web", LedgerEntry(GOOD, earlier, earlier, earlier + timedelta(hours=1)))
     return inc
 
 
@@ -77,7 +78,7 @@ async def failing(m: TargetMonitor) -> None:
 
 
 def steps(journal: Journal, inc: int) -> dict[str, tuple[str, str]]:
-    return {s.name: (s.state, s.detail) for s in journal.steps(inc)}
+    return {s.name: (s.state, s.detail) for s in journal.steps.of(inc)}
 
 
 async def test_a_target_marked_bad_after_the_plan_was_made_is_refused(
@@ -85,7 +86,7 @@ async def test_a_target_marked_bad_after_the_plan_was_made_is_refused(
     m = monitor(journal, tmp_path)
     inc = waiting_rollback(journal)
     # Between the decision (the stored plan) and its approval, a person marks GOOD bad.
-    journal.mark_bad("web", GOOD, "leaks memory (found by hand)")
+    journal.ledger.mark_bad("web", GOOD, "leaks memory (found by hand)")
     await failing(m)
     await m.desk.approve(inc, "uid 0")
     assert m.desk.task is not None
@@ -95,7 +96,7 @@ async def test_a_target_marked_bad_after_the_plan_was_made_is_refused(
     assert detail.startswith(f"refused: rollback target {GOOD[:12]} was marked bad")
     assert "leaks memory" in detail
     assert "git_checkout" not in steps(journal, inc)  # nothing after the refusal ran
-    found = journal.incident(inc)
+    found = journal.incidents.get(inc)
     assert found is not None and found.state == State.ESCALATED
 
 
@@ -123,10 +124,10 @@ async def test_an_approval_runs_nothing_while_the_class_is_not_confirmed(
         await m.desk.approve(inc, "uid 0")
     assert refused.value.code == "not_confirmed"
     assert "the plan was not run" in str(refused.value)
-    assert m.desk.task is None and journal.steps(inc) == []
-    found = journal.incident(inc)
+    assert m.desk.task is None and journal.steps.of(inc) == []
+    found = journal.incidents.get(inc)
     assert found is not None and found.state == State.AWAITING_APPROVAL
-    assert journal.timeline(inc)[-1][1] == "not_confirmed"
+    assert journal.incidents.timeline(inc)[-1][1] == "not_confirmed"
 
 
 async def test_approve_and_deny_refuse_what_is_not_waiting(journal: Journal,
@@ -149,15 +150,15 @@ async def test_a_held_incident_is_abandoned_by_deny_saying_what_was_left(
         journal: Journal, tmp_path: Path) -> None:
     m = monitor(journal, tmp_path)
     inc = waiting_rollback(journal)
-    journal.update_incident(inc, state=State.REMEDIATING.value)
-    done = journal.step_started(inc, 0, "capture_evidence", True)
-    journal.step_finished(done, True, 0.1, "ok")
-    journal.step_started(inc, 1, "git_checkout", False)  # a crash cut it off
+    journal.incidents.update(inc, state=State.REMEDIATING.value)
+    done = journal.steps.started(inc, 0, "capture_evidence", True)
+    journal.steps.finished(done, True, 0.1, "ok")
+    journal.steps.started(inc, 1, "git_checkout", False)  # a crash cut it off
     hold_interrupted(journal, m.outbox, tmp_path / "reports")
     assert m.desk.deny(inc, "uid 1000") is State.ABANDONED
-    found = journal.incident(inc)
+    found = journal.incidents.get(inc)
     assert found is not None and found.state == State.ABANDONED and found.closed_at
-    last = journal.timeline(inc)[-1]
+    last = journal.incidents.timeline(inc)[-1]
     assert last[1] == "abandoned"
     assert "after: capture_evidence; not finished: git_checkout" in last[2]
 
@@ -166,10 +167,10 @@ async def test_a_held_incident_is_mailed_once_per_recipient_across_restarts(
         journal: Journal, tmp_path: Path, mail_server: MailServer) -> None:
     mail_server.start()
     cfg = make_config(mail_server.port)
-    inc = journal.open_incident("web", "auth_broken", "auth_broken: login 401", None, {},
-                                state=State.OPEN.value)
-    journal.update_incident(inc, state=State.REMEDIATING.value)
-    journal.step_started(inc, 0, "alembic_downgrade", False)
+    inc = journal.incidents.open("web", "auth_broken", "auth_broken: login 401", None, {},
+                                 state=State.OPEN.value)
+    journal.incidents.update(inc, state=State.REMEDIATING.value)
+    journal.steps.started(inc, 0, "alembic_downgrade", False)
     # The first start-up holds it; a crash before the mail went out and two more starts
     # replay the recovery: the held mail is the same mail every time.
     for _ in range(3):
@@ -192,7 +193,7 @@ async def test_a_removed_target_closes_its_waiting_incident_once(
     inc = waiting_rollback(journal)
     assert m.desk.close_removed("its target was removed from the config") == inc
     assert m.desk.close_removed("its target was removed from the config") == 0
-    found = journal.incident(inc)
+    found = journal.incidents.get(inc)
     assert found is not None and found.state == State.ABANDONED
     closed = [r for r in journal.db.execute("SELECT subject FROM outbox")
               if "closed" in r[0]]
@@ -208,7 +209,7 @@ async def test_a_removed_target_closes_its_waiting_incident_once(
 def test_a_limit_that_refuses_a_rollback_mails_the_emergency_contact_at_once(
         journal: Journal, gate: Gate | None, cto: bool) -> None:
     outbox = Outbox(journal, make_config(9))
-    inc = journal.open_incident("web", "app_down", "app_down: x", None, {}, state="escalated")
+    inc = journal.incidents.open("web", "app_down", "app_down: x", None, {}, state="escalated")
     decision = Decision(Action.ESCALATE, IncidentClass.APP_DOWN, "app_down: x; limit", None, gate)
     to = outbox.send(notices.decided("web", inc, decision, "escalated", approval=False,
                                      history=["2026-12-07 03:00:00 UTC, incident 1 ..."]))
@@ -223,11 +224,11 @@ def test_the_history_of_a_limit_lists_the_recent_rollbacks(journal: Journal,
                                                              tmp_path: Path) -> None:
     m = monitor(journal, tmp_path)
     for _ in range(3):
-        inc = journal.open_incident("web", "app_down", "x", None, {})
-        journal.update_incident(inc, state="remediating", started_at=now_utc(),
-                                from_version=BAD, to_version=GOOD)
-    other = journal.open_incident("api", "app_down", "x", None, {})
-    journal.update_incident(other, state="remediating", started_at=now_utc())
+        inc = journal.incidents.open("web", "app_down", "x", None, {})
+        journal.incidents.update(inc, state="remediating", started_at=now_utc(),
+                                 from_version=BAD, to_version=GOOD)
+    other = journal.incidents.open("api", "app_down", "x", None, {})
+    journal.incidents.update(other, state="remediating", started_at=now_utc())
     lines = m.desk._rollback_history()
     assert len(lines) == 3 and all(f"{BAD[:12]} -> {GOOD[:12]}" in line for line in lines)
 
@@ -237,9 +238,9 @@ def lockdown_waiting(journal: Journal, requested_by: int | None) -> int:
                 (StepSpec("capture_evidence", True), StepSpec("lock_accounts", True, 60, True,
                                                                Component.ACCOUNTS)))
     evidence = {"requested_by": {"uid": requested_by, "pid": 1}} if requested_by else {}
-    inc = journal.open_incident("web", LOCKDOWN_CLASS, "lockdown requested", None, evidence,
-                                state=State.AWAITING_APPROVAL.value, automatic=False)
-    journal.update_incident(inc, "planned", "", plan=json.dumps(plan_to_dict(plan)))
+    inc = journal.incidents.open("web", LOCKDOWN_CLASS, "lockdown requested", None, evidence,
+                                 state=State.AWAITING_APPROVAL.value, automatic=False)
+    journal.incidents.update(inc, "planned", "", plan=json.dumps(plan_to_dict(plan)))
     return inc
 
 
@@ -303,13 +304,13 @@ async def test_evidence_at_detection_is_kept_when_the_plan_runs_later(
         journal: Journal, tmp_path: Path) -> None:
     m = monitor(journal, tmp_path)
     inc = waiting_rollback(journal)
-    journal.set_evidence(inc, {"probes": {"health": {"status": "pass", "failing": False}},
-                               "version": BAD, "failing": ["health"]})
+    journal.incidents.set_evidence(inc, {"probes": {"health": {"status": "pass", "failing": False}},
+                                         "version": BAD, "failing": ["health"]})
     await failing(m)
     await m.desk.approve(inc, "uid 0")
     assert m.desk.task is not None
     await m.desk.task
-    found = journal.incident(inc)
+    found = journal.incidents.get(inc)
     assert found is not None
     assert found.evidence["probes"]["health"]["status"] == "pass"  # as it was at detection
     assert found.evidence["at_execution"]["probes"]["health"]["status"] == "fail"

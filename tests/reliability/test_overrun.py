@@ -128,9 +128,9 @@ async def test_a_hung_target_is_detected_within_the_bound(
                        within=interval * 3)
         hung_at = server.hang()
         bound = (interval * THRESHOLD + timeout) * 1.1
-        await wait_for(lambda: journal.open_incident_for("web") is not None, within=bound + 5)
+        await wait_for(lambda: journal.incidents.open_for("web") is not None, within=bound + 5)
         detected = time.monotonic() - hung_at
-        incident = journal.open_incident_for("web")
+        incident = journal.incidents.open_for("web")
         assert incident is not None and incident.incident_class == "app_down"
         assert detected <= bound, f"detected after {detected:.2f}s, bound {bound:.2f}s"
         # The run that was waiting is recorded as usual when it ends: a timeout, not an overrun.
@@ -164,7 +164,7 @@ async def test_a_probe_slower_than_its_interval_but_within_its_timeout_still_pas
             await wait_for(lambda: runs("ok") == ok + n, within=5)  # noqa: B023
             assert m.health["health"].passing
         assert runs("fail") == failed + 5  # the overruns were recorded, then taken back
-        assert journal.open_incident_for("web") is None
+        assert journal.incidents.open_for("web") is None
     finally:
         sched.shutdown()
         journal.close()

@@ -13,7 +13,7 @@ from daemon.control.server import Peer
 if TYPE_CHECKING:
     from daemon.control.face import DaemonFace
     from daemon.incidents.desk import IncidentDesk
-    from daemon.journal.store import Incident
+    from daemon.journal import Incident
 
 
 def _desk(d: DaemonFace, inc: Incident) -> IncidentDesk:
