@@ -49,6 +49,25 @@ class Backuper(Protocol):
 
 
 @runtime_checkable
+class SizedSource(Protocol):
+    """A backup method that can tell, before copying, about how many bytes a copy takes."""
+
+    def source_bytes(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class BackupFailure:
+    """The last scheduled backup of a kind failed (until one of that kind succeeds)."""
+
+    at: datetime
+    reason: str
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+@runtime_checkable
 class CountsLosses(Protocol):
     """A database executor that can tell how many writes restoring a backup would lose."""
 
