@@ -1,7 +1,7 @@
 """Load run (not a unit test): one real `rollbackd run` under everything at once, on 127.0.0.1.
 
     .venv/bin/python bench/load.py --minutes 10      # the documented 10-minute run
-    .venv/bin/python bench/load.py --minutes 1       # what tests/reliability/test_load.py runs
+    .venv/bin/python bench/load.py --minutes 1       # what bench/run.py --only load runs
     .venv/bin/python bench/load.py --json out.json   # the figures as JSON too
 
 - 500 targets with 3 probes each (http_health with a JSON check, login, sqlite_integrity on a

@@ -14,7 +14,7 @@ measures for --duration seconds, from outside the daemon:
 - peak RSS: VmHWM from /proc/<pid>/status;
 - scheduling lag (actual start minus due time): exactly, per run, by a hook on APScheduler's
   coroutine runner that the daemon process loads before it starts (the moment the probe's
-  coroutine really begins, due time with jitter applied); and, as a cross-check, from the
+  coroutine really begins, against its due time); and, as a cross-check, from the
   daemon's own rollbackd_scheduler_lag_seconds histogram (coarser: bucket bounds);
 - contention: how long the event-loop thread waited for a CPU (/proc/<pid>/task/<pid>/schedstat)
   and the load average, because on a shared machine other processes' CPU time shows up as lag.

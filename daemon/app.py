@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,12 @@ from daemon.alerts.service import AlertReceiver, start_alerts
 from daemon.backup.store import sweep_leftovers
 from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
-from daemon.control.commands import dispatch
+from daemon.control.commands import audit_refused, dispatch
 from daemon.control.server import ControlServer
 from daemon.drills.service import DrillService
 from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
-from daemon.incidents.recovery import hold_interrupted
+from daemon.incidents.recovery import recover_interrupted
 from daemon.journal.backend import journal_collector, open_journal
 from daemon.metrics import Metrics, MonitorCollector
 from daemon.monitor import TargetMonitor
@@ -113,20 +114,21 @@ class Daemon:
         self.metrics.registry.register(journal_collector(cfg, lambda: {
             t: self.config.policy_for(t) for t in self.config.targets}))
         self.metrics.registry.register(MonitorCollector(lambda: self.monitors))
-        if self.cluster is None:  # several instances: each target once this one owns it
-            self.recover_interrupted()
         self._build_monitors()
+        if self.cluster is None:  # several instances: each target once this one owns it
+            await self.recover_interrupted()  # asks the monitors' executors; before any probe
         self.scheduler.start()
         self.control = ControlServer(cfg.daemon.socket, self._control, cfg.daemon.allowed_uids,
                                      cfg.daemon.socket_group, cfg.daemon.allowed_groups,
-                                     cfg.daemon.max_control_connections)
+                                     cfg.daemon.max_control_connections,
+                                     on_forbidden=partial(audit_refused, self))
         await self.control.start()
         self._start_metrics()
         self.alerts = await start_alerts(cfg.alerts, self.acting_monitors, self.metrics)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self.selfcheck.run(), name="selfcheck"))
         # Unacknowledged escalations page the next tier; cancelled with the other tasks.
-        tiers = TierChecker(self.cluster.tier_journal() if self.cluster else self.journal,
+        tiers = TierChecker(self.cluster.ladders() if self.cluster else self.journal.escalations,
                             self.outbox)
         self._tasks.append(asyncio.create_task(tiers.run(), name="escalation-tiers"))
         # Every incident gets its report, also those that only escalated or recovered alone.
@@ -197,19 +199,24 @@ class Daemon:
         return self.config.daemon.state_dir / "reports"
 
     def _fault_hook(self) -> Any:
-        crash_at = os.environ.get("ROLLBACKD_CRASH_AT_STEP")
-        if not (self.config.daemon.test_hooks and crash_at):
+        # Test settings only: die as kill -9 would, right after the step is journaled running
+        # (AT), or right after it did its work and before it is journaled done (AFTER).
+        crash = {"running": os.environ.get("ROLLBACKD_CRASH_AT_STEP"),
+                 "effect": os.environ.get("ROLLBACKD_CRASH_AFTER_STEP")}
+        if not (self.config.daemon.test_hooks and any(crash.values())):
             return None
 
-        def hook(step: str) -> None:
-            if step == crash_at:  # test setting only: die as kill -9 would, mid-step
+        def hook(step: str, point: str) -> None:
+            if step == crash.get(point):
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return hook
 
-    def recover_interrupted(self, target: str | None = None) -> None:
-        """Steps a crash left running are interrupted: their incidents are held for a person."""
-        hold_interrupted(self.journal, self.outbox, self.reports_dir, target)
+    async def recover_interrupted(self, target: str | None = None) -> None:
+        """Steps a crash left running: each checked against the world by its executor; found
+        done -> the plan goes on (or waits for a person), else its incident is held."""
+        desks = {name: m.desk for name, m in self.monitors.items()}
+        await recover_interrupted(self.journal, self.outbox, self.reports_dir, desks, target)
 
     def acting_monitors(self) -> dict[str, TargetMonitor]:
         """The monitors this instance acts for: all, or with several instances its own."""

@@ -4,21 +4,24 @@ target's incident desk to act on what they show."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from daemon.backup.losses import with_losses
+from daemon.clock import now_utc
 from daemon.config import TargetConfig
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.incidents.desk import IncidentDesk, Picture
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.freshness import JournalBackups
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
@@ -62,21 +65,27 @@ async def run_probe(probe: Probe, timeout: float) -> Observation:
                            time.monotonic() - started, Symptom.PROBE_ERROR)
 
 
+def _stopping() -> bool:
+    """Shutdown cancelled this run as its answer came in (asyncio.wait_for may swallow that)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def journal_history(journal: Journal, target: str,
                     transitions: tuple[datetime, ...] = ()) -> History:
     """Everything the journal keeps that a decision depends on: it survives restarts."""
     return History(
-        rollbacks=journal.rollback_starts(target),
-        breakers={k: b for t, k, b in journal.breakers() if t == target},
+        rollbacks=journal.incidents.rollback_starts(target),
+        breakers={k: b for t, k, b in journal.breakers.all() if t == target},
         transitions=transitions,
-        overrides=journal.overrides(),
+        overrides=journal.overrides.active(),
     )
 
 
 class TargetMonitor:
     def __init__(self, name: str, config: TargetConfig, policy: PolicySettings, journal: Journal,
                  outbox: Outbox, metrics: Metrics, reports_dir: Path,
-                 fault_hook: Callable[[str], None] | None = None,
+                 fault_hook: Callable[[str, str], None] | None = None,
                  own_fault: Callable[[Observation], bool] | None = None) -> None:
         self.name = name
         self.own_fault = own_fault
@@ -87,7 +96,9 @@ class TargetMonitor:
         self.outbox = outbox
         self.metrics = metrics
         self.settings: dict[str, ProbeSettings] = dict(config.probes)
-        self.probes: dict[str, Probe] = {p: build_probe(p, s) for p, s in self.settings.items()}
+        backups = JournalBackups(journal.backups)  # what backup_freshness reads
+        self.probes: dict[str, Probe] = {p: build_probe(p, s, backups)
+                                         for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config, name)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
@@ -102,6 +113,17 @@ class TargetMonitor:
         """The deployment's work tree has local edits: its version cannot earn known-good."""
         self._warned_bad: str | None = None
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
+        self._in_flight: dict[str, float] = {}
+        """time.monotonic() each scheduled probe run still waiting on its target started."""
+        self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
+        self._before_overrun: dict[str, ProbeHealth] = {}
+        """A probe's health before the first overrun of the run still in flight."""
+        self._deploying = 0
+        self._deployed_at = 0.0
+        """time.monotonic() the last drill deploy ended: runs begun before it are not recorded."""
+        self._queued = False
+        """An evaluation waits for the desk and has not read the picture yet: one that comes
+        meanwhile has nothing to add (the queued one will see its observation)."""
         self._account_mailed: dict[str, set[Symptom]] = {}
         """Per login probe, what of its own account's trouble was mailed in this episode."""
 
@@ -134,6 +156,15 @@ class TargetMonitor:
                 "failing": h.failing}
             for p, h in self.health.items() if h.last is not None
         }
+
+    async def component_evidence(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for executor in self.components.values():
+            try:
+                found[executor.component.value] = await asyncio.wait_for(executor.evidence(), 10)
+            except Exception as exc:  # evidence must never keep an incident from opening
+                found[executor.component.value] = {"error": f"{type(exc).__name__}: {exc}"}
+        return found
 
     def _seen(self, kinds: tuple[str, ...]) -> str | None:
         for p, h in self.health.items():
@@ -174,18 +205,84 @@ class TargetMonitor:
 
     async def run_scheduled(self, probe_name: str) -> None:
         try:
-            obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            started = self._in_flight.get(probe_name)
+            if started is not None:
+                if not self._saw_deploy(started):
+                    await self._overrun(probe_name, time.monotonic() - started)
+                return
+            self._in_flight[probe_name] = started = time.monotonic()
+            try:
+                obs = await run_probe(self.probes[probe_name], self.settings[probe_name].timeout)
+            finally:
+                del self._in_flight[probe_name]
+            before = self._before_overrun.pop(probe_name, None)
+            if self._saw_deploy(started) or _stopping():
+                return
             if self.own_fault is not None and self.own_fault(obs):
                 return  # the daemon's own fault: the target is neither blamed nor evaluated
+            if obs.ok:
+                self._overrun_said.discard(probe_name)
+                if before is not None:
+                    # Answered within its timeout after all: the overruns were its own
+                    # slowness, which the timeout allows. A probe slower than its interval
+                    # would otherwise never pass.
+                    self.health[probe_name] = before
             self._record(obs)
-            try:
-                await self.desk.evaluate()
-            except Exception:  # the daemon outlives any one bad evaluation
-                log.exception("target=%s status=error reason=evaluation crashed", self.name)
+            await self._evaluate()
         except asyncio.CancelledError:
             # Only shutdown cancels a probe run, and it has nothing to record; APScheduler would
             # log the cancellation as a crashed job.
             log.debug("target=%s probe=%s status=cancelled", self.name, probe_name)
+
+    @contextlib.contextmanager
+    def deploying(self) -> Iterator[None]:
+        """A drill puts its fault in place (say, a restart onto a slow version): what the probes
+        see meanwhile (the restart's "connection refused") is that deploy, not the fault being
+        drilled. Runs that overlap it are not recorded, so the class found does not depend on
+        how many probe slots the restart happened to span; the picture goes on from the first
+        run begun after it, on top of the healthy one the drill checked before."""
+        self._deploying += 1
+        try:
+            yield
+        finally:
+            self._deploying -= 1
+            self._deployed_at = time.monotonic()
+
+    def _saw_deploy(self, started: float) -> bool:
+        return self._deploying > 0 or started <= self._deployed_at
+
+    async def _overrun(self, probe_name: str, elapsed: float) -> None:
+        """A slot came due while the probe's previous run still waits on the target: that is a
+        failing observation now, not a skipped slot, so a hung target is detected within
+        interval x failure_threshold + timeout whatever the timeout. The waiting run is
+        recorded as usual when it ends; if it then passes, the overruns are taken back."""
+        probe = self.probes[probe_name]
+        obs = Observation(probe_name, probe.kind, Status.FAIL,
+                          f"overrun: previous run still waiting after {elapsed:.1f}s", elapsed,
+                          Symptom.TIMEOUT)
+        if self.own_fault is not None and self.own_fault(obs):
+            return
+        self._before_overrun.setdefault(probe_name, self.health[probe_name])
+        if probe_name not in self._overrun_said:  # once per failing streak, not every slot
+            self._overrun_said.add(probe_name)
+            log.warning("target=%s probe=%s status=overrun elapsed=%.1fs timeout=%gs",
+                        self.name, probe_name, elapsed, self.settings[probe_name].timeout)
+        self._record(obs)
+        await self._evaluate()
+
+    async def _evaluate(self) -> None:
+        """Ask the desk to act on the picture, unless an evaluation already queued for the desk
+        will read it (while the desk confirms, for up to a probe timeout, runs and overruns
+        would otherwise pile up behind it)."""
+        if self._queued:
+            return
+        self._queued = True
+        try:
+            await self.desk.evaluate()
+        except Exception:  # the daemon outlives any one bad evaluation
+            log.exception("target=%s status=error reason=evaluation crashed", self.name)
+        finally:
+            self._queued = False
 
     async def current_version(self, max_age: float = 2.0) -> str | None:
         if self.executor is None:
@@ -203,19 +300,24 @@ class TargetMonitor:
         if version is None:
             return None
         now = now_utc()
-        entries = {e.version: e for e in self.journal.ledger(self.name)}
+        entries = {e.version: e for e in self.journal.ledger.entries(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
-        # A dirty work tree is not the commit's release: it never earns known-good.
-        updated = observe(entry, passing and not self._dirty, now, self.policy.stable_after,
+        # Known-good needs every probe passing with no incident open against the release (an
+        # incident still open keeps the clock at zero), and a clean work tree: a dirty one is
+        # not the commit's release.
+        clean = passing and self.desk.current() is None and not self._dirty
+        updated = observe(entry, clean, now, self.policy.stable_after,
                           self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
         if updated != entry or version not in entries:
-            self.journal.save_ledger(self.name, updated)
+            self.journal.ledger.save(self.name, updated)
             if updated.known_good and not entry.known_good:
                 log.info("target=%s version=%s status=known-good", self.name, version[:12])
         self._report_bad_redeploy(list(entries.values()), version)
         return version
 
     def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
+        if version != self._warned_bad:
+            self._warned_bad = None  # another version since: the next bad redeploy is news again
         bad = redeployed_bad(entries, version)
         if bad is None or self._warned_bad == version or self.busy:
             return
@@ -260,15 +362,15 @@ class TargetMonitor:
                     probes: list[str] | None = None) -> Facts:
         # The backup a restore would use carries the writes made since it (what it would lose).
         backups = await with_losses(self.components,
-                                    self.journal.backup_entries(self.name, "database"), onset)
+                                    self.journal.backups.entries(self.name, "database"), onset)
         return Facts(
             current_version=version,
             current_revision=self._seen(REVISION_KINDS),
             current_key=self._seen(KEY_KINDS),
-            ledger=tuple(self.journal.ledger(self.name)),
+            ledger=tuple(self.journal.ledger.entries(self.name)),
             backups=backups,
-            key_backups=self.journal.backup_entries(self.name, "key"),
-            session_backups=self.journal.backup_entries(self.name, "sessions"),
+            key_backups=self.journal.backups.entries(self.name, "key"),
+            session_backups=self.journal.backups.entries(self.name, "sessions"),
             damaged=self.damaged(probes or []),
             capabilities=self.capabilities(),
             onset=onset,
@@ -281,6 +383,7 @@ class TargetMonitor:
 
     async def picture(self) -> Picture:
         """The debounced picture now, with the ledger brought up to date (the desk asks)."""
+        self._queued = False  # from here on, a new observation needs an evaluation of its own
         health = self.target_health()
         found = classify(health)
         self._report_probe_account()

@@ -10,8 +10,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.clock import now_utc
 from daemon.escalation.redact import redact, redact_data
-from daemon.journal.store import Journal, now_utc
+from daemon.journal import IncidentExtras, Journal
 from policies.decision import KEY_DISASTER
 
 log = logging.getLogger("rollbackd.report")
@@ -46,8 +47,16 @@ def _impact(inc: Any) -> dict[str, Any]:
 def _issues(steps: list[dict[str, Any]], inc: Any) -> list[str]:
     found = [f"step {s['name']} {s['state']}: {s['detail'] or 'no detail'}"
              for s in steps if s["state"] in ("failed", "interrupted")]
+    # A step a crash cut off whose effect a restart found there (daemon/incidents/recovery.py).
+    found += [f"step {s['name']} was cut off by a crash and {s['detail']}"
+              for s in steps if s["state"] == "done"
+              and (s["detail"] or "").startswith("found done after restart")]
     if inc.held_reason:
         found.append(f"held for a person: {inc.held_reason}")
+    changed = inc.evidence.get("changed_since_detection") or []
+    if changed:
+        found.append("Between detection and the plan's start (evidence at_execution): "
+                     + "; ".join(changed))
     dep = inc.evidence.get("deployment", {})
     if dep.get("branch") not in (None, "(detached)"):
         found.append(f"The branch {dep['branch']} still points at the bad commit; resetting it "
@@ -108,12 +117,12 @@ def preventive_measures(r: dict[str, Any]) -> list[str]:
 
 
 def build_report(journal: Journal, incident_id: int) -> dict[str, Any]:
-    inc = journal.incident(incident_id)
+    inc = journal.incidents.get(incident_id)
     if inc is None:
         raise KeyError(incident_id)
-    extras = journal.incident_extras(incident_id)
+    extras = journal.incidents.extras(incident_id) or IncidentExtras()
     steps = [{"name": s.name, "state": s.state, "started_at": s.started_at,
-              "duration": s.duration, "detail": s.detail} for s in journal.steps(incident_id)]
+              "duration": s.duration, "detail": s.detail} for s in journal.steps.of(incident_id)]
     timings = {"onset": inc.onset_at, "detected": inc.detected_at,
                "rollback_started": inc.started_at, "rolled_back": inc.rolled_back_at,
                "verified": inc.verified_at, "closed": inc.closed_at}
@@ -131,17 +140,17 @@ def build_report(journal: Journal, incident_id: int) -> dict[str, Any]:
         },
         "details": {"what_failed": inc.reason, "detected": inc.detected_at,
                     "impact": _impact(inc)},
-        "rollback": {"procedure": extras.get("plan_kind"), "plan": extras.get("plan"),
-                     "automatic": extras.get("automatic"), "steps": steps,
+        "rollback": {"procedure": extras.plan_kind, "plan": extras.plan,
+                     "automatic": extras.automatic, "steps": steps,
                      "issues": _issues(steps, inc)},
-        "escalation": {"acknowledged": extras.get("acked_at"), "tier": extras.get("tier"),
-                       "paged": extras.get("paged", [])},
+        "escalation": {"acknowledged": extras.acked_at, "tier": extras.tier,
+                       "paged": extras.paged},
         "root_cause": {"evidence": inc.evidence, "analysis": None},
         "held_reason": inc.held_reason,
         "evidence": inc.evidence,
         "steps": steps,
         "timeline": [{"at": at, "event": ev, "detail": d}
-                     for at, ev, d in journal.timeline(incident_id)],
+                     for at, ev, d in journal.incidents.timeline(incident_id)],
     }
     report["preventive_measures"] = preventive_measures(report)
     return dict(redact_data(report))
@@ -234,7 +243,7 @@ async def keep_reports(journal: Journal, reports_dir: Path, interval: float = 5.
     seen = 0
     while True:
         try:
-            for incident_id, last_id, last_at in journal.timeline_changes(seen):
+            for incident_id, last_id, last_at in journal.incidents.timeline_changes(seen):
                 md = reports_dir / f"incident-{incident_id}.md"
                 if not md.exists() or md.stat().st_mtime < last_at.timestamp():
                     write_report(journal, reports_dir, incident_id)

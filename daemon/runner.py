@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.metrics.instruments import Trigger
 from daemon.refusal import Refused
@@ -30,6 +31,23 @@ EvidenceSource = Callable[[], dict[str, Any]]
 RUNNER_COMPONENTS = (Component.CHECKLIST, Component.VERIFY)
 
 
+def evidence_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between the evidence at detection and at execution, one phrase each."""
+    changes = []
+    for probe, seen in after.get("probes", {}).items():
+        was = before.get("probes", {}).get(probe, {})
+        if was.get("status") != seen.get("status"):
+            changes.append(f"probe {probe}: {was.get('status', 'not run')} -> {seen.get('status')}")
+    for component, now in after.items():
+        then = before.get(component)
+        if component == "probes" or not isinstance(now, dict) or not isinstance(then, dict):
+            continue
+        for key in sorted(set(then) | set(now)):
+            if then.get(key) != now.get(key) and not isinstance(now.get(key), list | dict):
+                changes.append(f"{component} {key}: {then.get(key)} -> {now.get(key)}")
+    return changes
+
+
 @dataclass
 class Runner:
     target: str
@@ -41,8 +59,9 @@ class Runner:
     verify: Verifier
     probe_evidence: EvidenceSource
     reports_dir: Path
-    fault_hook: Callable[[str], None] | None = None
-    """Test-only: called with each step's name right after it is journaled as running."""
+    fault_hook: Callable[[str, str], None] | None = None
+    """Test-only: called with each step's name and "running" right after it is journaled
+    running, and with "effect" right after it did its work, before it is journaled done."""
     guard: Callable[[], bool] | None = None
     """Several instances (daemon/cluster): True while this one owns the target. A step starts,
     and its outcome is journaled, only while it holds; once it fails nothing more is written."""
@@ -64,27 +83,30 @@ class Runner:
         dep = self.components.get(Component.DEPLOYMENT)
         return dep.backend if dep else "none"
 
+    def context(self, incident_id: int, plan: Plan) -> StepContext:
+        return StepContext(incident_id, self.target, plan, self.reports_dir.parent / "receipts")
+
     async def execute(self, incident_id: int, plan: Plan) -> bool:
-        ctx = StepContext(incident_id, self.target, plan)
+        ctx = self.context(incident_id, plan)
         body = [s for s in plan.steps if s.component not in RUNNER_COMPONENTS]
         first, last = (body[0].name, body[-1].name) if body else (None, None)
         # Verification starts with the probes' step, or, in a plan that checks its own work
         # (the lockdown), with its last step.
         checks = next((s.name for s in plan.steps if s.component is Component.VERIFY),
                       plan.steps[-1].name)
-        self.journal.update_incident(
+        self.journal.incidents.update(
             incident_id, state=State.REMEDIATING.value, plan_kind=plan.kind.value,
             from_version=plan.current_version, to_version=plan.target_version or None,
         )
-        done = {s.name for s in self.journal.steps(incident_id) if s.state == "done"}
+        done = {s.name for s in self.journal.steps.of(incident_id) if s.state == "done"}
         for seq, spec in enumerate(plan.steps):
             if spec.name in done:
                 continue  # resumed by a person after a hold: what completed stays done
             if spec.name == first:
-                self.journal.update_incident(incident_id, "started", f"{plan.kind} started",
-                                             started_at=now_utc())
+                self.journal.incidents.update(incident_id, "started", f"{plan.kind} started",
+                                              started_at=now_utc())
             if spec.name == checks:
-                self.journal.update_incident(incident_id, state=State.VERIFYING.value)
+                self.journal.incidents.update(incident_id, state=State.VERIFYING.value)
             ok, detail, held = await self._run_step(seq, spec, ctx)
             if held:
                 self._held(incident_id, detail)
@@ -93,8 +115,8 @@ class Runner:
                 await self._failed(incident_id, plan, f"step {spec.name} failed: {detail}")
                 return False
             if spec.name == last:
-                self.journal.update_incident(incident_id, "rolled_back", detail,
-                                             rolled_back_at=now_utc())
+                self.journal.incidents.update(incident_id, "rolled_back", detail,
+                                              rolled_back_at=now_utc())
         await self._resolved(incident_id, plan)
         return True
 
@@ -102,9 +124,9 @@ class Runner:
                         ctx: StepContext) -> tuple[bool, str, bool]:
         """(done, detail, held: a person must decide before it can run)."""
         self._still_owner()
-        step_id = self.journal.step_started(ctx.incident_id, seq, spec.name, spec.idempotent)
+        step_id = self.journal.steps.started(ctx.incident_id, seq, spec.name, spec.idempotent)
         if self.fault_hook:
-            self.fault_hook(spec.name)
+            self.fault_hook(spec.name, "running")
         started, held = time.monotonic(), False
         try:
             detail = await asyncio.wait_for(self._dispatch(spec, ctx), spec.timeout)
@@ -118,14 +140,16 @@ class Runner:
         except asyncio.CancelledError:
             # Shut down mid-step: what the step did is unknown, so it is not `done` or `failed`.
             if self._owner():
-                self.journal.step_interrupted(step_id, "daemon stopped while the step ran")
+                self.journal.steps.interrupted(step_id, "daemon stopped while the step ran")
             raise
         except Exception as exc:  # an executor bug must not kill the daemon
             log.exception("target=%s step=%s status=crashed", self.target, spec.name)
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
+        if self.fault_hook and ok:
+            self.fault_hook(spec.name, "effect")
         self._still_owner()
-        self.journal.step_finished(step_id, ok, duration, detail)
+        self.journal.steps.finished(step_id, ok, duration, detail)
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",
                  self.target, ctx.incident_id, spec.name, "done" if ok else "failed",
                  duration, detail)
@@ -149,18 +173,29 @@ class Runner:
         return await executor.run_step(spec.name, ctx)
 
     async def _capture_evidence(self, ctx: StepContext) -> str:
-        evidence: dict[str, Any] = {"probes": self.probe_evidence()}
+        now: dict[str, Any] = {"probes": self.probe_evidence()}
         for executor in self.involved(ctx.plan):
-            evidence[executor.component.value] = await executor.evidence()
-        self.journal.set_evidence(ctx.incident_id, evidence)
-        return f"evidence from {len(evidence) - 1} components and {len(evidence['probes'])} probes"
+            now[executor.component.value] = await executor.evidence()
+        inc = self.journal.incidents.get(ctx.incident_id)
+        found = dict(inc.evidence) if inc is not None else {}
+        if "probes" not in found:  # nothing captured at detection (a person's rollback)
+            evidence = {**found, **now}
+            changed: list[str] = []
+        else:
+            # What was seen at detection stays; what the plan finds now is kept beside it, and
+            # what differs is named (an approval can come hours later).
+            changed = evidence_changes(found, now)
+            evidence = {**found, "at_execution": now, "changed_since_detection": changed}
+        self.journal.incidents.set_evidence(ctx.incident_id, evidence)
+        return (f"evidence from {len(now) - 1} components and {len(now['probes'])} probes"
+                + (f"; changed since detection: {'; '.join(changed)}" if changed else ""))
 
     async def _notify(self, ctx: StepContext) -> str:
-        inc = self.journal.incident(ctx.incident_id)
+        inc = self.journal.incidents.get(ctx.incident_id)
         assert inc is not None
         steps = [s.name for s in ctx.plan.steps if s.component not in RUNNER_COMPONENTS]
         to = self.outbox.send(notices.acting(self.target, inc, ctx.plan, steps,
-                                             self.journal.incident_mailed(inc.id)))
+                                             self.journal.mail.incident_mailed(inc.id)))
         return f"{len(to)} recipients queued"
 
     async def _backup_current(self, ctx: StepContext) -> str:
@@ -174,7 +209,7 @@ class Runner:
         details = [await e.verify_target(ctx) for e in self.involved(ctx.plan)]
         version = ctx.plan.targets.get(Component.DEPLOYMENT)
         if version:
-            entry = next((e for e in self.journal.ledger(self.target) if e.version == version),
+            entry = next((e for e in self.journal.ledger.entries(self.target) if e.version == version),
                          None)
             if entry is not None and entry.bad_at is not None:
                 raise StepFailed(f"refused: rollback target {version[:12]} was marked bad at "
@@ -193,23 +228,23 @@ class Runner:
 
     async def _resolved(self, incident_id: int, plan: Plan) -> None:
         now = now_utc()
-        self.journal.update_incident(incident_id, "verified", "all probes pass"
-                                     if plan.kind is not PlanKind.LOCKDOWN else "lockdown checked",
-                                     state=State.RESOLVED.value, verified_at=now, closed_at=now)
+        self.journal.incidents.update(incident_id, "verified", "all probes pass"
+                                      if plan.kind is not PlanKind.LOCKDOWN else "lockdown checked",
+                                      state=State.RESOLVED.value, verified_at=now, closed_at=now)
         marked_bad = None
         if plan.current_version and Component.DEPLOYMENT in plan.targets:
             marked_bad = plan.current_version
-            self.journal.mark_bad(self.target, marked_bad, f"rolled back by incident {incident_id}")
-        breaker = self.journal.breaker(self.target, plan.kind)
-        self.journal.save_breaker(self.target, plan.kind,
-                                  record_success(breaker, now, self.policy.breaker_reset))
+            self.journal.ledger.mark_bad(self.target, marked_bad, f"rolled back by incident {incident_id}")
+        breaker = self.journal.breakers.get(self.target, plan.kind)
+        self.journal.breakers.save(self.target, plan.kind,
+                                   record_success(breaker, now, self.policy.breaker_reset))
         self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "success",
                                        self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         assert inc is not None
         if plan.kind is PlanKind.LOCKDOWN:
-            details = [s.detail for s in self.journal.steps(incident_id)
+            details = [s.detail for s in self.journal.steps.of(incident_id)
                        if s.state == "done" and s.name != "capture_evidence"]
             self.outbox.send(notices.lockdown_done(self.target, incident_id, details))
             return
@@ -219,27 +254,28 @@ class Runner:
     def _trigger(self, incident_id: int) -> Trigger:
         # The desk journals a "drill" event on an incident opened while a drill breaks the
         # target; a person's rollback is not automatic.
-        if any(event == "drill" for _, event, _ in self.journal.timeline(incident_id)):
+        if any(event == "drill" for _, event, _ in self.journal.incidents.timeline(incident_id)):
             return "drill"
-        return "auto" if self.journal.is_automatic(incident_id) else "manual"
+        extras = self.journal.incidents.extras(incident_id)
+        return "auto" if extras is not None and extras.automatic else "manual"
 
     def _held(self, incident_id: int, why: str) -> None:
         """Nothing was changed and a person must decide: no failed remediation, no breaker."""
-        self.journal.update_incident(incident_id, "held", why, state=State.HELD.value,
+        self.journal.incidents.update(incident_id, "held", why, state=State.HELD.value,
                                      held_reason=why)
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         assert inc is not None
-        self.outbox.send(notices.held(inc, self.journal.steps(incident_id)[-1]))
+        self.outbox.send(notices.held(inc, self.journal.steps.of(incident_id)[-1]))
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
-        breaker = self.journal.breaker(self.target, plan.kind)
+        breaker = self.journal.breakers.get(self.target, plan.kind)
         breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
                                  self.policy.window, self.policy.breaker_reset)
-        self.journal.save_breaker(self.target, plan.kind, breaker)
-        self.journal.update_incident(incident_id, "failed", why, state=State.FAILED.value)
-        self.journal.update_incident(incident_id, "escalated", "a person must take over",
-                                     state=State.ESCALATED.value)
+        self.journal.breakers.save(self.target, plan.kind, breaker)
+        self.journal.incidents.update(incident_id, "failed", why, state=State.FAILED.value)
+        self.journal.incidents.update(incident_id, "escalated", "a person must take over",
+                                      state=State.ESCALATED.value)
         self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "failure",
                                        self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)

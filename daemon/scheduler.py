@@ -1,4 +1,5 @@
-"""Probe scheduling on APScheduler 3: each probe on its interval, never overlapping, jittered."""
+"""Probe scheduling on APScheduler 3: each probe on its interval from a stable phase; a slot that
+finds the previous run still waiting is an overrun (TargetMonitor.run_scheduled), never dropped."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ from daemon.monitor import TargetMonitor
 
 log = logging.getLogger("rollbackd.scheduler")
 
+PROBE_OVERLAP = 4
+"""Instances of one probe's job at once. TargetMonitor.run_scheduled keeps a single probe run in
+flight itself: a slot that comes due meanwhile records an overrun (a failing observation) and
+returns, so it must not be dropped here. Room for: the run in flight, one run whose evaluation
+holds the desk (confirming, up to a probe timeout), one queued behind it, one returning at once."""
+
 CLOCK_STEP = 2.0
 """Seconds the wall clock may move against the monotonic clock before it counts as stepped."""
 
@@ -30,7 +37,10 @@ def phase(job_id: str, interval: float) -> float:
 
     Probes that all start "now" keep firing in phase, hundreds in the same instant every
     interval; spreading first runs over the interval keeps the scheduler's lag flat. Stable
-    (from the id, not random) so a restart keeps the same rhythm.
+    (from the id, not random) so a restart keeps the same rhythm. No jitter on top: APScheduler 3
+    adds it to every gap (the next run is due at the previous jittered run + interval), so
+    probes ran up to 10% slower than configured and a hung target could take 10% longer than
+    interval x failure_threshold + timeout to detect.
     """
     digest = hashlib.sha256(job_id.encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 * min(interval, 5.0)
@@ -84,10 +94,10 @@ class ProbeScheduler:
                 monitor.run_scheduled, "interval", args=[name],
                 id=f"{monitor.name}/{name}", name=f"probe {monitor.name}/{name}",
                 seconds=settings.interval,
-                jitter=min(settings.interval * 0.1, 2.0),
                 next_run_time=datetime.now(UTC) + timedelta(
                     seconds=phase(f"{monitor.name}/{name}", settings.interval)),
-                max_instances=1, coalesce=True, misfire_grace_time=max(1, int(settings.interval)),
+                max_instances=PROBE_OVERLAP, coalesce=True,
+                misfire_grace_time=max(1, int(settings.interval)),
                 replace_existing=True,
             )
         self.schedule_backups(monitor)

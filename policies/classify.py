@@ -72,6 +72,10 @@ def _app_down(health: TargetHealth) -> list[str]:
     # rather than roll back a deployment that is not to blame.
     if _failures_started(health, DEPENDENCY_KINDS, DOWN | {Symptom.DEPENDENCY_DOWN}):
         return []
+    # So may a key it cannot read (an app that dies at start without its key): the key's
+    # verdict comes first, whichever probe happened to run first.
+    if _failures_started(health, KEY_KINDS):
+        return []
     return [p for p in _failing(health, HEALTH_KINDS) if health[p][1].symptom is not Symptom.SLOW]
 
 
@@ -96,12 +100,13 @@ def _perf_degraded(health: TargetHealth) -> list[str]:
 
 # Precedence of DESIGN.md: the first class whose rule matches wins, because a dead app also
 # fails login, and a dead database also takes the app down: neither is an auth incident, and
-# the second is not the deployment's fault.
+# the second is not the deployment's fault. An unreadable key is above app_down for the same
+# reason: an app that cannot decrypt dies, and a deployment rollback would not bring the key.
 RULES: list[tuple[IncidentClass, Callable[[TargetHealth], list[str]]]] = [
     (IncidentClass.DATA_CORRUPTION, _data_corruption),
     (IncidentClass.DEPENDENCY_DOWN, _dependency_down),
-    (IncidentClass.APP_DOWN, _app_down),
     (IncidentClass.KEY_INVALID, _key_invalid),
+    (IncidentClass.APP_DOWN, _app_down),
     (IncidentClass.AUTH_BROKEN, _auth_broken),
     (IncidentClass.PERF_DEGRADED, _perf_degraded),
 ]

@@ -63,12 +63,23 @@ class History:
     overrides: tuple[Override, ...] = ()
 
 
+class Gate(StrEnum):
+    """Which safety limit kept an automatic plan from running (people are told by it)."""
+
+    BREAKER_OPEN = "breaker_open"
+    RATE_LIMIT = "rate_limit"
+    COOLDOWN = "cooldown"
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
     incident_class: IncidentClass
     reason: str
     plan: Plan | None = None
+    gate: Gate | None = None
+    """Set when a limit stopped the plan: the rate limit and an open breaker call for the
+    emergency contact at once (the same bad version keeps coming back)."""
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -107,6 +118,23 @@ def _deployment_actions(
         targets["revision"] = rev
         phrase += f", schema downgraded {f.current_revision} -> {rev} first"
     return actions, targets, phrase
+
+
+def _release_rollback(
+    f: Facts, cls: IncidentClass
+) -> tuple[list[tuple[Capability, tuple[StepSpec, ...]]], dict[Component | str, str], str] | None:
+    """A release is its code and its schema: when the migration came with a deploy (the
+    current version is not known-good), schema and code go back together, schema first. A
+    downgrade alone would leave the new code, whose next `alembic upgrade head` breaks again.
+    None: no deploy since the known-good state, or no way to return the code."""
+    cur = next((e for e in f.ledger if e.version == f.current_version), None)
+    if cur is None or cur.known_good or not can(f, Capability.DATABASE_DOWNGRADE):
+        return None
+    found = _deployment_actions(f, cls)
+    if isinstance(found, str) or "revision" not in found[1]:
+        return None
+    actions, targets, phrase = found
+    return actions, targets, f"returning the release, schema and code: {phrase}"
 
 
 def _flush_after_restore(f: Facts, actions: list[tuple[Capability, tuple[StepSpec, ...]]]
@@ -153,7 +181,10 @@ def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
     elif kind is PlanKind.DATABASE_ROLLBACK:
         rev = downgrade_revision(f)
         backup = restore_backup(f)
-        if rev and can(f, Capability.DATABASE_DOWNGRADE):
+        release = _release_rollback(f, cls) if rev else None
+        if release is not None:
+            actions, targets, phrase = release
+        elif rev and can(f, Capability.DATABASE_DOWNGRADE):
             actions = [(Capability.DATABASE_DOWNGRADE, _steps(f, Capability.DATABASE_DOWNGRADE))]
             targets = {"revision": rev}
             phrase = f"downgrading the schema {f.current_revision} -> {rev}"
@@ -225,8 +256,9 @@ def decide(
     """Whether and how to remediate; every answer carries one sentence with its figures."""
     cls = incident_class
 
-    def verdict(action: Action, why: str, plan: Plan | None = None) -> Decision:
-        return Decision(action, cls, f"{cls}: {evidence}; {why}", plan)
+    def verdict(action: Action, why: str, plan: Plan | None = None,
+                gate: Gate | None = None) -> Decision:
+        return Decision(action, cls, f"{cls}: {evidence}; {why}", plan, gate)
 
     class_policy = policy.classes.get(cls.value)
     if class_policy is not None and not class_policy.enabled:
@@ -263,16 +295,19 @@ def decide(
                           policy.breaker_reset)
     if breaker.mode is BreakerMode.OPEN:
         return verdict(Action.ESCALATE, f"circuit breaker for {plan.kind} open since "
-                       f"{_fmt(breaker.opened_at)} after failed remediations: acting no more", plan)
+                       f"{_fmt(breaker.opened_at)} after failed remediations: acting no more", plan,
+                       Gate.BREAKER_OPEN)
     if not policy.auto_rollback:
         return verdict(Action.ESCALATE, f"would be {phrase}, but automatic rollback is off", plan)
     recent = [t for t in history.rollbacks if now - t < timedelta(seconds=policy.window)]
     if len(recent) >= policy.max_rollbacks:
         return verdict(Action.ESCALATE, f"{len(recent)} automatic rollbacks in the last "
-                       f"{policy.window:g}s (limit {policy.max_rollbacks}): not rolling back", plan)
+                       f"{policy.window:g}s (limit {policy.max_rollbacks}): not rolling back", plan,
+                       Gate.RATE_LIMIT)
     last = max(history.rollbacks, default=None)  # the cooldown may be longer than the window
     if last is not None and now - last < timedelta(seconds=policy.cooldown):
-        return verdict(Action.ESCALATE, f"in cooldown after the rollback at {_fmt(last)}", plan)
+        return verdict(Action.ESCALATE, f"in cooldown after the rollback at {_fmt(last)}", plan,
+                       Gate.COOLDOWN)
     if breaker.mode is BreakerMode.HALF_OPEN:
         phrase += "; breaker half-open: one attempt allowed"
     if policy.shadow or policy.dry_run:

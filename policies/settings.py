@@ -79,6 +79,14 @@ class PolicySettings(BaseModel):
     """Destructive steps (database restore, session flush, lockout) run without approval."""
     restore_loss_threshold: int = Field(default=0, ge=0)
     """A restore that would lose more writes than this needs approval, even if auto_destructive."""
+    two_person: bool = False
+    """The irreversible plans (`two_person_plans`) run only once two different uids have asked
+    for them: a lockdown's requester and its approver, or two approvers of a key reset. Off by
+    default so that a one-admin installation can still act at 3 a.m.; turn it on wherever two
+    people hold the keys."""
+    two_person_plans: list[Literal["lockdown", "key_reset", "data_recovery",
+                                   "database_rollback"]] = ["lockdown", "key_reset"]
+    """The plan kinds `two_person` applies to."""
     maintenance: list[MaintenanceWindow] = []
     classes: dict[
         Literal["data_corruption", "dependency_down", "app_down", "key_invalid", "auth_broken",

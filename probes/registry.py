@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from probes.alertmanager import AlertmanagerSettings
-from probes.backup_freshness import BackupFreshnessSettings
+from probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings, BackupSource
 from probes.base import Probe, ProbeSettings
 from probes.docker_container import DockerContainerSettings
 from probes.fernet_key import FernetKeySettings
@@ -99,7 +99,10 @@ def probe_class(kind: str) -> type[Probe]:
     return cls
 
 
-def build_probe(name: str, settings: ProbeSettings) -> Probe:
+def build_probe(name: str, settings: ProbeSettings, backups: BackupSource | None = None) -> Probe:
+    """`backups`: the daemon's journal, for the kind that reads it (backup_freshness)."""
+    if isinstance(settings, BackupFreshnessSettings):
+        return BackupFreshnessProbe(name, settings, backups)
     return probe_class(settings.kind)(name, settings)  # type: ignore[call-arg]
 
 

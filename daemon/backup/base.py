@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from daemon.journal.catalog import StoredBackup as StoredBackup  # the catalog row
+
 BackupKind = Literal["database", "key", "sessions"]
 
 
@@ -84,45 +86,3 @@ class RestoreTestable(Protocol):
     """
 
     async def test_restore(self, b: StoredBackup) -> str: ...
-
-
-@dataclass(frozen=True)
-class StoredBackup:
-    """One catalog row."""
-
-    id: int
-    target: str
-    kind: str
-    path: Path
-    created_at: datetime
-    size: int
-    sha256: str
-    verified: bool
-    verify_error: str | None
-    duration: float
-    versions: Mapping[str, Any]
-    restore_tested_at: datetime | None = None
-    """When its last test restore ran (RestoreTestable); with restore_test_error, it failed."""
-    restore_test_error: str | None = None
-
-    @property
-    def incident(self) -> int | None:
-        """The incident this backup was taken for (kept as evidence), if any."""
-        value = self.versions.get("incident")
-        return int(value) if value is not None else None
-
-    def describe(self) -> str:
-        state = "verified" if self.verified else f"NOT verified: {self.verify_error}"
-        rev = self.versions.get("alembic_revision")
-        fp = self.versions.get("fingerprint")
-        held = f", revision {rev}" if rev else f", key {fp}" if fp else ""
-        return f"#{self.id} ({_size(self.size)}{held}, {state})"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"

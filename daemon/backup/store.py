@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,25 +40,6 @@ PARTIAL_AGE = 6 * 3600.0
 EVIDENCE = "evidence"
 """In the file name of a backup taken for an incident: it is kept as evidence, not a copy for
 later restores, and a person looking at the directory must see so."""
-
-
-def stored(row: sqlite3.Row) -> StoredBackup:
-    return StoredBackup(
-        id=int(row["id"]), target=row["target"], kind=row["kind"], path=Path(row["path"]),
-        created_at=datetime.fromisoformat(row["created_at"]), size=int(row["size"] or 0),
-        sha256=row["sha256"] or "", verified=row["verified_at"] is not None,
-        verify_error=row["verify_error"], duration=float(row["duration"] or 0.0),
-        versions=json.loads(row["versions"] or "{}"),
-        restore_tested_at=_when(row["restore_tested_at"]),
-        restore_test_error=row["restore_test_error"],
-    )
-
-
-def _when(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    at = datetime.fromisoformat(text)
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 class BackupStore:
@@ -143,7 +122,7 @@ class BackupStore:
         versions = {**result.versions, "reason": reason}
         if incident is not None:
             versions["incident"] = incident
-        backup_id = self.journal.catalog_backup(
+        backup_id = self.journal.backups.add(
             self.target, backuper.kind, str(final), size, digest, duration, versions,
             verified=error is None, verify_error=error)
         taken = self.get(backup_id)
@@ -158,11 +137,11 @@ class BackupStore:
     # -- the catalog ------------------------------------------------------------------------
 
     def get(self, backup_id: int) -> StoredBackup | None:
-        row = self.journal.backup_row(backup_id)
-        return stored(row) if row is not None and row["target"] == self.target else None
+        b = self.journal.backups.get(backup_id)
+        return b if b is not None and b.target == self.target else None
 
     def catalog(self, kind: str) -> list[StoredBackup]:
-        return [stored(r) for r in self.journal.backup_rows(self.target, kind)]
+        return self.journal.backups.of(self.target, kind)
 
     def newest_verified(self, kind: str) -> StoredBackup | None:
         good = [b for b in self.catalog(kind) if b.verified]
@@ -194,7 +173,7 @@ class BackupStore:
 
     def mark_unusable(self, b: StoredBackup, why: str) -> None:
         # Never chosen again: the next decision goes to an older backup that still holds.
-        self.journal.backup_unusable(b.id, why)
+        self.journal.backups.mark_unusable(b.id, why)
         log.error("target=%s backup=%s id=%d status=unusable reason=%r", self.target, b.kind,
                   b.id, why)
 
@@ -220,10 +199,7 @@ class BackupStore:
                             at: datetime | None = None) -> None:
         """Catalog a test restore's outcome: when, and why it failed (None: it passed). The
         caller marks a failed backup unusable (mark_unusable), so no restore picks it."""
-        at = (at or datetime.now(UTC)).astimezone(UTC)
-        with self.journal.tx() as db:
-            db.execute("UPDATE backups SET restore_tested_at = ?, restore_test_error = ?"
-                       " WHERE id = ?", (at.isoformat(timespec="milliseconds"), error, b.id))
+        self.journal.backups.record_restore_test(b.id, error, at or datetime.now(UTC))
 
     # -- retention ----------------------------------------------------------------------------
 
@@ -245,7 +221,7 @@ class BackupStore:
                       and b.id != newest.id and not self._evidence_needed(b)]
             for b in doomed:
                 # Catalog row first: a crash between leaves an orphan file, never a dangling row.
-                self.journal.forget_backup(b.id)
+                self.journal.backups.forget(b.id)
                 await asyncio.to_thread(remove, b.path)
                 of = f" evidence_of=incident-{b.incident}" if b.incident is not None else ""
                 log.info("target=%s backup=%s id=%d status=removed reason=older than %s%s",
@@ -257,7 +233,7 @@ class BackupStore:
         tell) stays whatever its age."""
         if b.incident is None:
             return False
-        incident = self.journal.incident(b.incident)
+        incident = self.journal.incidents.get(b.incident)
         return incident is None or incident.state in OPEN_STATES
 
     def _sweep_partials(self, kind: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, cast
+from typing import Any
 
 from daemon.cluster.mail import ClaimingOutbox, OwnedLadders, pg_connection
 from daemon.cluster.ownership import Host, Ownership
@@ -18,6 +18,7 @@ from daemon.control.protocol import CommandError
 from daemon.control.redact import redact
 from daemon.escalation.outbox import Outbox
 from daemon.journal.backend import journal_dsn
+from daemon.journal.escalations import Escalations
 from daemon.journal.lock_keys import MIGRATE_KEY
 from daemon.journal.store import Journal
 
@@ -50,9 +51,9 @@ class Cluster:
     def outbox(self, config: Config) -> Outbox:
         return ClaimingOutbox(self.journal, config, self.instance)
 
-    def tier_journal(self) -> Journal:
+    def ladders(self) -> Escalations:
         """What the tier checker reads: the ladders of the targets this instance owns."""
-        return cast(Journal, OwnedLadders(self.journal, self.ownership.active))
+        return OwnedLadders(self.journal, self.ownership.active)
 
     def start(self) -> None:
         self.ownership.start()
@@ -91,13 +92,13 @@ class Cluster:
             incident_id = args.get("id")
             if isinstance(incident_id, str) and incident_id.isdigit():
                 incident_id = int(incident_id)
-            incident = self.journal.incident(incident_id) \
+            incident = self.journal.incidents.get(incident_id) \
                 if type(incident_id) is int and 0 < incident_id < 2**63 else None
             target = incident.target if incident else None
         if target is None or target not in self.host.monitors or self.may_act(target):
             return  # the command itself says what is wrong with its arguments
         owner = self.owners().get(target, {}).get("owner")
-        self.journal.audit(peer.uid, peer.pid, cmd, redact(args), "error:not_owner")
+        self.journal.audit.record(peer.uid, peer.pid, cmd, redact(args), "error:not_owner")
         raise CommandError(
             "not_owner", f"target {target} is owned by instance {owner or '(none right now)'}, "
             f"this is {self.instance}: send the command to the owner's control socket")

@@ -46,7 +46,7 @@ class Host(Protocol):
 
     def new_monitor(self, name: str) -> TargetMonitor: ...
 
-    def recover_interrupted(self, target: str | None = None) -> None: ...
+    async def recover_interrupted(self, target: str | None = None) -> None: ...
 
 
 @dataclass
@@ -278,10 +278,10 @@ class Ownership:
         lease.state = "active"
         if not self.may_act(lease.target):
             return
-        # As at a start-up, for this target: a step left running was interrupted -> held.
-        self.host.recover_interrupted(lease.target)
         monitor = self.host.monitors[lease.target] = self.host.new_monitor(lease.target)
         monitor.runner.guard = partial(self.may_act, lease.target)
+        # As at a start-up, for this target: a step left running is checked by its executor.
+        await self.host.recover_interrupted(lease.target)
         self._schedule(lease, monitor)
         log.info("target=%s status=owned instance=%s epoch=%d", lease.target, self.instance,
                  lease.epoch)

@@ -54,6 +54,8 @@ def _show(r: dict[str, Any]) -> str:
     if "markdown" in r:
         return str(r["markdown"])
     head = f"incident {r['id']} {r['target']} {r['incident_class']} {r['state']}\n{r['reason']}"
+    if r["state"] == "held" and r.get("held_reason"):  # what a restart found of the cut step
+        head += f"\nheld: {r['held_reason']}"
     steps = table(r["steps"], ["name", "state", "duration", "detail"])
     timeline = table(r["timeline"], ["at", "event", "detail"])
     return f"{head}\n\nsteps:\n{steps}\n\ntimeline:\n{timeline}"

@@ -48,6 +48,8 @@ class Peer:
 
 
 Handler = Callable[[str, dict[str, Any], Peer], Awaitable[Any]]
+Forbidden = Callable[[Peer, str], None]
+"""Audits a request from a peer the socket refused: the peer and the command it named."""
 
 
 def _peer_groups(sock: socket.socket) -> tuple[int, ...] | None:
@@ -94,8 +96,9 @@ BUSY: Reply = {"ok": False, "code": "busy",
 class ControlServer:
     def __init__(self, path: Path, handler: Handler, allowed_uids: list[int],
                  socket_group: str | None = None, allowed_groups: list[str] | None = None,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, on_forbidden: Forbidden | None = None) -> None:
         self.path = path
+        self.on_forbidden = on_forbidden
         self.max_connections = max_connections
         """Beyond this many clients at once, a new one is refused at once: idle clients must
         not use up the descriptors the probes need."""
@@ -199,6 +202,8 @@ class ControlServer:
         if not self.permits(peer):
             log.warning("control status=refused uid=%d gid=%d pid=%d", peer.uid, peer.gid,
                         peer.pid)
+            if self.on_forbidden is not None:
+                self.on_forbidden(peer, _named_command(line))
             return {"ok": False, "code": "forbidden",
                     "error": f"uid {peer.uid} may not use this socket (daemon.allowed_uids "
                              "and daemon.allowed_groups name who may)"}
@@ -226,6 +231,16 @@ class ControlServer:
         except Exception as exc:  # one catch-all: a command bug is an error reply, not a crash
             log.exception("control cmd=%s status=crashed", req["cmd"])
             return {"ok": False, "code": "internal", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _named_command(line: bytes) -> str:
+    """The command a refused request names, for the audit log (never its arguments)."""
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError):
+        return "(unreadable)"
+    cmd = req.get("cmd") if isinstance(req, dict) else None
+    return cmd[:64] if isinstance(cmd, str) else "(unreadable)"
 
 
 def _group_name(gid: int) -> str:

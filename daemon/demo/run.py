@@ -166,7 +166,7 @@ class DemoSession:
         for target, m in d.monitors.items():
             version = await m.current_version(0.0)
             await _wait(lambda t=target, v=version: self._stopped() or any(  # type: ignore[misc]
-                e.version == v and e.known_good for e in d.journal.ledger(t)), 40,
+                e.version == v and e.known_good for e in d.journal.ledger.entries(t)), 40,
                 f"{target} known-good")
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -199,7 +199,7 @@ class DemoSession:
             return Row(label, target, scenario, note=self.docker_note)
         before = len(self.sink.messages)
         run = await d.drills.run(target, [scenario], "rollbackd demo")
-        await _wait(lambda: d.journal.outbox_counts()["queued"] == 0, 15, "mail delivery")
+        await _wait(lambda: d.journal.mail.counts()["queued"] == 0, 15, "mail delivery")
         s = run.scenarios[0]
         self.say(f"{label}: {s.result}" + (f" ({s.reason})" if s.reason else "")
                  + (f", incident {s.incident}" if s.incident else ""))
@@ -207,7 +207,7 @@ class DemoSession:
 
     def detection_bound(self, row: Row) -> tuple[str, float] | None:
         """The configured bound on detecting the row's fault: the fastest probe that can see
-        it, interval x failure_threshold + timeout (the jitter of 10% aside)."""
+        it, interval x failure_threshold + timeout."""
         d = self.daemon
         m = d.monitors.get(row.target) if d is not None else None
         if m is None:

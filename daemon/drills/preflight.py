@@ -101,7 +101,7 @@ def not_ready(monitor: TargetMonitor) -> str | None:
     """The target is not in a state a drill can start from."""
     if monitor.busy:
         return f"{monitor.name} is running a plan"
-    inc = monitor.journal.open_incident_for(monitor.name)
+    inc = monitor.journal.incidents.open_for(monitor.name)
     if inc is not None:
         return f"{monitor.name} has an open incident ({inc.id}, {inc.incident_class}, {inc.state})"
     unproven = [p for p, h in monitor.health.items() if not h.passing or h.failing]
@@ -118,7 +118,7 @@ async def not_known_good(monitor: TargetMonitor) -> str | None:
     version = await monitor.current_version(0.0)
     if version is None:
         return f"the deployed version of {monitor.name} cannot be read"
-    entry = next((e for e in monitor.journal.ledger(monitor.name) if e.version == version), None)
+    entry = next((e for e in monitor.journal.ledger.entries(monitor.name) if e.version == version), None)
     if entry is None or not entry.known_good:
         why = f"marked bad ({entry.bad_reason})" if entry and entry.bad_at else (
             f"not known-good yet (policy.stable_after = {monitor.policy.stable_after:g}s)")

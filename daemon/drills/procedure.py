@@ -3,8 +3,10 @@
 1. Refuse unless the daemon would repair the fault now (preflight) and the target is healthy.
 2. Record the target's state (version, revision, key, row counts, login), take fresh verified
    backups where the repair restores one.
-3. Onset: inject. Then wait, watching the journal, for the incident (detection), approve its
-   plan if it waits for a person and the drill may, and wait for it to close.
+3. Onset: inject (what the probes see while the injector deploys is not recorded: a restart's
+   refused connections are not the fault being drilled). Then wait, watching the journal, for
+   the incident (detection), approve its plan if it waits for a person and the drill may, and
+   wait for it to close.
 4. Passed when the incident is of the scenario's class, resolved, and the target is exactly as
    healthy as before; then the injector tidies up (a branch, a migration file).
 
@@ -30,7 +32,7 @@ from daemon.drills.injectors import DrillError, InjectContext, Injector, build_i
 from daemon.drills.preflight import gate, not_known_good, not_ready, unfit
 from daemon.drills.record import FAILED, PASSED, REFUSED, RUNNING, DrillRun, ScenarioRun, now_utc
 from daemon.drills.scenarios import SCENARIOS
-from daemon.journal.store import Incident, Journal
+from daemon.journal import Incident, Journal
 from daemon.refusal import Refused
 from daemon.rollback.base import StepFailed
 
@@ -78,12 +80,12 @@ async def _fresh_backups(m: TargetMonitor, kinds: tuple[str, ...], drill_id: int
 
 
 def _newest_id(journal: Journal) -> int:
-    found = journal.incidents(1)
+    found = journal.incidents.recent(1)
     return found[0].id if found else 0
 
 
 def _opened(journal: Journal, target: str, after_id: int) -> Incident | None:
-    return next((i for i in reversed(journal.incidents(50))
+    return next((i for i in reversed(journal.incidents.recent(50))
                  if i.id > after_id and i.target == target), None)
 
 
@@ -152,7 +154,8 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
     m.desk.drill = ctx.run.id  # what opens from here on is the drill's, for the metrics too
     try:
         try:
-            s.injected = await injector.inject()
+            with m.deploying():  # the injector's restart is the drill's deploy, not its fault
+                s.injected = await injector.inject()
         except DrillError as exc:
             s.result, s.reason = FAILED, f"injection failed: {exc}"
             return
@@ -164,8 +167,8 @@ async def _break_and_follow(ctx: DrillContext, s: ScenarioRun, m: TargetMonitor,
                 return
             await asyncio.sleep(POLL)
         s.incident, s.detected_as = inc.id, inc.incident_class
-        journal.add_event(inc.id, "drill", f"drill {ctx.run.id}: {s.scenario} injected at "
-                          f"{s.onset:%H:%M:%S.%f} UTC ({s.injected})"[:500])
+        journal.incidents.add_event(inc.id, "drill", f"drill {ctx.run.id}: {s.scenario} injected at "
+                                    f"{s.onset:%H:%M:%S.%f} UTC ({s.injected})"[:500])
         inc = await _follow(ctx, s, inc)
         await _judge(ctx, s, m, inc, injector, before)
     finally:
@@ -185,7 +188,7 @@ async def _follow(ctx: DrillContext, s: ScenarioRun, inc: Incident) -> Incident:
                 and "approved" not in s.timings and await _approve(ctx, m, found):
             s.timings["approved"] = _after(s.onset, now_utc()) or 0.0
         await asyncio.sleep(POLL)
-        found = ctx.journal.incident(inc.id)
+        found = ctx.journal.incidents.get(inc.id)
     return found or inc
 
 

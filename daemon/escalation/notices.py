@@ -7,17 +7,17 @@ Message-ID from `Notice.event`, which is stable per incident and event: a notice
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from daemon.escalation.settings import EventKind
+from daemon.escalation.settings import Condition, EventKind
 
 if TYPE_CHECKING:
-    from daemon.journal.store import Incident, StepRecord
+    from daemon.journal import HeldMail, Incident, Ladder, StepRecord
+    from daemon.rollback.base import Effect
     from policies.decision import Decision
     from policies.plans import Plan
 
@@ -62,6 +62,8 @@ class Notice:
     """What makes this notice one of a kind within its incident (a step id, a tier number)."""
     everyone: bool = False
     """Every configured contact, not the routed roles: a breach or an emergency account."""
+    conditions: frozenset[Condition] = frozenset()
+    """What calls for more people than the class does, known when the notice is written."""
 
     @property
     def event(self) -> str:
@@ -79,9 +81,11 @@ def _subject(target: str, what: str) -> str:
 # -- the life of an incident ---------------------------------------------------------------------
 
 def decided(target: str, incident_id: int, decision: Decision, what: str,
-            approval: bool) -> Notice:
+            approval: bool, history: Sequence[str] = ()) -> Notice:
     """An incident opened and nothing runs now: it waits for approval, is escalated, held or a
-    dry run. `what` is the plain phrase for the action."""
+    dry run. `what` is the plain phrase for the action. A limit that refused the rollback
+    (the rate limit, an open breaker) goes to the emergency contact at once, with `history`:
+    the target's recent automatic rollbacks."""
     if approval:
         body = (f"{decision.reason}\n\nNothing has been changed. To run the plan:\n\n"
                 f"    rollbackctl approve {incident_id}\n\nTo refuse it:\n\n"
@@ -90,10 +94,16 @@ def decided(target: str, incident_id: int, decision: Decision, what: str,
         body = (f"{decision.reason}\n\nNothing was changed. `rollbackctl show {incident_id}` "
                 "has the evidence.\n")
     if decision.plan is not None:
-        label = "Plan" if approval else "The plan it would have run"
+        label = "Plan" if approval else "The plan it would have run (not run)"
         body += f"\n{label} ({decision.plan.kind}): {', '.join(decision.plan.step_names)}\n"
+    conditions: frozenset[Condition] = frozenset()
+    if decision.gate is not None and decision.gate.value in ("rate_limit", "breaker_open"):
+        conditions = frozenset({"limit_reached"})
+        if history:
+            body += ("\nAutomatic rollbacks of " + target + " that led here:\n"
+                     + "".join(f"  {line}\n" for line in history))
     return Notice(NoticeKind.OPENED, _subject(target, f"{decision.incident_class}, {what}"),
-                  body, incident_id)
+                  body, incident_id, conditions=conditions)
 
 
 def acting(target: str, inc: Incident, plan: Plan, steps: Sequence[str],
@@ -140,11 +150,20 @@ def plan_failed(target: str, incident_id: int, plan: Plan, why: str, breaker: st
                   incident_id)
 
 
-def held(inc: Incident, step: StepRecord) -> Notice:
+FOUND_SAYS = {"done": "its effect is there: it is journaled done and will not run again",
+              "absent": "its effect is not there: approving runs it again",
+              "unknown": "its effect is partly there or cannot be told: look before approving, "
+                         "which runs it again"}
+
+
+def held(inc: Incident, step: StepRecord, effect: Effect | None = None) -> Notice:
     """A step a crash interrupted: the incident waits for a person."""
-    body = (f"{inc.held_reason}\n\n`rollbackctl show {inc.id}` has the steps. To run the "
-            f"rest of the plan:\n\n    rollbackctl approve {inc.id}\n\nTo abandon it:\n\n"
-            f"    rollbackctl deny {inc.id}\n")
+    found = "" if effect is None else (
+        f"Checked after the restart, step {step.name} was found {effect.found.upper()}: "
+        f"{effect.what}.\nSo {FOUND_SAYS[effect.found.value]}.\n\n")
+    body = (f"{inc.held_reason}\n\n{found}`rollbackctl show {inc.id}` has the steps. To run "
+            f"the rest of the plan:\n\n    rollbackctl approve {inc.id}\n\nTo abandon it:"
+            f"\n\n    rollbackctl deny {inc.id}\n")
     return Notice(NoticeKind.HELD, _subject(inc.target, f"incident {inc.id} HELD for a person"),
                   body, inc.id, key=str(step.id))
 
@@ -156,16 +175,16 @@ def closed(target: str, incident_id: int, why: str) -> Notice:
                   incident_id)
 
 
-def tier_page(incident_id: int, row: Mapping[str, Any], tier: int, next_tier: int,
-              waited: str, timeout: str) -> Notice:
-    body = (f"Incident {incident_id} on {row['target']} ({row['incident_class']}) needs a "
-            f"person and nobody has acknowledged it: tier {tier} was mailed "
+def tier_page(ladder: Ladder, next_tier: int, waited: str, timeout: str) -> Notice:
+    incident_id = ladder.incident_id
+    body = (f"Incident {incident_id} on {ladder.target} ({ladder.incident_class}) needs a "
+            f"person and nobody has acknowledged it: tier {ladder.tier} was mailed "
             f"{waited} ago (timeout {timeout}). You are tier {next_tier}.\n\n"
-            f"{row['reason']}\n\nState: {row['state']}. Detected: "
-            f"{datetime.fromisoformat(str(row['detected_at'])):%Y-%m-%d %H:%M:%S} UTC.\n\n"
+            f"{ladder.reason}\n\nState: {ladder.state}. Detected: "
+            f"{ladder.detected_at:%Y-%m-%d %H:%M:%S} UTC.\n\n"
             f"To take it:\n\n    rollbackctl ack {incident_id}\n\n"
             f"`rollbackctl show {incident_id} --report` has the evidence.\n")
-    return Notice(NoticeKind.TIER, _subject(str(row["target"]), f"incident {incident_id} "
+    return Notice(NoticeKind.TIER, _subject(ladder.target, f"incident {incident_id} "
                                             f"UNACKNOWLEDGED, tier {next_tier}"),
                   body, incident_id, key=str(next_tier))
 
@@ -240,31 +259,31 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def digest(held_mails: Sequence[Mapping[str, Any]], storm_max: int,
+def digest(held_mails: Sequence[HeldMail], storm_max: int,
            window: float) -> tuple[Notice, list[str]]:
     """One digest listing every held mail by incident, and everyone those mails were for."""
-    by_incident: dict[Any, list[Mapping[str, Any]]] = {}
+    by_incident: dict[int | None, list[HeldMail]] = {}
     for h in held_mails:
-        by_incident.setdefault(h["incident_id"], []).append(h)
+        by_incident.setdefault(h.incident_id, []).append(h)
     recipients: dict[str, None] = {}
     lines = [f"More than {storm_max} incidents opened within {window:g}s: rollbackd groups their "
              f"mails here instead of sending {len(held_mails)} separately.", ""]
     for incident_id, mails in by_incident.items():
         first = mails[0]
-        lines.append(f"Incident {incident_id}: {first['target']} {first['incident_class']} "
-                     f"(now {first['state']})")
+        lines.append(f"Incident {incident_id}: {first.target} {first.incident_class} "
+                     f"(now {first.state})")
         for m in mails:
-            lines.append(f"- {m['event']}: {m['subject']}")
-            if m["event"] in (NoticeKind.OPENED.value, NoticeKind.FAILED.value):
-                lines.append(f"  {_first_line(str(m['body']))}")
+            lines.append(f"- {m.event}: {m.subject}")
+            if m.event in (NoticeKind.OPENED.value, NoticeKind.FAILED.value):
+                lines.append(f"  {_first_line(m.body)}")
         lines.append("")
         for m in mails:
-            recipients.update(dict.fromkeys(json.loads(str(m["recipients"]))))
+            recipients.update(dict.fromkeys(m.recipients))
     lines.append("`rollbackctl incidents` lists them; `rollbackctl show ID` has each one's "
                  "evidence; `rollbackctl ack ID` acknowledges one.")
     subject = (f"[rollbackd] incident storm: {len(by_incident)} incidents, "
                f"{len(held_mails)} updates grouped")
-    first_id, last_id = held_mails[0]["id"], held_mails[-1]["id"]
+    first_id, last_id = held_mails[0].id, held_mails[-1].id
     notice = Notice(NoticeKind.DIGEST, subject, "\n".join(lines) + "\n",
                     key=f"{first_id}-{last_id}")
     return notice, list(recipients)

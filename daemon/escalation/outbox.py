@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import smtplib
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from tenacity import wait_exponential, wait_random
 
+from daemon.clock import now_utc
 from daemon.config import Config
 from daemon.escalation import redact, routing, storm
 from daemon.escalation.messages import build_message
 from daemon.escalation.notices import Notice, digest
-from daemon.escalation.settings import EventKind
+from daemon.escalation.settings import Condition, EventKind
 from daemon.escalation.smtp import deliver
-from daemon.journal.store import Journal, now_utc
+from daemon.journal import Journal, OutboxMail
 
 log = logging.getLogger("rollbackd.mail")
 
@@ -67,17 +68,23 @@ class Outbox:
         return f"<rollbackd.{incident_id or 0}.{event}@{self.host}>"
 
     def facts(self, incident_id: int | None, kind: EventKind) -> routing.MailFacts:
-        ctx = self.journal.mail_context(incident_id) if incident_id else None
+        ctx = self.journal.incidents.mail_context(incident_id) if incident_id else None
         if ctx is None:
             return routing.MailFacts(kind)
-        return routing.MailFacts(kind, ctx["incident_class"], routing.conditions(
-            kind, ctx["reason"], bool(ctx["rollback_failed"]), bool(ctx["breaker_open"])))
+        return routing.MailFacts(kind, ctx.incident_class, routing.conditions(
+            kind, ctx.reason, ctx.rollback_failed, ctx.breaker_open))
 
-    def route(self, incident_id: int | None, kind: EventKind) -> tuple[str, ...]:
-        """Who gets this mail: the routed roles up to the incident's tier, plus anyone paged."""
-        tier, paged = (self.journal.escalation(incident_id) if incident_id else None) or (1, [])
-        return routing.recipients(self.config.escalation, self.config.contacts,
-                                  self.facts(incident_id, kind), tier, paged)
+    def route(self, incident_id: int | None, kind: EventKind,
+              extra: frozenset[Condition] = frozenset()) -> tuple[str, ...]:
+        """Who gets this mail: the routed roles up to the incident's tier, plus anyone paged.
+        `extra`: conditions the sender knows of (a limit that just refused a rollback)."""
+        reached = self.journal.escalations.of(incident_id) if incident_id else None
+        tier, paged = reached or (1, [])
+        facts = self.facts(incident_id, kind)
+        if extra:
+            facts = replace(facts, conditions=facts.conditions | extra)
+        return routing.recipients(self.config.escalation, self.config.contacts, facts, tier,
+                                  paged)
 
     def send(self, notice: Notice, *, recipients: Sequence[str] | None = None) -> tuple[str, ...]:
         """Journal one notice's mail (or hold it for a storm digest); returns its recipients."""
@@ -88,65 +95,64 @@ class Outbox:
         elif notice.everyone:
             to = tuple(self.recipients())
         else:
-            to = self.route(incident_id, notice.route_as)
+            to = self.route(incident_id, notice.route_as, notice.conditions)
         if not to:
             log.warning("mail=%s skipped reason=no contacts configured", event)
             return ()
         subject, body = redact.redact(subject), redact.redact(body)
         message_id = self.message_id(incident_id, event)
         esc = self.config.escalation
-        if incident_id and storm.grouped(self.journal.storm_rank(incident_id, esc.storm_window),
-                                         esc.storm_max):
-            self.journal.hold_mail(message_id, incident_id, event, list(to), subject, body)
+        if incident_id and storm.grouped(
+                self.journal.incidents.storm_rank(incident_id, esc.storm_window), esc.storm_max):
+            self.journal.mail.hold(message_id, incident_id, event, list(to), subject, body)
             log.info("mail=%s status=held reason=storm incident=%d", message_id, incident_id)
         else:
-            self.journal.enqueue_mail(message_id, incident_id, list(to), subject, body)
-        ctx = self.journal.mail_context(incident_id) if incident_id else None
-        if incident_id and ctx and ctx["state"] in NEEDS_PERSON and not ctx["acked_at"]:
-            self.journal.start_ladder(incident_id, ctx["state"])
+            self.journal.mail.enqueue(message_id, incident_id, list(to), subject, body)
+        ctx = self.journal.incidents.mail_context(incident_id) if incident_id else None
+        if incident_id and ctx and ctx.state in NEEDS_PERSON and not ctx.acked_at:
+            self.journal.escalations.start(incident_id, ctx.state)
         self._wake.set()
         return to
 
     def _collect_digest(self, now: datetime) -> None:
-        held = [dict(r) for r in self.journal.held_pending()]
+        held = self.journal.mail.held_pending()
         esc = self.config.escalation
         if not storm.digest_due(held, now, esc.digest_delay):
             return
         notice, to = digest(held, esc.storm_max, esc.storm_window)
         message_id = f"<rollbackd.{notice.event.replace('-', '.', 1)}@{self.host}>"
-        self.journal.enqueue_digest([h["id"] for h in held], message_id, to, notice.subject,
-                                    notice.body)
+        self.journal.mail.enqueue_digest([h.id for h in held], message_id, to, notice.subject,
+                                         notice.body)
         log.info("mail=%s status=queued digest_of=%d", message_id, len(held))
 
-    def _build(self, row: dict[str, Any]) -> Any:
-        root = self.journal.thread_root(row["incident_id"]) if row["incident_id"] else None
-        return build_message(self.config.smtp.sender, json.loads(str(row["recipients"])),
-                             str(row["subject"]), str(row["body"]), str(row["message_id"]),
-                             root, datetime.fromisoformat(str(row["created_at"])))
+    def _build(self, mail: OutboxMail) -> Any:
+        root = self.journal.mail.thread_root(mail.incident_id) if mail.incident_id else None
+        return build_message(self.config.smtp.sender, list(mail.recipients), mail.subject,
+                             mail.body, mail.message_id, root, mail.created_at)
 
-    async def _send_one(self, row: dict[str, Any]) -> str:
+    async def _send_one(self, mail: OutboxMail) -> str:
         """Try one mail: "sent", "partly" (some recipients refused) or "failed" (none taken)."""
-        to = json.loads(str(row["recipients"]))
+        to = list(mail.recipients)
         try:
-            refused = await asyncio.to_thread(deliver, self.config.smtp, self._build(row), to)
+            refused = await asyncio.to_thread(deliver, self.config.smtp, self._build(mail), to)
         except (OSError, smtplib.SMTPException) as exc:
-            delay = _retry_delay(row["attempts"] + 1)
-            self.journal.mail_failed(row["id"], f"{type(exc).__name__}: {exc}",
+            delay = _retry_delay(mail.attempts + 1)
+            self.journal.mail.failed(mail.id, f"{type(exc).__name__}: {exc}",
                                      now_utc() + timedelta(seconds=delay))
-            log.warning("mail=%s status=retry in=%.0fs reason=%s", row["message_id"], delay,
+            log.warning("mail=%s status=retry in=%.0fs reason=%s", mail.message_id, delay,
                         type(exc).__name__)
             return "failed"
         if refused:
             # Accepted for some: only the refused are tried again, so nobody gets it twice.
-            delay = _retry_delay(row["attempts"] + 1)
-            self.journal.mail_partly_sent(row["id"], sorted(refused), f"refused: {refused}",
+            delay = _retry_delay(mail.attempts + 1)
+            self.journal.mail.partly_sent(mail.id, sorted(refused), f"refused: {refused}",
                                           now_utc() + timedelta(seconds=delay))
-            log.warning("mail=%s status=partly-sent refused=%d in=%.0fs", row["message_id"],
+            log.warning("mail=%s status=partly-sent refused=%d in=%.0fs", mail.message_id,
                         len(refused), delay)
             return "partly"
-        self.journal.mail_sent(row["id"])
-        log.info("mail=%s status=sent recipients=%d subject=%r", row["message_id"], len(to),
-                 row["subject"])
+        self.journal.mail.sent(mail.id)
+        log.info("mail=%s status=sent recipients=%d subject=%r", mail.message_id, len(to),
+                 mail.subject)
         return "sent"
 
     async def flush(self, now: datetime | None = None) -> int:
@@ -156,12 +162,12 @@ class Outbox:
         sent, tried = 0, set()
         while True:
             # Re-read after each round: sending an incident's mail makes its next one eligible.
-            rows = [dict(r) for r in self.journal.due_mail_in_order(now) if r["id"] not in tried]
-            if not rows:
+            due = [m for m in self.journal.mail.due(now) if m.id not in tried]
+            if not due:
                 return sent
-            for row in rows:
-                tried.add(row["id"])
-                outcome = await self._send_one(row)
+            for mail in due:
+                tried.add(mail.id)
+                outcome = await self._send_one(mail)
                 if outcome == "failed":
                     return sent  # the server is likely down for all of them; retry later
                 sent += outcome == "sent"

@@ -11,7 +11,7 @@ from probes.base import PositiveDuration
 
 Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
 
-Condition = Literal["breaker_open", "key_disaster", "rollback_failed"]
+Condition = Literal["breaker_open", "key_disaster", "rollback_failed", "limit_reached"]
 """Facts about an incident that call for more people than its class does."""
 
 EventKind = Literal["opened", "started", "resolved", "failed", "held", "escalated", "redeploy",
@@ -70,7 +70,8 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     Route(events=["redeploy"], roles=["devops", "oncall"]),
     Route(events=["backup"], roles=["dba"]),
     Route(events=["probe_account"], roles=["oncall"]),
-    Route(when=["breaker_open", "key_disaster", "rollback_failed"], roles=["emergency"]),
+    Route(when=["breaker_open", "key_disaster", "rollback_failed", "limit_reached"],
+          roles=["emergency"]),
 )
 
 

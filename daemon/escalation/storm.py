@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+
+from daemon.journal import HeldMail
 
 
 def grouped(storm_rank: int, storm_max: int) -> bool:
@@ -13,9 +14,9 @@ def grouped(storm_rank: int, storm_max: int) -> bool:
     return storm_rank > storm_max
 
 
-def digest_due(held: Sequence[Mapping[str, Any]], now: datetime, delay: float) -> bool:
+def digest_due(held: Sequence[HeldMail], now: datetime, delay: float) -> bool:
     """A digest goes out once the oldest held mail has waited `delay`: at most one per delay."""
     if not held:
         return False
-    oldest = min(datetime.fromisoformat(str(h["created_at"])) for h in held)
+    oldest = min(h.created_at for h in held)
     return now - oldest >= timedelta(seconds=delay)

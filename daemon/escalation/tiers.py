@@ -6,9 +6,10 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+from daemon.clock import now_utc
 from daemon.escalation import notices, routing
 from daemon.escalation.outbox import NEEDS_PERSON, Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.escalations import Escalations
 
 log = logging.getLogger("rollbackd.escalation")
 
@@ -22,8 +23,9 @@ class TierChecker:
     """Walks unacknowledged incidents up the tiers. The journal remembers the tier reached, so a
     restart neither pages a tier twice nor forgets one (each tier's mail has a stable id)."""
 
-    def __init__(self, journal: Journal, outbox: Outbox) -> None:
-        self.journal = journal
+    def __init__(self, ladders: Escalations, outbox: Outbox) -> None:
+        self.ladders = ladders
+        """The journal's ladders (in a cluster: those of the targets this instance owns)."""
         self.outbox = outbox  # its config is the live one: a reload changes contacts for both
 
     def check(self, now: datetime | None = None) -> int:
@@ -31,27 +33,27 @@ class TierChecker:
         now = now or now_utc()
         cfg = self.outbox.config
         paged = 0
-        for row in self.journal.ladders_waiting(NEEDS_PERSON):
-            tier, since = int(row["tier"]), datetime.fromisoformat(row["since"])
+        for row in self.ladders.waiting(NEEDS_PERSON):
+            tier, since = row.tier, row.since
             timeout = cfg.escalation.timeout_for(tier)
             if now - since < timedelta(seconds=timeout):
                 continue
             nxt = routing.next_tier(cfg.contacts, tier)
             if nxt is None:
                 continue  # the top tier has it; there is nobody further to page
-            incident_id = int(row["incident_id"])
+            incident_id = row.incident_id
             facts = self.outbox.facts(incident_id, "escalated")
             to = routing.tier_recipients(cfg.escalation, cfg.contacts, facts, nxt)
             waited = (now - since).total_seconds()
             # Mail first, then the step: a crash in between re-enqueues the same Message-ID,
             # which the outbox ignores, and then records the step.
-            self.outbox.send(notices.tier_page(incident_id, dict(row), tier, nxt, _age(waited),
-                                               _age(timeout)), recipients=to)
-            before = self.journal.escalation(incident_id)
+            self.outbox.send(notices.tier_page(row, nxt, _age(waited), _age(timeout)),
+                             recipients=to)
+            before = self.ladders.of(incident_id)
             everyone = list(dict.fromkeys([*(before[1] if before else []), *to]))
-            self.journal.ladder_step(incident_id, nxt, now, everyone)
+            self.ladders.step(incident_id, nxt, now, everyone)
             log.warning("incident=%d target=%s status=escalated tier=%d unacked_for=%s "
-                        "recipients=%d", incident_id, row["target"], nxt, _age(waited), len(to))
+                        "recipients=%d", incident_id, row.target, nxt, _age(waited), len(to))
             paged += 1
         return paged
 

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Incident, Journal, now_utc
+from daemon.journal import Incident, Journal
 from daemon.metrics import Metrics
 from daemon.refusal import Refused
 from daemon.runner import Runner
 from policies.classify import IncidentClass
-from policies.decision import Action, Decision, History, decide
+from policies.decision import Action, Decision, Gate, History, decide
 from policies.lifecycle import SELF_CLOSING, TRANSITIONS, State, check_transition
 from policies.overrides import OverrideKind, active
 from policies.plans import LOCKDOWN_CLASS, Plan, plan_from_dict, plan_to_dict
@@ -71,6 +72,10 @@ class TargetView(Protocol):
 
     def probe_evidence(self) -> dict[str, Any]: ...
 
+    async def component_evidence(self) -> dict[str, Any]:
+        """What each executor shows of the target now (version, revision, recent errors)."""
+        ...
+
     def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
         """The evidence sentence for these probes, and the onset of the earliest of them."""
         ...
@@ -112,7 +117,7 @@ class IncidentDesk:
         if self._cached is not None and time.monotonic() - self._cached[0] < CACHE_AGE \
                 and not self.busy:
             return self._cached[1]
-        found = self.journal.open_incident_for(self.target)
+        found = self.journal.incidents.open_for(self.target)
         self._cached = (time.monotonic(), found)
         return found
 
@@ -120,20 +125,20 @@ class IncidentDesk:
         self._cached = None
 
     def incident(self, incident_id: int) -> Incident:
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         if inc is None or inc.target != self.target:
             raise Refused("not_found", f"no incident {incident_id} of {self.target}")
         return inc
 
     def stored_plan(self, incident_id: int) -> Plan | None:
-        data = self.journal.incident_extras(incident_id).get("plan")
-        return plan_from_dict(data) if data else None
+        extras = self.journal.incidents.extras(incident_id)
+        return plan_from_dict(extras.plan) if extras is not None and extras.plan else None
 
     def _move(self, inc: Incident, new: State, event: str | None = None, detail: str = "",
               **fields: Any) -> None:
         """The one way an incident's state changes: checked here, journaled, cache dropped."""
         check_transition(inc.state, new.value)
-        self.journal.update_incident(inc.id, event, detail, state=new.value, **fields)
+        self.journal.incidents.update(inc.id, event, detail, state=new.value, **fields)
         self._changed()
 
     # -- the automatic path: evaluate what the probes say --------------------------------------
@@ -159,33 +164,36 @@ class IncidentDesk:
         decision = decide(incident_class, evidence,
                           await self.view.facts(pic.version, onset, probes),
                           self.view.history(), now_utc(), self.view.policy, self.target)
-        if decision.action is Action.EXECUTE:
+        said: dict[str, str] = {}
+        if decision.action not in (Action.SUPPRESS, Action.IGNORE):
+            # Nothing opens (and nothing runs) on a stale or partial picture: a probe with a
+            # long interval may not have seen its dependency go down yet.
             confirmed = await self._confirm(decision)
             if confirmed is None:
                 return
             decision, onset, pic, probes, said = confirmed
-        else:
-            said = {}
         if decision.action in (Action.SUPPRESS, Action.IGNORE):
             if self._last_suppressed != decision.reason:  # say it once, not every run
                 self._last_suppressed = decision.reason
                 log.info("target=%s action=%s reason=%r", self.target, decision.action,
                          decision.reason)
             return
-        incident_id = self._open(decision, onset, pic.version, probes, said)
+        incident_id = await self._open(decision, onset, pic.version, probes, said)
         if decision.action is Action.EXECUTE and decision.plan:
             self._start(incident_id, decision.plan)
 
     async def _confirm(self, decision: Decision) -> tuple[
             Decision, datetime | None, Picture, list[str], dict[str, str]] | None:
-        """No action on a stale or partial picture: every probe afresh, then the tree again.
-        None: the class no longer stands (wait for the next evaluation; nothing is opened)."""
+        """No incident and no action on a stale or partial picture: every probe afresh, then the
+        tree again. None: the class no longer stands (wait for the next evaluation)."""
         pic, said = await self.view.confirm()
         if pic.found is None or pic.found[0] != decision.incident_class:
             now = pic.found[0] if pic.found else "nothing failing"
-            log.info("target=%s action=wait reason=%r", self.target,
-                     f"{decision.incident_class} not confirmed by a fresh run of every probe "
-                     f"(now: {now}); no plan started")
+            why = (f"{decision.incident_class} not confirmed by a fresh run of every probe "
+                   f"(now: {now}); nothing opened")
+            if self._last_suppressed != why:  # say it once, not every run
+                self._last_suppressed = why
+                log.info("target=%s action=wait reason=%r", self.target, why)
             return None
         incident_class, probes = pic.found
         evidence, onset = self.view.failing_detail(probes)
@@ -194,7 +202,7 @@ class IncidentDesk:
         return again, onset, pic, probes, said
 
     def _close_recovered(self, incident: Incident) -> None:
-        acted = bool(self.journal.steps(incident.id))
+        acted = bool(self.journal.steps.of(incident.id))
         state = State.RESOLVED if acted else State.TRANSIENT
         self._move(incident, state, "recovered", "every probe passes again", closed_at=now_utc())
         self.metrics.recovered(self.target, incident.incident_class,
@@ -206,50 +214,68 @@ class IncidentDesk:
         new = [p for p in probes if p not in known]
         if new:
             evidence = {**incident.evidence, "failing": sorted(known | set(new))}
-            self.journal.set_evidence(incident.id, evidence)
-            self.journal.add_event(incident.id, "joined",
-                                   "new failing probes: " + ", ".join(new))
+            self.journal.incidents.set_evidence(incident.id, evidence)
+            self.journal.incidents.add_event(incident.id, "joined",
+                                             "new failing probes: " + ", ".join(new))
             self._changed()
 
-    def _open(self, decision: Decision, onset: datetime | None, version: str | None,
+    async def _open(self, decision: Decision, onset: datetime | None, version: str | None,
               probes: list[str], confirmed: dict[str, str]) -> int:
         state = _STATE_OF[decision.action]
-        incident_id = self.journal.open_incident(
-            self.target, decision.incident_class, decision.reason, onset,
-            {"probes": self.view.probe_evidence(), "version": version,
-             "failing": sorted(probes)}, state=state.value)
+        # Evidence at detection: what a person approving hours later must see as it was then.
+        evidence = {"probes": self.view.probe_evidence(), "version": version,
+                    "failing": sorted(probes), **await self.view.component_evidence()}
+        incident_id = self.journal.incidents.open(
+            self.target, decision.incident_class, decision.reason, onset, evidence,
+            state=state.value)
         if confirmed:
-            self.journal.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
+            self.journal.incidents.add_event(incident_id, "confirmed", "every probe afresh: " + "; ".join(
                 f"{p} {v}" for p, v in confirmed.items())[:2000])
         self._changed()
         if self.drill is not None:  # the runner reads this event for the rollback's trigger
-            self.journal.add_event(incident_id, "drill", f"opened during drill {self.drill}")
+            self.journal.incidents.add_event(incident_id, "drill", f"opened during drill {self.drill}")
         self.metrics.incident_opened(self.target, decision.incident_class,
                                      "drill" if self.drill is not None else "auto")
         self.metrics.detected(self.target, decision.incident_class, onset)
         log.info("target=%s incident=%d class=%s action=%s reason=%r", self.target, incident_id,
                  decision.incident_class, decision.action, decision.reason)
         if decision.plan is not None:
-            self.journal.update_incident(incident_id, "planned", ", ".join(
+            self.journal.incidents.update(incident_id, "planned", ", ".join(
                 decision.plan.step_names), plan=json.dumps(plan_to_dict(decision.plan)))
         if decision.action is Action.EXECUTE and decision.plan:
             return incident_id  # the plan's own notify step tells people
         if self._silenced():
-            self.journal.add_event(incident_id, "silenced", "no mail: silenced by an operator")
+            self.journal.incidents.add_event(incident_id, "silenced", "no mail: silenced by an operator")
             return incident_id
+        limited = decision.gate in (Gate.RATE_LIMIT, Gate.BREAKER_OPEN)
         self.outbox.send(notices.decided(
             self.target, incident_id, decision, _SAYS.get(decision.action, str(decision.action)),
-            approval=decision.action is Action.AWAIT_APPROVAL))
+            approval=decision.action is Action.AWAIT_APPROVAL,
+            history=self._rollback_history() if limited else ()))
         return incident_id
 
+    def _rollback_history(self, most: int = 10) -> list[str]:
+        """The target's recent rollbacks, newest first, one line each (what a limit refused)."""
+        lines = []
+        for inc in self.journal.incidents.recent(200):
+            if inc.target != self.target or inc.started_at is None:
+                continue
+            moved = f"{(inc.from_version or '?')[:12]} -> {(inc.to_version or '?')[:12]}"
+            lines.append(f"{inc.started_at:%Y-%m-%d %H:%M:%S} UTC, incident {inc.id} "
+                         f"({inc.incident_class}): {moved}, {inc.state}")
+            if len(lines) == most:
+                break
+        return lines
+
     def _silenced(self) -> bool:
-        return active(self.journal.overrides(), self.target, now_utc(),
+        return active(self.journal.overrides.active(), self.target, now_utc(),
                       OverrideKind.SILENCE) is not None
 
     # -- a person's decisions ------------------------------------------------------------------
 
-    async def approve(self, incident_id: int, by: str) -> Plan:
-        """Run the plan of an incident that waits for approval, or resume a held one."""
+    async def approve(self, incident_id: int, by: str, uid: int | None = None) -> Plan:
+        """Run the plan of an incident that waits for approval, or resume a held one. `uid`:
+        the person's (None: not a person, such as a drill)."""
         async with self.lock:  # no automatic start between our check and ours
             inc = self.incident(incident_id)
             if inc.state not in (State.AWAITING_APPROVAL, State.HELD):
@@ -260,18 +286,44 @@ class IncidentDesk:
                 raise Refused("no_plan", f"incident {inc.id} has no plan to run; act by hand")
             if self.busy:
                 raise Refused("busy", f"{self.target} is already running a plan")
+            self._second_person(inc, plan, uid)
             if inc.state == State.AWAITING_APPROVAL and inc.incident_class in _TREE:
                 await self._confirm_approval(inc)
-            self.journal.add_event(inc.id, "approved", f"approved by {by}")
+            self.journal.incidents.add_event(inc.id, "approved", f"approved by {by}")
             self._start(inc.id, plan)
             return plan
+
+    def _second_person(self, inc: Incident, plan: Plan, uid: int | None) -> None:
+        """With `two_person`, an irreversible plan needs two different uids: its requester (a
+        lockdown's) or a first approver, and this one. A first approval is journaled."""
+        policy = self.view.policy
+        if not (policy.two_person and plan.kind.value in policy.two_person_plans):
+            return
+        if uid is None:
+            raise Refused("two_person", f"incident {inc.id}: {plan.kind} needs two people's "
+                          "approval; only a person (rollbackctl approve) can give it")
+        asked = {int(e.removeprefix("uid ")) for _, event, e in self.journal.incidents.timeline(inc.id)
+                 if event == "approval_1" and e.removeprefix("uid ").isdigit()}
+        requester = inc.evidence.get("requested_by", {}).get("uid")
+        if isinstance(requester, int):
+            asked.add(requester)
+        if asked - {uid}:
+            return
+        if not asked:
+            self.journal.incidents.add_event(inc.id, "approval_1", f"uid {uid}")
+            raise Refused("second_approval_needed", f"incident {inc.id}: approval by uid {uid} "
+                          f"recorded; {plan.kind} needs a second person (another uid) to "
+                          f"approve it too (policy two_person)")
+        raise Refused("two_person", f"incident {inc.id}: uid {uid} already asked for this "
+                      f"{plan.kind}; a different person (another uid) must approve it "
+                      "(policy two_person)")
 
     async def _confirm_approval(self, inc: Incident) -> None:
         """Approved maybe hours later: the plan runs only if its class still stands now."""
         pic, said = await self.view.confirm()
         seen = "; ".join(f"{p} {v}" for p, v in said.items())[:2000]
         if pic.found is not None and pic.found[0] == inc.incident_class:
-            self.journal.add_event(inc.id, "confirmed", f"every probe afresh: {seen}")
+            self.journal.incidents.add_event(inc.id, "confirmed", f"every probe afresh: {seen}")
             return
         if pic.found is None and pic.passing:
             self._move(inc, State.TRANSIENT, "recovered", "every probe passes again; the "
@@ -279,7 +331,7 @@ class IncidentDesk:
             raise Refused("not_confirmed", f"incident {inc.id}: every probe passes now, so the "
                           "plan was not run; the incident is closed")
         now = pic.found[0] if pic.found else "no class yet (probes still settling)"
-        self.journal.add_event(inc.id, "not_confirmed", f"now {now}: {seen}")
+        self.journal.incidents.add_event(inc.id, "not_confirmed", f"now {now}: {seen}")
         raise Refused("not_confirmed", f"incident {inc.id} is {inc.incident_class} but a fresh "
                       f"run of every probe shows {now}: the plan was not run (approve again "
                       "once it settles, or deny it)")
@@ -302,7 +354,7 @@ class IncidentDesk:
                       "approval or held")
 
     def _left_behind(self, incident_id: int) -> str:
-        steps = self.journal.steps(incident_id)
+        steps = self.journal.steps.of(incident_id)
         done = [s.name for s in steps if s.state == "done"]
         cut = [s.name for s in steps if s.state in ("interrupted", "failed", "running")]
         return ("state left as it was after: " + (", ".join(done) or "no step")
@@ -318,54 +370,54 @@ class IncidentDesk:
             raise Refused("busy", f"{self.target} is already running a plan"
                           + (f" (incident {open_inc.id})" if open_inc else ""))
         plan_json = json.dumps(plan_to_dict(plan))
-        takeover = (tree and open_inc is not None and not self.journal.steps(open_inc.id)
+        takeover = (tree and open_inc is not None and not self.journal.steps.of(open_inc.id)
                     and State.REMEDIATING in TRANSITIONS[State(open_inc.state)])
         if open_inc is not None and takeover:
             incident_id = open_inc.id
-            self.journal.mark_manual(incident_id)
-            self.journal.update_incident(incident_id, "manual", reason, reason=reason,
-                                         plan=plan_json)
+            self.journal.incidents.mark_manual(incident_id)
+            self.journal.incidents.update(incident_id, "manual", reason, reason=reason,
+                                          plan=plan_json)
         else:
-            incident_id = self.journal.open_incident(
+            incident_id = self.journal.incidents.open(
                 self.target, plan.incident_class, reason, None, {"manual": True},
                 automatic=False)
-            self.journal.update_incident(incident_id, "manual", reason, plan=plan_json)
+            self.journal.incidents.update(incident_id, "manual", reason, plan=plan_json)
             self.metrics.incident_opened(self.target, plan.incident_class, "manual")
             if open_inc is not None and tree:
-                self.journal.add_event(open_inc.id, "superseded",
-                                       f"manual rollback in incident {incident_id}")
+                self.journal.incidents.add_event(open_inc.id, "superseded",
+                                                 f"manual rollback in incident {incident_id}")
                 if open_inc.state == State.HELD:  # so it closes by itself once the target is well
                     self._move(open_inc, State.ESCALATED)
         self._changed()
         if forced_past is not None:
-            self.journal.add_event(incident_id, "forced", f"--force by {by} past: {forced_past}")
+            self.journal.incidents.add_event(incident_id, "forced", f"--force by {by} past: {forced_past}")
         self._start(incident_id, plan)
         return incident_id, bool(takeover)
 
     def request_lockdown(self, plan: Plan, text: str, evidence: dict[str, Any]) -> int:
         """An operator's lockdown request: it waits for `approve`, mailed to every contact."""
-        pending = self.journal.open_incidents_of(self.target, LOCKDOWN_CLASS)
+        pending = self.journal.incidents.open_of(self.target, LOCKDOWN_CLASS)
         if pending:
             raise Refused("bad_state", f"a lockdown of {self.target} is already waiting: "
                           f"incident {pending[0].id} (approve or deny it)")
-        incident_id = self.journal.open_incident(
+        incident_id = self.journal.incidents.open(
             self.target, LOCKDOWN_CLASS, text, None, evidence,
             state=State.AWAITING_APPROVAL.value, automatic=False)
-        self.journal.update_incident(incident_id, "planned", ", ".join(plan.step_names),
-                                     plan=json.dumps(plan_to_dict(plan)))
+        self.journal.incidents.update(incident_id, "planned", ", ".join(plan.step_names),
+                                      plan=json.dumps(plan_to_dict(plan)))
         self._changed()
         self.outbox.send(notices.lockdown_requested(self.target, incident_id, text))
         return incident_id
 
     def forget_drill(self, incident_id: int) -> None:
         """A drill's incident, once closed, does not count as an automatic rollback."""
-        inc = self.journal.incident(incident_id)
+        inc = self.journal.incidents.get(incident_id)
         if inc is not None and inc.closed_at is not None:
-            self.journal.mark_manual(incident_id)
+            self.journal.incidents.mark_manual(incident_id)
 
     def close_removed(self, why: str) -> int:
         """The target left the config: its open incident ends, and people are told once."""
-        inc = self.journal.open_incident_for(self.target)
+        inc = self.journal.incidents.open_for(self.target)
         if inc is None or State.ABANDONED not in TRANSITIONS[State(inc.state)]:
             return 0  # a running plan finishes first: its own end closes the incident
         self._move(inc, State.ABANDONED, "closed", why, closed_at=now_utc())
@@ -373,6 +425,10 @@ class IncidentDesk:
         return inc.id
 
     # -- the runner ----------------------------------------------------------------------------
+
+    def go_on(self, incident_id: int, plan: Plan) -> None:
+        """A restart found the cut-off step done and the plan may go on by itself (recovery)."""
+        self._start(incident_id, plan)
 
     def _start(self, incident_id: int, plan: Plan) -> None:
         self._changed()

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.journal.store import Journal
+from daemon.journal.db import Database
+from daemon.journal.store import Journal, Repositories
 from daemon.metrics import JournalCollector
 from policies.settings import PolicySettings
 
@@ -59,15 +60,8 @@ class PgJournalCollector(JournalCollector):
             ok = False
         else:
             try:
-                now = self.clock()
-                for section in (self._incidents, self._breakers, self._overrides, self._outbox,
-                                self._backups, self._ledger, self._failures):
-                    try:
-                        yield from list(section(db, now))  # type: ignore[arg-type]
-                    except Exception as exc:  # noqa: BLE001
-                        ok = False
-                        log.debug("metrics section=%s status=failed reason=%s",
-                                  section.__name__, exc)
+                metrics, ok = self.sections(Repositories(Database(db)))
+                yield from metrics
             finally:
                 db.close()
         readable.add_metric([], 1 if ok else 0)

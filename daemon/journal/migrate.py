@@ -4,7 +4,9 @@ Every table of the SQLite journal, in foreign-key order, in one PostgreSQL trans
 holds the journal's write lock; ids are kept (identity columns are BY DEFAULT), each identity
 sequence is moved past the largest id, and the copy is checked: the same number of rows in
 every table and an unbroken audit hash chain. The destination must be empty (its schema is
-created first); a failed copy leaves no rows behind.
+created first); a failed copy leaves no rows behind. The audit chain is checked with the audit
+key beside the SQLite file (or the audit-key credential): every instance on the PostgreSQL
+journal needs that same key.
 """
 
 from __future__ import annotations
@@ -108,10 +110,10 @@ def migrate(sqlite_path: Path, dsn: str, say: Callable[[str], None] = print) -> 
                 if row is None or row[0] != n:
                     raise MigrationError(f"{table}: {n} rows read but "
                                          f"{row[0] if row else 0} in PostgreSQL")
-            checked, broken, why = dst.verify_audit()
-            if broken is not None:
+            audit = dst.audit.verify()
+            if audit.broken is not None:
                 raise MigrationError(f"the audit chain does not verify after the copy: row "
-                                     f"{broken}: {why}")
-            return Migrated(copied, checked, db.server)
+                                     f"{audit.broken}: {audit.why}")
+            return Migrated(copied, audit.checked, db.server)
         finally:
             dst.close()

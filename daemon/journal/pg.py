@@ -1,6 +1,6 @@
-"""PostgreSQL under the journal: a connection with the small sqlite3-like surface store.py uses.
+"""PostgreSQL under the journal: a connection with the sqlite3-like surface the repositories use.
 
-The Journal class stays one implementation. This adapter translates what it sends: `?`
+The repositories send one SQL to both backends. This adapter translates it: `?`
 placeholders, `INSERT OR IGNORE`, `IS ?`, SUM() over a condition, PRAGMA user_version (a
 one-row table here), `BEGIN IMMEDIATE` (a transaction-scoped advisory lock, so writers take
 turns as they do on SQLite) and the SQLite DDL of schema.MIGRATIONS (INTEGER PRIMARY KEY ->
@@ -195,7 +195,7 @@ def connect(dsn: str, application_name: str, **params: Any) -> psycopg.Connectio
 
 
 class PgConnection:
-    """The journal's PostgreSQL connection, shaped like the sqlite3 connection store.py uses.
+    """The journal's PostgreSQL connection, shaped like the sqlite3 connection of db.py.
 
     Autocommit, with explicit BEGIN/COMMIT from Journal.tx(). A connection found broken
     outside a transaction is replaced before the next statement; inside one the error goes

@@ -151,4 +151,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE backups ADD COLUMN restore_tested_at TEXT;
     ALTER TABLE backups ADD COLUMN restore_test_error TEXT;
     """,
+    # The audit chain keyed (HMAC-SHA256): which key signed each row. store.py signs the rows
+    # hashed before, in this migration's transaction (AUDIT_KEYED).
+    """
+    ALTER TABLE audit ADD COLUMN key_id TEXT;
+    """,
 ]
+
+AUDIT_KEYED = 5
+"""The schema version whose migration signs the audit rows written before the key."""

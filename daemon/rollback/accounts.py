@@ -197,8 +197,10 @@ class Accounts:
 
     # -- Redis: sessions and reset tokens --------------------------------------------------------
 
-    def delete_redis_keys(self, patterns: list[str]) -> dict[str, int] | None:
-        """Keys deleted per pattern; None when no Redis is configured."""
+    def delete_redis_keys(self, patterns: list[str], delete: bool = True
+                          ) -> dict[str, int] | None:
+        """Keys deleted per pattern (with `delete` False: only counted); None when no Redis is
+        configured."""
         if self.settings.redis_url_file is None:
             return None
         import redis  # lazily: only targets with a Redis pay for the client
@@ -213,10 +215,10 @@ class Accounts:
                 for key in client.scan_iter(match=pattern, count=1000):
                     batch.append(key)
                     if len(batch) >= 500:
-                        counts[pattern] += int(client.delete(*batch))
+                        counts[pattern] += int(client.delete(*batch)) if delete else len(batch)
                         batch = []
                 if batch:
-                    counts[pattern] += int(client.delete(*batch))
+                    counts[pattern] += int(client.delete(*batch)) if delete else len(batch)
         except redis.RedisError as exc:
             raise Refused("redis_failed", f"{self.target} Redis "
                                f"({self.settings.redis_url_file.source}): "

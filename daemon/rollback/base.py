@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from policies.plans import Capabilities, Component, Plan
@@ -10,6 +13,36 @@ from policies.plans import Capabilities, Component, Plan
 
 class StepFailed(Exception):
     """The step did not do its job; the runner stops the plan and escalates."""
+
+
+class Found(StrEnum):
+    """What a look at the world says of a step a crash cut off."""
+
+    DONE = "done"  # its effect is there, whole: journaled done, the plan may go on
+    ABSENT = "absent"  # nothing of it happened (or it changes nothing): it runs again on resume
+    UNKNOWN = "unknown"  # partly there, or no way to tell: a person looks first
+
+
+@dataclass(frozen=True)
+class Effect:
+    found: Found
+    what: str
+    """What was found, in words for the held mail, `show` and the report."""
+
+
+def done(what: str) -> Effect:
+    return Effect(Found.DONE, what)
+
+
+def absent(what: str) -> Effect:
+    return Effect(Found.ABSENT, what)
+
+
+def unknown(what: str) -> Effect:
+    return Effect(Found.UNKNOWN, what)
+
+
+CHECK_ONLY = absent("a check that changes nothing: it runs again when the plan resumes")
 
 
 class StepHeld(StepFailed):
@@ -22,6 +55,9 @@ class StepContext:
     incident_id: int
     target: str
     plan: Plan
+    receipts: Path | None = None
+    """Where command steps record that their command started and how it ended: a restart
+    leaves no other trace a restart of the daemon could find (daemon/rollback/receipts.py)."""
 
     def target_of(self, component: Component | str) -> str:
         value = self.plan.targets.get(component)
@@ -71,4 +107,10 @@ class Executor(Protocol):
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         """Run one of its steps; return a one-line detail, raise StepFailed when it failed."""
+        ...
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        """Whether step `name`, journaled running at `since` and cut off by a crash, had its
+        effect: asked of the world (the work tree, the file, the container, the key), never
+        of the journal. May raise; the caller turns that into UNKNOWN."""
         ...

@@ -11,7 +11,15 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+    unknown,
+)
 from daemon.rollback.deploy_settings import DockerDeployment
 from policies.plans import Capabilities, Capability, Component, StepSpec
 from probes.docker_container import check_engine_socket
@@ -237,6 +245,55 @@ class DockerExecutor:
         if name not in steps:
             raise StepFailed(f"docker executor has no step {name!r}")
         return await steps[name](ctx)
+
+    # -- after a crash: did the step's effect happen? -----------------------------------------
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name == "stop_failed_container":
+            return await self._stopped_effect(ctx)
+        if name == "start_known_good":
+            target = ctx.target_of(Component.DEPLOYMENT)
+            c = await self._inspect(self.name)
+            if c is None:
+                return absent(f"no container is named {self.name}")
+            running = bool((c.get("State") or {}).get("Running"))
+            if c["Image"] == target and running:
+                return done(f"the container named {self.name} runs image {short(target)}")
+            return unknown(f"the container named {self.name} has image {short(c['Image'])} and "
+                           f"is {'running' if running else 'not running'}; the target is "
+                           f"{short(target)}")
+        if name == "start_beside":
+            c = await self._inspect(self.candidate)
+            if c is None:
+                return absent(f"no container {self.candidate}")
+            if (c.get("State") or {}).get("Running"):
+                return done(f"{self.candidate} runs image {short(c['Image'])}")
+            return unknown(f"{self.candidate} exists but is not running")
+        if name == "remove_beside":
+            if await self._inspect(self.candidate) is None:
+                return done(f"no container {self.candidate} is left")
+            return absent(f"{self.candidate} is still there")
+        return CHECK_ONLY
+
+    async def _stopped_effect(self, ctx: StepContext) -> Effect:
+        target, failed = ctx.target_of(Component.DEPLOYMENT), ctx.plan.current_version
+        c = await self._inspect(self.name)
+        if c is not None and c["Image"] == target:
+            return done(f"the container named {self.name} has the target image {short(target)}")
+        running = c is not None and bool((c.get("State") or {}).get("Running"))
+        if c is not None and running:
+            return absent(f"{self.name} still runs image {short(c['Image'])}")
+        if c is not None:
+            return unknown(f"{self.name} (image {short(c['Image'])}) is stopped but was not "
+                           "kept under a .failed. name")
+        kept = [k for k in await self._named(f"{self.name}.failed.")
+                if failed is None or k["ImageID"] == failed]
+        if kept and all(k.get("State") != "running" for k in kept):
+            newest = max(k["Names"][0].lstrip("/") for k in kept)
+            return done(f"no container is named {self.name}; the failed one is kept stopped as "
+                        f"{newest}")
+        return unknown(f"no container is named {self.name} and no stopped {self.name}.failed.* "
+                       f"with image {short(failed)} is there")
 
     # -- steps -------------------------------------------------------------------------------
 

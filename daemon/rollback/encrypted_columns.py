@@ -52,6 +52,28 @@ def clear_sqlite(path: Path, columns: list[str], timeout: float) -> dict[str, in
         conn.close()
 
 
+def count_sqlite(path: Path, columns: list[str]) -> dict[str, int]:
+    """Rows per column that still hold a value (what clear_sqlite would set to NULL)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return {f"{t}.{c}": int(conn.execute(
+            f'SELECT count(*) FROM "{t}" WHERE "{c}" IS NOT NULL').fetchone()[0])
+            for t, c in split(columns)}
+    finally:
+        conn.close()
+
+
+async def count_postgres(conn: psycopg.AsyncConnection[Any], columns: list[str]
+                         ) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for table, column in split(columns):
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
+            sql.Identifier(table), sql.Identifier(column)))
+        row = await cur.fetchone()
+        found[f"{table}.{column}"] = int(row[0]) if row else 0
+    return found
+
+
 async def clear_postgres(conn: psycopg.AsyncConnection[Any], columns: list[str]
                          ) -> dict[str, int]:
     cleared: dict[str, int] = {}

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 from daemon.config import GitDeployment
-from daemon.rollback.base import StepContext, StepFailed, StepHeld
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    StepContext,
+    StepFailed,
+    StepHeld,
+    absent,
+    done,
+    unknown,
+)
 from daemon.rollback.commands import run_argv
+from daemon.rollback.receipts import command_effect, run_recorded
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
 # `git stash` writes a commit: an identity of its own, whatever the service user's git config.
@@ -79,11 +90,32 @@ class GitServiceExecutor:
             kept = await self._keep_local_changes(ctx)
             return await self._checkout(ctx.plan.target_version) + kept
         if name == "install_dependencies":
-            return await self._install(ctx.plan.current_version, ctx.plan.target_version)
+            return await self._install(ctx, ctx.plan.current_version, ctx.plan.target_version)
         if name == "restart_service":
-            res = await run_argv(self.settings.restart, self.settings.command_timeout)
+            res = await run_recorded(ctx, name, self.settings.restart,
+                                     self.settings.command_timeout)
             return f"restarted with {self.settings.restart[0]} (exit {res.returncode})"
         raise StepFailed(f"git executor has no step {name!r}")
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name == "git_checkout":
+            head, target = await self.current_version(), ctx.plan.target_version
+            if head == target:
+                return done(f"the work tree is at the target commit {target[:12]}")
+            if head == ctx.plan.current_version:
+                return absent(f"the work tree is still at {(head or '?')[:12]}, the failed commit")
+            return unknown(f"the work tree is at {(head or 'no commit')[:12]}, neither the "
+                           f"failed commit nor the target {target[:12]}")
+        if name == "install_dependencies":
+            if not await self._requirements_changed(ctx.plan.current_version,
+                                                    ctx.plan.target_version):
+                return done("requirements are the same in both commits: nothing to install")
+            if self.settings.install is None:
+                return done("no install command is configured: nothing to run")
+            return command_effect(ctx, name, since)
+        if name == "restart_service":
+            return command_effect(ctx, name, since)
+        return CHECK_ONLY
 
     async def _keep_local_changes(self, ctx: StepContext) -> str:
         """Local hotfixes are never carried into the known-good checkout, nor lost: held for a
@@ -118,20 +150,21 @@ class GitServiceExecutor:
             raise StepFailed(f"HEAD is {head} after checkout, expected {target}")
         return f"checked out {target[:12]} (detached)"
 
-    async def _install(self, current: str | None, target: str) -> str:
+    async def _requirements_changed(self, current: str | None, target: str) -> bool:
         if current is None:
-            changed = True
-        else:
-            res = await run_argv(
-                ["git", "-C", str(self.settings.repo), "diff", "--quiet", current, target, "--",
-                 *self.settings.requirements],
-                timeout=30, check=False,
-            )
-            changed = res.returncode != 0
-        if not changed:
+            return True
+        res = await run_argv(
+            ["git", "-C", str(self.settings.repo), "diff", "--quiet", current, target, "--",
+             *self.settings.requirements],
+            timeout=30, check=False,
+        )
+        return res.returncode != 0
+
+    async def _install(self, ctx: StepContext, current: str | None, target: str) -> str:
+        if not await self._requirements_changed(current, target):
             return "requirements unchanged: nothing to install"
         if self.settings.install is None:
             return "requirements differ but no install command is configured: skipped"
-        await run_argv(self.settings.install, self.settings.command_timeout,
-                       cwd=self.settings.repo)
+        await run_recorded(ctx, "install_dependencies", self.settings.install,
+                           self.settings.command_timeout, cwd=self.settings.repo)
         return "requirements differ: dependencies reinstalled"

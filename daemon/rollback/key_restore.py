@@ -7,6 +7,7 @@ fingerprint (sha256[:12]) does.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,9 +17,17 @@ from daemon.backup.base import BackupFailed, BackupRefused
 from daemon.backup.envfile import replace_file, with_value
 from daemon.backup.key import KeyBackuper, KeyUnusable, problem
 from daemon.backup.store import BackupStore
-from daemon.rollback.base import StepContext, StepFailed
-from daemon.rollback.commands import run_argv
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+    unknown,
+)
 from daemon.rollback.data_settings import KeySettings
+from daemon.rollback.receipts import command_effect, run_recorded
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 from probes.fernet_key import fingerprint
@@ -113,10 +122,39 @@ class KeyExecutor(StoreWiring):
         if name == "new_key":
             return await self._new_key()
         if name == "restart_app" and self.settings.restart:
-            res = await run_argv(self.settings.restart, self.settings.command_timeout)
+            res = await run_recorded(ctx, name, self.settings.restart,
+                                     self.settings.command_timeout)
             return f"app restarted with {Path(self.settings.restart[0]).name} " \
                    f"(exit {res.returncode})"
         raise StepFailed(f"key executor has no step {name!r}")
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name == "restore_key":
+            backup_id, key = await self._load(ctx)
+            now, why = await asyncio.to_thread(self._current)
+            if now == fingerprint(key) and not why:
+                return done(f"the key in {self.settings.file.name} is {now}, backup "
+                            f"#{backup_id}'s")
+            return absent(f"the key in {self.settings.file.name} is {now or '(unreadable)'}, "
+                          f"not backup #{backup_id}'s {fingerprint(key)}")
+        if name == "new_key":
+            return await asyncio.to_thread(self._new_key_effect, ctx, since)
+        if name == "restart_app":
+            return command_effect(ctx, name, since)
+        return CHECK_ONLY
+
+    def _new_key_effect(self, ctx: StepContext, since: datetime) -> Effect:
+        now, why = self._current()
+        before = ctx.plan.current.get(KEY)
+        if now is not None and not why and now != before:
+            return done(f"a fresh key {now} is in {self.settings.file.name}"
+                        + (" and decrypts the new canary" if self.settings.canary_file else ""))
+        canary = self.settings.canary_file
+        if canary is not None and canary.exists() and \
+                datetime.fromtimestamp(canary.stat().st_mtime).astimezone() >= since:
+            return unknown(f"a new canary was written to {canary.name} but the key in "
+                           f"{self.settings.file.name} is {now or '(unreadable)'}: {why}")
+        return absent(f"the key in {self.settings.file.name} is still {now or '(unreadable)'}")
 
     async def _restore(self, ctx: StepContext) -> str:
         backup_id, key = await self._load(ctx)  # verified again right before it is written

@@ -8,9 +8,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar
 
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import CHECK_ONLY, Effect, StepContext, StepFailed, absent, done
 from daemon.rollback.deploy_settings import KubernetesDeployment
 from policies.plans import Capabilities, Capability, Component, StepSpec
 from probes.k8s_deployment import pod_problems, selector_string
@@ -224,6 +225,19 @@ class KubernetesExecutor:
         if name not in steps:
             raise StepFailed(f"kubernetes executor has no step {name!r}")
         return await steps[name](ctx)
+
+    # -- after a crash: did the step's effect happen? -----------------------------------------
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name != "restore_pod_template":
+            return CHECK_ONLY  # rollout_status and check_pods only look
+        dep, rs = await self._target_rs(ctx)
+        revision, rs_name = ctx.target_of(Component.DEPLOYMENT), rs["metadata"]["name"]
+        if without_hash(rs["spec"]["template"]) == without_hash(dep["spec"]["template"]):
+            return done(f"the pod template of {self.where} is revision {revision}'s ({rs_name})")
+        now = (dep["metadata"].get("annotations") or {}).get(REVISION, "?")
+        return absent(f"the pod template of {self.where} is not revision {revision}'s (the "
+                      f"deployment is at revision {now})")
 
     # -- steps -------------------------------------------------------------------------------
 

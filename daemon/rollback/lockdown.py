@@ -7,11 +7,12 @@ so a lockdown interrupted by a crash can be run again after a person approves it
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any, ClassVar
 
 from daemon.config import TargetConfig
 from daemon.rollback.accounts import Accounts
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import CHECK_ONLY, Effect, StepContext, StepFailed, absent, done
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
 STEPS: tuple[StepSpec, ...] = (
@@ -77,3 +78,24 @@ class LockdownExecutor:
                 raise StepFailed(f"still able to log in: {', '.join(still)}")
             return f"no account but {spared} can log in"
         raise StepFailed(f"the accounts executor has no step {name!r}")
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        accounts = self.accounts
+        if name == "lock_accounts":  # one UPDATE: all locked or none of ours
+            still = await asyncio.to_thread(accounts.still_open)
+            if not still:
+                return done(f"every account but {accounts.settings.emergency_email} is locked")
+            return absent(f"accounts can still log in: {', '.join(still)}")
+        patterns = {"delete_sessions": accounts.settings.session_keys,
+                    "delete_reset_tokens": accounts.settings.reset_keys}.get(name)
+        if patterns is None:
+            return CHECK_ONLY
+        counts = await asyncio.to_thread(accounts.delete_redis_keys, list(patterns), False)
+        what = name.removeprefix("delete_").replace("_", " ")
+        if counts is None:
+            return done(f"no Redis configured: no {what} to delete")
+        left = {p: n for p, n in counts.items() if n}
+        if not left:
+            return done(f"no {what} keys are left ({', '.join(patterns) or 'no patterns'})")
+        return absent(f"{what} keys still there: "
+                      + ", ".join(f"{n} {p}" for p, n in left.items()))

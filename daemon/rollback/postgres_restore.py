@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,11 +33,27 @@ from daemon.backup.pg import (
     writes_between,
 )
 from daemon.backup.store import BackupStore
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    Found,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+    unknown,
+)
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, PostgresDatabase
-from daemon.rollback.encrypted_columns import clear_postgres, clear_step, describe
+from daemon.rollback.effects import cleared_effect, downgrade_effect, snapshot_effect
+from daemon.rollback.encrypted_columns import (
+    clear_postgres,
+    clear_step,
+    count_postgres,
+    describe,
+)
 from daemon.rollback.pg_load import Restored, restore_env, restore_in_sections
+from daemon.rollback.receipts import command_effect, run_recorded
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
@@ -394,7 +411,7 @@ class PostgresExecutor(StoreWiring):
         backup_id = ctx.backup_of(DB)
         s = self.settings
         if s.stop:
-            await run_argv(s.stop, s.command_timeout)
+            await run_recorded(ctx, "swap_database.stop", s.stop, s.command_timeout)
         try:
             kept, ended, seconds = await self.swap(backup_id)
         except StepFailed:
@@ -426,8 +443,70 @@ class PostgresExecutor(StoreWiring):
 
     async def _start(self, ctx: StepContext) -> str:
         assert self.settings.start is not None
-        res = await run_argv(self.settings.start, self.settings.command_timeout)
+        res = await run_recorded(ctx, "start_app", self.settings.start,
+                                 self.settings.command_timeout)
         return f"app started with {Path(self.settings.start[0]).name} (exit {res.returncode})"
+
+    # -- after a crash: did the step's effect happen? -----------------------------------------
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name == "prepare_restore":
+            return await self._prepared_effect(ctx)
+        if name == "swap_database":
+            return await self._swap_effect(ctx, since)
+        if name == "start_app":
+            return command_effect(ctx, name, since)
+        if name == "snapshot_database":
+            return snapshot_effect(self.store, ctx)
+        if name == "alembic_downgrade":
+            return downgrade_effect(await self.current_version(), self._revision(ctx), ctx)
+        if name == "clear_encrypted":
+            conn = await self.pg.connect()
+            async with conn:
+                return cleared_effect(await count_postgres(
+                    conn, list(self.settings.encrypted_columns)))
+        return CHECK_ONLY
+
+    async def _prepared_effect(self, ctx: StepContext) -> Effect:
+        b = self.store.get(ctx.backup_of(DB))
+        restored = restored_name(self.dbname, ctx.backup_of(DB))
+        conn = await self.pg.maintenance()
+        async with conn:
+            there = await database_exists(conn, restored)
+        if not there or b is None:
+            return absent(f"no restored database {restored}")
+        problem = await self._verify_db(restored, dict(b.versions))
+        if problem:
+            return absent(f"{restored} is there but incomplete ({problem}): it is restored "
+                          "again")
+        return done(f"{restored} holds backup #{b.id}: tables and row counts match")
+
+    async def _swap_effect(self, ctx: StepContext, since: datetime) -> Effect:
+        restored = restored_name(self.dbname, ctx.backup_of(DB))
+        stamp = since.astimezone(UTC).strftime("%Y%m%d_%H%M%S")  # as utc_stamp() names it
+        floor = derived_name(self.dbname, "corrupted", stamp)
+        prefix = floor[:-len(stamp)]  # <db>_corrupted_
+        conn = await self.pg.maintenance()
+        async with conn:
+            there = await database_exists(conn, restored)
+            cur = await conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s "
+                                     "AND datname >= %s ORDER BY datname DESC",
+                                     (prefix.replace("_", r"\_") + "%", floor))
+            kept = [str(r[0]) for r in await cur.fetchall()]
+            live = await database_exists(conn, self.dbname)
+        if not there and kept and live:
+            return done(f"{self.dbname} is the restored database (the name {restored} is gone);"
+                        f" the replaced one is kept as {kept[0]}")
+        stop = command_effect(ctx, "swap_database.stop", since) if self.settings.stop else None
+        if there and not kept:
+            if stop is None or stop.found is Found.ABSENT:
+                return absent(f"{restored} is still waiting beside {self.dbname}; nothing was "
+                              "stopped")
+            return unknown(f"{restored} is still waiting beside {self.dbname}, but the stop "
+                           f"command ran ({stop.what}): the app may be down")
+        return unknown(f"{restored} {'exists' if there else 'is gone'}, {self.dbname} "
+                       f"{'exists' if live else 'is missing'}, kept: "
+                       f"{', '.join(kept) or 'none'}: the swap may be half done")
 
     # -- the key disaster ---------------------------------------------------------------------
 

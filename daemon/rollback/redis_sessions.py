@@ -8,6 +8,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, ClassVar
 
 from redis.exceptions import RedisError, ResponseError
@@ -15,8 +16,17 @@ from redis.exceptions import RedisError, ResponseError
 from daemon.backup.base import BackupFailed, BackupRefused
 from daemon.backup.redis_keys import RedisKeysBackuper, client, matches, read_snapshot, scan_keys, why
 from daemon.backup.store import BackupStore
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+    unknown,
+)
 from daemon.rollback.data_settings import RedisSessions
+from daemon.rollback.effects import snapshot_effect
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
@@ -109,6 +119,42 @@ class RedisSessionsExecutor(StoreWiring):
         except RedisError as exc:
             raise StepFailed(f"{name}: {why(exc)}") from None
         return result
+
+    # -- after a crash: did the step's effect happen? -----------------------------------------
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name == "snapshot_sessions":
+            return snapshot_effect(self.store, ctx, "sessions")
+        if name == "flush_sessions":
+            left = await self._count(self.settings.session_keys)
+            if left:
+                return absent(f"{left} session key(s) are still there")
+            return done("no session keys are left")
+        if name == "restore_sessions":
+            backup_id = ctx.backup_of(SESSIONS)
+            live, _ = await self._live_entries(backup_id, self._all_patterns)
+            missing = await self._missing(live)
+            if not missing:
+                return done(f"all {len(live)} unexpired key(s) of snapshot #{backup_id} are back")
+            if missing == len(live):
+                return absent(f"none of the {len(live)} key(s) of snapshot #{backup_id} is there")
+            return unknown(f"{len(live) - missing} of {len(live)} key(s) of snapshot "
+                           f"#{backup_id} are there, {missing} missing: restored in part")
+        return CHECK_ONLY
+
+    async def _missing(self, live: list[dict[str, Any]]) -> int:
+        r = client(self.settings)
+        try:
+            missing = 0
+            for i in range(0, len(live), BATCH):
+                keys = [base64.b64decode(e["key"]) for e in live[i:i + BATCH]]
+                pipe = r.pipeline(transaction=False)
+                for k in keys:
+                    pipe.exists(k)
+                missing += sum(1 for found in await pipe.execute() if not found)
+        finally:
+            await r.aclose()
+        return missing
 
     # -- flush ----------------------------------------------------------------------------
 
@@ -240,17 +286,7 @@ class RedisSessionsExecutor(StoreWiring):
     async def _check_restored(self, ctx: StepContext) -> str:
         backup_id = ctx.backup_of(SESSIONS)
         live, _ = await self._live_entries(backup_id, self._all_patterns)
-        r = client(self.settings)
-        try:
-            missing = 0
-            for i in range(0, len(live), BATCH):
-                keys = [base64.b64decode(e["key"]) for e in live[i:i + BATCH]]
-                pipe = r.pipeline(transaction=False)
-                for k in keys:
-                    pipe.exists(k)
-                missing += sum(1 for found in await pipe.execute() if not found)
-        finally:
-            await r.aclose()
+        missing = await self._missing(live)
         # _live_entries has left out what expired since the restore. A key deleted in between
         # (a user logging out this very second) fails the check: rare, and a person looks.
         if missing:

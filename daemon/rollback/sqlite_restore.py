@@ -8,11 +8,13 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 from daemon.backup.base import BackupFailed, BackupRefused, StoredBackup
 from daemon.backup.envfile import read_env
+from daemon.backup.files import checksum
 from daemon.backup.sqlite import (
     SIDE_FILES,
     SqliteBackuper,
@@ -23,11 +25,22 @@ from daemon.backup.sqlite import (
     open_live,
 )
 from daemon.backup.store import BackupStore
-from daemon.rollback.base import StepContext, StepFailed
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    Found,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+    unknown,
+)
 from daemon.rollback.commands import run_argv
 from daemon.rollback.data_settings import REVISION, SqliteDatabase
-from daemon.rollback.encrypted_columns import clear_sqlite, clear_step, describe
-from daemon.rollback.sqlite_swap import stage, staged_path, swap_in
+from daemon.rollback.effects import cleared_effect, downgrade_effect, snapshot_effect
+from daemon.rollback.encrypted_columns import clear_sqlite, clear_step, count_sqlite, describe
+from daemon.rollback.receipts import command_effect, run_recorded
+from daemon.rollback.sqlite_swap import kept_since, stage, staged_path, swap_in
 from daemon.rollback.store_wiring import StoreWiring
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
@@ -139,6 +152,52 @@ class SqliteExecutor(StoreWiring):
         result: str = await step(ctx)
         return result
 
+    # -- after a crash: did the step's effect happen? -----------------------------------------
+
+    async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name == "prepare_restore":
+            return await asyncio.to_thread(self._staged_effect, ctx)
+        if name == "swap_database":
+            return await asyncio.to_thread(self._swap_effect, ctx, since)
+        if name == "start_app":
+            return command_effect(ctx, name, since)
+        if name == "snapshot_database":
+            return snapshot_effect(self.store, ctx)
+        if name == "alembic_downgrade":
+            return downgrade_effect(await self.current_version(), self._revision(ctx), ctx)
+        if name == "clear_encrypted":
+            return cleared_effect(await asyncio.to_thread(
+                count_sqlite, self.path, list(self.settings.encrypted_columns)))
+        return CHECK_ONLY
+
+    def _staged_effect(self, ctx: StepContext) -> Effect:
+        b = self.store.get(ctx.backup_of(DB))
+        staged = self.staged(ctx.backup_of(DB))
+        if not staged.exists():
+            return absent(f"no staged copy {staged.name}")
+        if b is None or checksum(staged)[0] != b.sha256:
+            return absent(f"the staged copy {staged.name} is incomplete (its checksum is not "
+                          "the backup's): it is staged again")
+        return done(f"{staged.name} is staged and its checksum is backup #{b.id}'s")
+
+    def _swap_effect(self, ctx: StepContext, since: datetime) -> Effect:
+        backup_id = ctx.backup_of(DB)
+        staged, kept = self.staged(backup_id), kept_since(self.path, since)
+        if not staged.exists() and kept is not None:
+            return done(f"the live {self.path.name} is backup #{backup_id}'s staged copy; the "
+                        f"replaced file is kept as {kept.name}")
+        stop = command_effect(ctx, "swap_database.stop", since)
+        if staged.exists() and kept is None:
+            if stop.found is Found.ABSENT:
+                return absent(f"the staged copy {staged.name} is not in place yet and the app "
+                              "was not stopped")
+            return unknown(f"the staged copy {staged.name} is not in place, but the stop "
+                           f"command ran ({stop.what}): the app may be down")
+        return unknown(f"the staged copy {staged.name} "
+                       f"{'is still there' if staged.exists() else 'is gone'} and "
+                       f"{'a kept file ' + kept.name if kept else 'no kept file'} is there: "
+                       "the swap may be half done")
+
     # -- what a restore would lose ------------------------------------------------------------
 
     async def writes_since(self, backup_id: int) -> int | None:
@@ -182,7 +241,7 @@ class SqliteExecutor(StoreWiring):
                              "run first; nothing was changed")
         s = self.settings
         assert s.stop is not None
-        await run_argv(s.stop, s.command_timeout)
+        await run_recorded(ctx, "swap_database.stop", s.stop, s.command_timeout)
         try:
             # Deliberately on the event loop: a thread hop would lengthen the critical path,
             # and these few syscalls do not wait on anything but the directory's fsync.
@@ -229,7 +288,8 @@ class SqliteExecutor(StoreWiring):
 
     async def _start(self, ctx: StepContext) -> str:
         assert self.settings.start is not None
-        res = await run_argv(self.settings.start, self.settings.command_timeout)
+        res = await run_recorded(ctx, "start_app", self.settings.start,
+                                 self.settings.command_timeout)
         return f"app started with {Path(self.settings.start[0]).name} (exit {res.returncode})"
 
     # -- Alembic downgrade ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from glob import escape as glob_escape
 from pathlib import Path
 
 from daemon.backup.base import BackupRefused, StoredBackup
@@ -85,6 +86,16 @@ def kept_name(path: Path) -> Path:
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
+
+
+def kept_since(path: Path, since: datetime) -> Path | None:
+    """The file a swap begun at or after `since` kept (by the time in its name), or None."""
+    floor = since.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    prefix = f"{path.name}.corrupted."
+    found = [p for p in path.parent.glob(f"{glob_escape(prefix)}*")
+             if not p.name.endswith(SIDE_FILES)
+             and p.name[len(prefix):len(prefix) + 16] >= floor]
+    return max(found, default=None)
 
 
 def _rename(src: Path, dest: Path) -> Callable[[], None]:

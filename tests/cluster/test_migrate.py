@@ -27,23 +27,23 @@ def fill(path: Path) -> None:
     j = Journal(path)
     try:
         for n in range(3):
-            inc = j.open_incident(f"t{n}", "app_down", "down", T0, {"n": n}, state="escalated")
-            s = j.step_started(inc, 1, "restart_service", idempotent=False)
-            j.step_finished(s, n != 1, 0.25 * n, f"exit {n}")
-            j.enqueue_mail(f"<rollbackd.{inc}.opened@h>", inc, ["a@example.com"], "s", "b")
-            j.start_ladder(inc, "escalated")
-            j.hold_mail(f"<held.{inc}@h>", inc, "opened", ["a@example.com"], "s", "b")
-        j.mail_sent(1)
-        j.save_ledger("t0", LedgerEntry("aaa", T0, T0, T0 + timedelta(seconds=30), None, "0002"))
-        j.mark_bad("t0", "bbb", "broke login")
-        j.save_breaker("t0", "deployment", Breaker(BreakerMode.OPEN, (T0,), T0))
-        gone = j.catalog_backup("t0", "database", "/b/1", 1, "x", 0.1, {}, verified=True)
-        j.catalog_backup("t0", "database", "/b/2", 2**40, "y", 0.2, {"alembic_revision": "3"},
-                         verified=True)
-        j.forget_backup(gone)
-        j.add_override(Override(OverrideKind.PAUSE, None, T0 + timedelta(days=1), "r", "ops"))
+            inc = j.incidents.open(f"t{n}", "app_down", "down", T0, {"n": n}, state="escalated")
+            s = j.steps.started(inc, 1, "restart_service", idempotent=False)
+            j.steps.finished(s, n != 1, 0.25 * n, f"exit {n}")
+            j.mail.enqueue(f"<rollbackd.{inc}.opened@h>", inc, ["a@example.com"], "s", "b")
+            j.escalations.start(inc, "escalated")
+            j.mail.hold(f"<held.{inc}@h>", inc, "opened", ["a@example.com"], "s", "b")
+        j.mail.sent(1)
+        j.ledger.save("t0", LedgerEntry("aaa", T0, T0, T0 + timedelta(seconds=30), None, "0002"))
+        j.ledger.mark_bad("t0", "bbb", "broke login")
+        j.breakers.save("t0", "deployment", Breaker(BreakerMode.OPEN, (T0,), T0))
+        gone = j.backups.add("t0", "database", "/b/1", 1, "x", 0.1, {}, verified=True)
+        j.backups.add("t0", "database", "/b/2", 2**40, "y", 0.2, {"alembic_revision": "3"},
+                      verified=True)
+        j.backups.forget(gone)
+        j.overrides.add(Override(OverrideKind.PAUSE, None, T0 + timedelta(days=1), "r", "ops"))
         for i in range(5):
-            j.audit(0, 100 + i, "status", {"i": i, "password": "<redacted>"}, "ok")
+            j.audit.record(0, 100 + i, "status", {"i": i, "password": "<redacted>"}, "ok")
     finally:
         j.close()
 
@@ -78,10 +78,10 @@ def test_every_table_is_copied_with_its_ids_and_the_chain_verifies(
     # The sequences were moved past the copied ids; the daemon's journal goes on from there.
     j = open_pg_journal(pg_dsn, tmp_path)
     try:
-        assert j.open_incident("t9", "app_down", "x", None, {}) == 4
-        assert j.catalog_backup("t0", "key", "/b/3", 1, "z", 0.1, {}, verified=True) == 3
-        j.audit(0, 1, "status", {}, "ok")
-        assert j.verify_audit() == (6, None, "")
+        assert j.incidents.open("t9", "app_down", "x", None, {}) == 4
+        assert j.backups.add("t0", "key", "/b/3", 1, "z", 0.1, {}, verified=True) == 3
+        j.audit.record(0, 1, "status", {}, "ok")
+        assert j.audit.verify() == (6, None, "")
     finally:
         j.close()
 
@@ -91,7 +91,7 @@ def test_a_destination_with_rows_is_refused_and_left_alone(
     src = tmp_path / "journal.sqlite3"
     fill(src)
     j = open_pg_journal(pg_dsn, tmp_path)
-    j.audit(0, 1, "status", {}, "ok")
+    j.audit.record(0, 1, "status", {}, "ok")
     j.close()
     dsn = dsn_file(tmp_path / "dsn", pg_dsn)
     assert main(["journal", "migrate", "--from", str(src), "--to-dsn-file", str(dsn)]) == 1

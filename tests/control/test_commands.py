@@ -112,8 +112,8 @@ def test_rollback_with_nothing_older_has_no_plan(live: Live) -> None:
 def test_backups_lists_the_catalog_and_backup_says_what_is_missing(live: Live) -> None:
     journal = Journal(live.d.state_dir / "journal.sqlite3")  # WAL: a second writer is fine
     try:
-        bid = journal.catalog_backup("grading", "database", "/srv/b/1.sqlite3", 4096, "ab" * 32,
-                                     0.2, {"alembic_revision": "0003"}, verified=True)
+        bid = journal.backups.add("grading", "database", "/srv/b/1.sqlite3", 4096, "ab" * 32,
+                                  0.2, {"alembic_revision": "0003"}, verified=True)
     finally:
         journal.close()
     (row,) = ok_json(live.d, "backups", "grading")

@@ -83,7 +83,9 @@ def test_socket_group_alone_does_not_allow_the_peer(
     out = ctl_as_nobody([staff], "--socket", str(d.socket), "status")
     assert out.returncode == 1, out.stdout
     assert "forbidden" in out.stderr and "daemon.allowed_groups" in out.stderr
-    assert not any(r["uid"] == NOBODY for r in audit_rows(d))
+    # Refused, and audited as such: nothing ran.
+    assert [(r["cmd"], r["args"], r["outcome"]) for r in audit_rows(d) if r["uid"] == NOBODY] \
+        == [("status", "{}", "error:forbidden")]
 
 
 def test_the_default_group_is_the_daemons(workspace: Workspace, smtp: SmtpSink,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -394,6 +395,7 @@ def _as_nobody(script: str, *argv: str) -> subprocess.CompletedProcess[str]:
 @needs_root
 def test_a_peer_whose_uid_is_not_allowed_is_forbidden(env: ControlEnv) -> None:
     assert NOBODY not in (0, os.getuid())
+    refused_before = _refused_rows(env)
     os.chmod(env.socket, 0o666)  # so nobody can connect at all: the uid check must stop it
     try:
         out = _as_nobody(RAW_AS_NOBODY, env.socket)
@@ -408,7 +410,15 @@ def test_a_peer_whose_uid_is_not_allowed_is_forbidden(env: ControlEnv) -> None:
         ran = db.execute("SELECT COUNT(*) FROM audit WHERE uid = ? AND outcome = 'ok'",
                          (NOBODY,)).fetchone()[0]
     assert ran == 0
+    # The refusal itself is audited: who asked, and for what (never the arguments).
+    (row,) = _refused_rows(env)[len(refused_before):]
+    assert (row["cmd"], row["args"], row["outcome"]) == ("status", "{}", "error:forbidden")
     env.assert_healthy()
+
+
+def _refused_rows(env: ControlEnv) -> list[Any]:
+    with closing(env.daemon.db()) as db:
+        return db.execute("SELECT * FROM audit WHERE uid = ? ORDER BY id", (NOBODY,)).fetchall()
 
 
 # rollbackctl as a client that is a little slow between connect() and send(): the daemon has
@@ -509,10 +519,11 @@ def test_rollbackctl_socket_nobody_listens_on() -> None:
 
 # -- audit ---------------------------------------------------------------------------------------
 
-def _row_hash(r: Any) -> str:
-    return hashlib.sha256(json.dumps(
-        [r["prev_hash"], r["at"], r["uid"], r["pid"], r["cmd"], r["args"], r["outcome"]]
-    ).encode()).hexdigest()
+def _row_hash(r: Any, key: bytes) -> str:
+    """HMAC-SHA256 under the daemon's audit key (state_dir/audit.key, made at first start)."""
+    return hmac.new(key, json.dumps(
+        [r["prev_hash"], r["at"], r["uid"], r["pid"], r["cmd"], r["args"], r["outcome"],
+         r["key_id"]]).encode(), hashlib.sha256).hexdigest()
 
 
 def test_every_command_is_audited_in_an_unbroken_hash_chain(env: ControlEnv) -> None:
@@ -527,12 +538,13 @@ def test_every_command_is_audited_in_an_unbroken_hash_chain(env: ControlEnv) -> 
     with closing(env.daemon.db()) as db:
         rows = db.execute("SELECT * FROM audit ORDER BY id").fetchall()
     assert rows
+    key = (env.daemon.state_dir / "audit.key").read_bytes().strip()
     assert rows[0]["id"] == 1 and rows[0]["prev_hash"] == ""
     for prev, row in zip([None, *rows], rows, strict=False):
         assert row["uid"] is not None and row["pid"] is not None, dict(row)
         if prev is not None:
             assert row["prev_hash"] == prev["hash"], (dict(prev), dict(row))
-        assert row["hash"] == _row_hash(row), dict(row)
+        assert row["hash"] == _row_hash(row, key), dict(row)
         json.loads(row["args"])
 
     seen = Counter((r["cmd"], r["uid"], r["pid"], r["outcome"]) for r in rows)
@@ -543,4 +555,4 @@ def test_every_command_is_audited_in_an_unbroken_hash_chain(env: ControlEnv) -> 
     assert any(r["cmd"] == "no-such-thing" and json.loads(r["args"]) == {"x": 1} for r in rows)
     # A tampered row breaks the chain where it was changed.
     forged = dict(rows[-1]) | {"outcome": "ok" if rows[-1]["outcome"] != "ok" else "error"}
-    assert _row_hash(forged) != rows[-1]["hash"]
+    assert _row_hash(forged, key) != rows[-1]["hash"]

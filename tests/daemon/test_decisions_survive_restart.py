@@ -44,13 +44,13 @@ def test_breaker_limits_and_overrides_survive_a_restart(tmp_path: Path) -> None:
     j = Journal(path)
     # Two automatic rollbacks in the window, the second one failed twice -> breaker open.
     for _ in range(2):
-        inc = j.open_incident("web", "app_down", "down", now, {})
-        j.update_incident(inc, state="remediating", started_at=now - timedelta(minutes=1))
-    b = j.breaker("web", "deployment_rollback")
+        inc = j.incidents.open("web", "app_down", "down", now, {})
+        j.incidents.update(inc, state="remediating", started_at=now - timedelta(minutes=1))
+    b = j.breakers.get("web", "deployment_rollback")
     for _ in range(2):
         b = record_failure(b, now, 2, 3600, 1800)
-    j.save_breaker("web", "deployment_rollback", b)
-    j.add_override(Override(OverrideKind.SILENCE, "web", now + timedelta(hours=1), "deploy"))
+    j.breakers.save("web", "deployment_rollback", b)
+    j.overrides.add(Override(OverrideKind.SILENCE, "web", now + timedelta(hours=1), "deploy"))
     before = decisions(j, now)
     j.close()
 

@@ -82,7 +82,7 @@ def smtp_later(port: int) -> Iterator[tuple[Controller, Sink]]:
 
 
 def enqueue_three(outbox: Outbox, journal: Journal) -> int:
-    inc = journal.open_incident("web", "app_down", "health failing", None, {})
+    inc = journal.incidents.open("web", "app_down", "health failing", None, {})
     for event in EVENTS:
         outbox.send(notice(inc, event, f"[rollbackd] web: incident {inc} {event}", f"{event} body\n"))
     return inc
@@ -114,7 +114,7 @@ async def test_mail_is_kept_while_smtp_is_down_and_delivered_once_when_it_is_up(
     assert datetime.fromisoformat(first["next_attempt_at"]) <= before + timedelta(seconds=10)
     # The rest wait behind it, untried, so one incident's mails stay in order.
     assert [(r["attempts"], r["sent_at"]) for r in rows[1:]] == [(0, None), (0, None)]
-    assert journal.outbox_counts() == {"sent": 0, "queued": 3}
+    assert journal.mail.counts() == {"sent": 0, "queued": 3}
 
     controller, sink = smtp_later
     controller.start()
@@ -135,7 +135,7 @@ async def test_mail_is_kept_while_smtp_is_down_and_delivered_once_when_it_is_up(
     rows = outbox_rows(journal)
     assert all(r["sent_at"] for r in rows)
     assert [r["attempts"] for r in rows] == [2, 1, 1]
-    assert journal.outbox_counts() == {"sent": 3, "queued": 0}
+    assert journal.mail.counts() == {"sent": 3, "queued": 0}
 
     # Nothing more to send, now or ever.
     assert await outbox.flush(now=FAR_FUTURE) == 0
@@ -163,7 +163,7 @@ async def test_enqueueing_an_event_twice_sends_it_once(
     controller, sink = smtp_later
     controller.start()
     outbox = Outbox(journal, make_config(port))
-    inc = journal.open_incident("web", "app_down", "down", None, {})
+    inc = journal.incidents.open("web", "app_down", "down", None, {})
     outbox.send(notice(inc, "opened", "s", "b"))
     assert await outbox.flush() == 1
     outbox.send(notice(inc, "opened", "s", "b"))  # e.g. replayed after a restart
@@ -193,7 +193,7 @@ async def test_a_restarted_daemon_sends_what_the_last_one_left_queued(
         assert await new.flush(now=FAR_FUTURE) == 3
         assert sink.ids == ids
         assert await new.flush(now=FAR_FUTURE) == 0
-        assert second.outbox_counts() == {"sent": 3, "queued": 0}
+        assert second.mail.counts() == {"sent": 3, "queued": 0}
     finally:
         second.close()
 

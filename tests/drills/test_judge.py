@@ -55,12 +55,12 @@ async def judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: Snapshot
     """`_judge` of a resolved app_down incident, with the target found as `after`."""
     journal = Journal(tmp_path / "journal.sqlite3")
     try:
-        inc_id = journal.open_incident("web", "app_down", "app_down: x", None, {})
-        journal.update_incident(inc_id, state=State.REMEDIATING.value)
-        journal.update_incident(inc_id, state=State.VERIFYING.value)
-        journal.update_incident(inc_id, state=State.RESOLVED.value, closed_at=now_utc(),
-                                verified_at=now_utc())
-        inc = journal.incident(inc_id)
+        inc_id = journal.incidents.open("web", "app_down", "app_down: x", None, {})
+        journal.incidents.update(inc_id, state=State.REMEDIATING.value)
+        journal.incidents.update(inc_id, state=State.VERIFYING.value)
+        journal.incidents.update(inc_id, state=State.RESOLVED.value, closed_at=now_utc(),
+                                 verified_at=now_utc())
+        inc = journal.incidents.get(inc_id)
         assert inc is not None
 
         async def found(_: Any) -> Snapshot:

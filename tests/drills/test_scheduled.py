@@ -42,7 +42,7 @@ async def test_the_scheduled_job_runs_the_planned_drill(workspace: Workspace, sm
         assert registry.get_sample_value("rollbackd_drill_overdue", {"target": "grading"}) == 0
         good = ws.head()
         await until(lambda: any(e.version == good and e.known_good
-                                for e in d.journal.ledger("grading")), 30, "known-good")
+                                for e in d.journal.ledger.entries("grading")), 30, "known-good")
         job.modify(next_run_time=datetime.now(UTC))  # the quarter is over: it is 03:00 on the 1st
         await until(lambda: any(r.done for r in d.drills.runs.values()), 60, "the drill")
         (run,) = d.drills.runs.values()

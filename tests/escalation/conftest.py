@@ -230,4 +230,4 @@ def outbox_for(journal: Journal, port: int, **kwargs: Any) -> Outbox:
 
 def incident(journal: Journal, cls: str = "app_down", state: str = "open",
              reason: str = "health cannot connect", target: str = "web") -> int:
-    return journal.open_incident(target, cls, f"{cls}: {reason}", None, {}, state=state)
+    return journal.incidents.open(target, cls, f"{cls}: {reason}", None, {}, state=state)

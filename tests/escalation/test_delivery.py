@@ -27,9 +27,9 @@ def enqueue_scenario(outbox: Outbox, journal: Journal) -> dict[str, list[str]]:
         for inc, (cls, events) in zip(ids, SCENARIO, strict=True):
             event = events[step]
             if event == "failed":  # what the runner journals before its "failed" mail
-                journal.update_incident(inc, state="remediating")
-                journal.update_incident(inc, "failed", "step git_checkout failed",
-                                        state="failed")
+                journal.incidents.update(inc, state="remediating")
+                journal.incidents.update(inc, "failed", "step git_checkout failed",
+                                         state="failed")
             to = outbox.send(notice(inc, event, f"[rollbackd] {cls} {event}", f"{event} of {inc}\n"))
             for addr in to:
                 expected.setdefault(addr, []).append(outbox.message_id(inc, event))
@@ -67,9 +67,9 @@ async def test_smtp_down_for_a_while_then_back_delivers_each_once_per_recipient_
             outbox.message_id(i, "opened") for i in (1, 2, 3)]
         started = time.monotonic()
         await asyncio.to_thread(mail_server.start)
-        while journal.outbox_counts()["queued"] and time.monotonic() - started < 20:
+        while journal.mail.counts()["queued"] and time.monotonic() - started < 20:
             await asyncio.sleep(0.1)
-        assert journal.outbox_counts() == {"sent": 9, "queued": 0}
+        assert journal.mail.counts() == {"sent": 9, "queued": 0}
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
@@ -98,7 +98,7 @@ async def test_a_refused_recipient_is_retried_alone_and_holds_back_its_incident(
     assert len([m for _, m in mail_server.box.pairs() if ".1." in m]) == 6
     for _ in range(3):
         await outbox.flush(now=FAR_FUTURE)
-    assert journal.outbox_counts()["queued"] == 0
+    assert journal.mail.counts()["queued"] == 0
     check_exactly_once_in_order(mail_server, expected)
 
 

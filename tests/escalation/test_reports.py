@@ -7,7 +7,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from daemon.journal.store import Journal, now_utc
+from daemon.clock import now_utc
+from daemon.journal.store import Journal
 from daemon.report import RESPONDER, build_report, keep_reports, render_markdown, write_report
 from policies.decision import KEY_DISASTER
 
@@ -23,23 +24,23 @@ def probes(**failing: str) -> dict[str, dict[str, object]]:
 
 def resolved_auth_incident(journal: Journal) -> int:
     onset = now_utc() - timedelta(seconds=30)
-    inc = journal.open_incident(
+    inc = journal.incidents.open(
         "grading", "auth_broken", "auth_broken: login 500; downgrading the schema 3f2a -> 9c1b",
         onset, {"probes": probes(login=f"500 from postgresql://app:{DSN_PASSWORD}@db/app")})
     plan = {"kind": "database_rollback", "incident_class": "auth_broken", "steps": [],
             "targets": {"revision": "9c1b"}, "current": {"revision": "3f2a"}}
-    journal.update_incident(inc, "planned", "alembic_downgrade", plan=json.dumps(plan),
-                            plan_kind="database_rollback")
-    journal.update_incident(inc, state="remediating", started_at=now_utc())
+    journal.incidents.update(inc, "planned", "alembic_downgrade", plan=json.dumps(plan),
+                             plan_kind="database_rollback")
+    journal.incidents.update(inc, state="remediating", started_at=now_utc())
     for seq, (name, ok, detail) in enumerate([("capture_evidence", True, "2 probes"),
                                               ("alembic_downgrade", True, "3f2a -> 9c1b"),
                                               ("verify", True, "all 3 probes pass")]):
-        step = journal.step_started(inc, seq, name, True)
-        journal.step_finished(step, ok, 0.25 * (seq + 1), detail)
-    journal.update_incident(inc, "rolled_back", "9c1b", rolled_back_at=now_utc())
-    journal.update_incident(inc, state="verifying")
-    journal.update_incident(inc, "verified", "all probes pass", state="resolved",
-                            verified_at=now_utc(), closed_at=now_utc())
+        step = journal.steps.started(inc, seq, name, True)
+        journal.steps.finished(step, ok, 0.25 * (seq + 1), detail)
+    journal.incidents.update(inc, "rolled_back", "9c1b", rolled_back_at=now_utc())
+    journal.incidents.update(inc, state="verifying")
+    journal.incidents.update(inc, "verified", "all probes pass", state="resolved",
+                             verified_at=now_utc(), closed_at=now_utc())
     return inc
 
 
@@ -75,14 +76,14 @@ def test_report_has_the_runbooks_sections(journal: Journal, tmp_path: Path) -> N
 
 
 def test_measures_follow_from_what_happened(journal: Journal) -> None:
-    inc = journal.open_incident("web", "app_down", "app_down: health cannot connect; rolling "
-                                "back", None, {"probes": probes(health2="connect refused"),
-                                               "deployment": {"branch": "main"}})
-    journal.update_incident(inc, state="remediating", from_version=COMMIT_BAD,
-                            to_version=COMMIT_GOOD, plan_kind="deployment_rollback")
-    step = journal.step_started(inc, 0, "git_checkout", False)
-    journal.step_finished(step, False, 1.5, "fatal: reference is not a tree")
-    journal.update_incident(inc, "failed", "step git_checkout failed", state="failed")
+    inc = journal.incidents.open("web", "app_down", "app_down: health cannot connect; rolling "
+                                 "back", None, {"probes": probes(health2="connect refused"),
+                                                "deployment": {"branch": "main"}})
+    journal.incidents.update(inc, state="remediating", from_version=COMMIT_BAD,
+                             to_version=COMMIT_GOOD, plan_kind="deployment_rollback")
+    step = journal.steps.started(inc, 0, "git_checkout", False)
+    journal.steps.finished(step, False, 1.5, "fatal: reference is not a tree")
+    journal.incidents.update(inc, "failed", "step git_checkout failed", state="failed")
     r = build_report(journal, inc)
     measures = " ".join(r["preventive_measures"])
     assert f"{COMMIT_BAD[:12]} failed to start" in measures and "smoke test" in measures
@@ -91,15 +92,15 @@ def test_measures_follow_from_what_happened(journal: Journal) -> None:
     assert "step git_checkout failed: fatal: reference is not a tree" in r["rollback"]["issues"]
     assert r["details"]["impact"]["ongoing"]
 
-    key = journal.open_incident("web", "key_invalid", f"key_invalid: bad; {KEY_DISASTER}: "
-                                "escalating", None, {}, state="escalated")
+    key = journal.incidents.open("web", "key_invalid", f"key_invalid: bad; {KEY_DISASTER}: "
+                                 "escalating", None, {}, state="escalated")
     assert any("back it up now" in m for m in build_report(journal, key)["preventive_measures"])
 
 
 async def test_every_incident_gets_a_report_kept_current(journal: Journal, tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    inc = journal.open_incident("web", "dependency_down", "redis down", None, {},
-                                state="escalated")
+    inc = journal.incidents.open("web", "dependency_down", "redis down", None, {},
+                                 state="escalated")
     task = asyncio.create_task(keep_reports(journal, reports, interval=0.05))
     try:
         md = reports / f"incident-{inc}.md"
@@ -108,7 +109,7 @@ async def test_every_incident_gets_a_report_kept_current(journal: Journal, tmp_p
                 break
             await asyncio.sleep(0.02)
         assert "(escalated)" in md.read_text()
-        journal.update_incident(inc, "acked", "acknowledged", acked_at=now_utc())
+        journal.incidents.update(inc, "acked", "acknowledged", acked_at=now_utc())
         for _ in range(100):
             if "Acknowledged: 20" in md.read_text():
                 break

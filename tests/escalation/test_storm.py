@@ -8,8 +8,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from daemon.clock import now_utc
 from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
 from tests.notices import notice
 
@@ -50,8 +51,8 @@ async def test_a_storm_of_50_incidents_in_a_minute_yields_a_bounded_number_of_ma
         for inc in ids:  # and every one of them is resolved again
             outbox.send(notice(inc, "resolved", f"[rollbackd] incident {inc} resolved", "ok\n"))
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (journal.outbox_counts()["queued"]
-                                               or journal.held_pending()):
+        while time.monotonic() < deadline and (journal.mail.counts()["queued"]
+                                               or journal.mail.held_pending()):
             await asyncio.sleep(0.1)
     finally:
         sender.cancel()
@@ -76,7 +77,7 @@ async def test_incidents_after_the_window_have_their_own_mails_again(
     outbox = outbox_for(journal, mail_server.port, escalation=STORM)
     for i in range(8):
         outbox.send(notice(incident(journal, target=f"w{i}"), "opened", f"s{i}", "b\n"))
-    assert len(journal.held_pending()) == 3
+    assert len(journal.mail.held_pending()) == 3
     # Two minutes later the storm is over: the next incident is mailed on its own.
     journal.db.execute("UPDATE incidents SET detected_at = ?",
                        ((now_utc() - timedelta(minutes=2)).isoformat(),))
@@ -108,7 +109,7 @@ async def test_held_mails_survive_a_restart_and_are_digested_once(
         outbox = Outbox(second, cfg)
         assert await outbox.flush(now=FAR_FUTURE) == 6  # five singles and one digest
         assert await outbox.flush(now=FAR_FUTURE) == 0
-        assert second.held_pending() == []
+        assert second.mail.held_pending() == []
     finally:
         second.close()
     assert sorted(listed(mail_server)) == [(6, "opened"), (7, "opened")]

@@ -7,9 +7,10 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from daemon.clock import now_utc
 from daemon.escalation.outbox import Outbox
 from daemon.escalation.tiers import TierChecker
-from daemon.journal.store import Journal, now_utc
+from daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
 from tests.notices import notice
 
@@ -51,18 +52,18 @@ def tier_mails(journal: Journal) -> list[tuple[str, str]]:
 async def test_unacknowledged_incident_climbs_the_tiers(journal: Journal,
                                                         mail_server: MailServer) -> None:
     outbox = outbox_for(journal, mail_server.port, contacts=TIERED, escalation=FAST)
-    checker = TierChecker(journal, outbox)
+    checker = TierChecker(journal.escalations, outbox)
     inc = escalated(outbox, journal)
-    assert journal.escalation(inc) == (1, [])
+    assert journal.escalations.of(inc) == (1, [])
     assert checker.check(later(0.5)) == 0  # tier 1 still has time
     assert checker.check(later(1.1)) == 1
-    assert journal.escalation(inc) == (2, ["lead@example.com"])
+    assert journal.escalations.of(inc) == (2, ["lead@example.com"])
     assert checker.check(later(1.2)) == 0  # tier 2's own timeout (2 s) starts now
     assert checker.check(later(3.3)) == 1
     assert checker.check(FAR_FUTURE) == 0  # the top tier has it; nobody further
     assert tier_mails(journal) == [("tier-2", '["lead@example.com"]'),
                                    ("tier-3", '["cto@example.com"]')]
-    events = [e for _, e, _ in journal.timeline(inc)]
+    events = [e for _, e, _ in journal.incidents.timeline(inc)]
     assert events.count("paged") == 2
     # Who was paged hears the rest of the incident.
     to = outbox.send(notice(inc, "resolved", "[rollbackd] web: resolved", "ok\n"))
@@ -82,32 +83,32 @@ async def test_unacknowledged_incident_climbs_the_tiers(journal: Journal,
 
 async def test_acknowledgement_or_resolution_stops_the_climb(journal: Journal) -> None:
     outbox = outbox_for(journal, 9, contacts=TIERED, escalation=FAST)
-    checker = TierChecker(journal, outbox)
+    checker = TierChecker(journal.escalations, outbox)
     acked = escalated(outbox, journal)
-    journal.update_incident(acked, "acked", "acknowledged", acked_at=now_utc())
+    journal.incidents.update(acked, "acked", "acknowledged", acked_at=now_utc())
     recovered = escalated(outbox, journal)
-    journal.update_incident(recovered, "recovered", "probes pass", state="resolved",
-                            closed_at=now_utc())
+    journal.incidents.update(recovered, "recovered", "probes pass", state="resolved",
+                             closed_at=now_utc())
     # An incident rollbackd is handling itself needs nobody: no ladder.
     acting = incident(journal, state="open")
     outbox.send(notice(acting, "opened", "[rollbackd] acting", "rolling back\n"))
     assert checker.check(FAR_FUTURE) == 0
     assert tier_mails(journal) == []
-    assert journal.escalation(acting) is None
+    assert journal.escalations.of(acting) is None
 
 
 async def test_a_new_reason_to_need_a_person_restarts_the_clock(journal: Journal) -> None:
     outbox = outbox_for(journal, 9, contacts=TIERED, escalation=FAST)
-    checker = TierChecker(journal, outbox)
+    checker = TierChecker(journal.escalations, outbox)
     inc = incident(journal, state="awaiting_approval")
     outbox.send(notice(inc, "opened", "waiting for approval", "rollbackctl approve\n"))
     journal.db.execute("UPDATE escalations SET since = ?",
                        ((now_utc() - timedelta(hours=1)).isoformat(),))
     # Approved (a person acted): remediating needs nobody, the ladder pauses.
-    journal.update_incident(inc, "approved", "by uid 0", state="remediating")
+    journal.incidents.update(inc, "approved", "by uid 0", state="remediating")
     assert checker.check() == 0
-    journal.update_incident(inc, "failed", "step failed", state="failed")
-    journal.update_incident(inc, "escalated", "a person must take over", state="escalated")
+    journal.incidents.update(inc, "failed", "step failed", state="failed")
+    journal.incidents.update(inc, "escalated", "a person must take over", state="escalated")
     outbox.send(notice(inc, "failed", "ROLLBACK FAILED", "failed\n"))
     assert checker.check(later(0.5)) == 0  # fresh clock for the failure
     assert checker.check(later(1.1)) == 1
@@ -120,14 +121,14 @@ async def test_a_restarted_daemon_neither_repages_nor_forgets_a_tier(tmp_path: P
     try:
         outbox = Outbox(first, cfg)
         inc = escalated(outbox, first)
-        assert TierChecker(first, outbox).check(later(1.1)) == 1
+        assert TierChecker(first.escalations, outbox).check(later(1.1)) == 1
     finally:
         first.close()
     second = Journal(path)
     try:
-        checker = TierChecker(second, Outbox(second, cfg))
+        checker = TierChecker(second.escalations, Outbox(second, cfg))
         assert checker.check(later(1.5)) == 0  # tier 2 was paged; its 2 s are not over
-        assert second.escalation(inc) == (2, ["lead@example.com"])
+        assert second.escalations.of(inc) == (2, ["lead@example.com"])
         assert checker.check(later(3.5)) == 1
         assert [t for t, _ in tier_mails(second)] == ["tier-2", "tier-3"]
     finally:
@@ -140,7 +141,7 @@ async def test_short_timeouts_reach_the_next_tier_in_real_time(journal: Journal,
     outbox = outbox_for(journal, mail_server.port, contacts=TIERED,
                         escalation='ack_timeout = "300ms"\ncheck_interval = "100ms"')
     tasks = [asyncio.create_task(outbox.run(poll=0.1)),
-             asyncio.create_task(TierChecker(journal, outbox).run())]
+             asyncio.create_task(TierChecker(journal.escalations, outbox).run())]
     try:
         started = time.monotonic()
         inc = escalated(outbox, journal)

@@ -147,7 +147,7 @@ ROWS = [
                  C.APP_DOWN, ["health"], id="redis-bad-response-is-not-down"),
     pytest.param({"r": fail("redis", S.TIMEOUT), "pg": fail("postgres_integrity", S.UNREACHABLE)},
                  C.DEPENDENCY_DOWN, ["r", "pg"], id="both-dependencies-down"),
-    # --- key_invalid: below app_down, above auth_broken
+    # --- key_invalid: above app_down (a dead app may be the key's victim) and auth_broken
     pytest.param({"key": fail("fernet_key", S.KEY_INVALID)}, C.KEY_INVALID, ["key"],
                  id="fernet-key-invalid"),
     pytest.param({"key": fail("fernet_key", S.KEY_INVALID), "login": fail("login",
@@ -158,7 +158,10 @@ ROWS = [
                  C.KEY_INVALID, ["key"], id="key-beats-perf"),
     pytest.param({"key": fail("fernet_key", S.KEY_INVALID), "health": fail("http_health",
                                                                            S.UNREACHABLE)},
-                 C.APP_DOWN, ["health"], id="app-down-beats-key"),
+                 C.KEY_INVALID, ["key"], id="key-beats-app-down"),
+    pytest.param({"key": ("fernet_key", below(S.KEY_INVALID)),
+                  "health": fail("http_health", S.UNREACHABLE)},
+                 None, [], id="app-down-waits-for-a-key-on-its-way-to-failing"),
     # --- below the failure threshold: not evidence yet
     pytest.param({"health": ("http_health", below(S.UNREACHABLE))}, None, [],
                  id="health-below-threshold"),
@@ -276,7 +279,7 @@ def test_all_passing() -> None:
 # ---------------------------------------------------------------------------------------------
 # property: the class highest in the precedence list among those whose rules match
 
-PRECEDENCE = [C.DATA_CORRUPTION, C.DEPENDENCY_DOWN, C.APP_DOWN, C.KEY_INVALID, C.AUTH_BROKEN,
+PRECEDENCE = [C.DATA_CORRUPTION, C.DEPENDENCY_DOWN, C.KEY_INVALID, C.APP_DOWN, C.AUTH_BROKEN,
               C.PERF_DEGRADED]
 HEALTH = {"http_health", "docker_container", "k8s_deployment"}
 

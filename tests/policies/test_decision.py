@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies.breaker import Breaker, BreakerMode
 from policies.classify import IncidentClass
-from policies.decision import Action, Decision, History, decide
+from policies.decision import Action, Decision, Gate, History, decide
 from policies.ledger import LedgerEntry
 from policies.plans import CHECKLIST, VERIFICATION, Capability, StepSpec
 from policies.settings import PolicySettings
@@ -213,6 +213,12 @@ def test_gates(
         assert d.plan.target_version == GOOD
         assert d.plan.current_version == CURRENT
     assert ("half-open" in d.reason) is ("half-open" in fragments)
+    # Which limit stopped it is typed, for the mail: each limit's sentence names its gate.
+    expected = Gate.RATE_LIMIT if "automatic rollbacks in the last" in d.reason \
+        else Gate.COOLDOWN if "in cooldown" in d.reason \
+        else Gate.BREAKER_OPEN if "circuit breaker" in d.reason and action is Action.ESCALATE \
+        else None
+    assert d.gate is expected, d.reason
 
 
 def test_normal_execute_plan_and_reason() -> None:

@@ -252,14 +252,37 @@ def test_no_version_with_the_current_key_escalates() -> None:
 # ---------------------------------------------------------------------------------------------
 # auth_broken: downgrade when a migration ran since, else restore, else escalate
 
-def test_auth_broken_downgrades_when_a_migration_ran_since() -> None:
+def test_auth_broken_after_a_deploy_returns_schema_and_code_together() -> None:
+    """A release is its code and its schema: the deploy of CURRENT migrated r2 -> r3; a
+    downgrade alone would leave CURRENT's code, whose next upgrade breaks login again."""
     d = run(C.AUTH_BROKEN, facts(current_revision="r3"))
     assert d.action is Action.EXECUTE, d.reason
     assert d.plan is not None and d.plan.kind is PlanKind.DATABASE_ROLLBACK
-    assert body(d.plan) == names(DOWNGRADE)
+    assert body(d.plan) == names(DOWNGRADE) + names(DEPLOY)  # schema first
+    assert dict(d.plan.targets) == {"revision": "r2", Component.DEPLOYMENT: GOOD}
+    assert d.plan.current_version == CURRENT  # the runner marks it bad once verified
+    assert "returning the release, schema and code" in d.reason
+    assert "schema downgraded r3 -> r2 first" in d.reason
+
+
+def test_auth_broken_downgrades_alone_when_no_deploy_came_with_the_migration() -> None:
+    # CURRENT is itself known-good: someone ran the migration by hand; its code stays.
+    ledger = (*LEDGER[:2], replace(LEDGER[2], known_good_at=ago(1800), healthy_since=ago(3000),
+                                   alembic_revision="r2"))
+    d = run(C.AUTH_BROKEN, facts(ledger=ledger, current_revision="r3"))
+    assert d.action is Action.EXECUTE, d.reason
+    assert d.plan is not None and body(d.plan) == names(DOWNGRADE)
     assert dict(d.plan.targets) == {"revision": "r2"}
-    assert d.plan.target_version == ""  # the deployment stays
+    assert d.plan.target_version == ""
     assert "downgrading the schema r3 -> r2" in d.reason
+
+
+def test_auth_broken_downgrades_alone_without_a_deployment_executor() -> None:
+    d = run(C.AUTH_BROKEN, facts(current_revision="r3",
+                                 capabilities=caps(Capability.DEPLOYMENT_ROLLBACK,
+                                                   Capability.DEPLOYMENT_TEST_FIRST)))
+    assert d.plan is not None and body(d.plan) == names(DOWNGRADE)
+    assert d.plan.target_version == ""
 
 
 def test_auth_broken_downgrade_goes_to_the_newest_known_good_revision() -> None:

@@ -170,3 +170,11 @@ async def test_missing_journal_or_table_is_a_probe_error(tmp_path: Path) -> None
 def test_bad_settings(kw: dict[str, Any], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         BackupFreshnessSettings(**kw)
+
+
+async def test_without_the_daemon_or_a_journal_file_the_probe_says_so() -> None:
+    probe = BackupFreshnessProbe("backups", BackupFreshnessSettings(target="g", max_age="1d"))
+    obs = await probe.check()
+    assert (obs.status, obs.symptom) == (Status.ERROR, Symptom.PROBE_ERROR)
+    assert obs.detail == ("no journal to read: outside the daemon, set `journal` to the "
+                          "daemon's SQLite journal file.")

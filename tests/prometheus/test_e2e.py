@@ -26,7 +26,7 @@ def open_breaker(ws: Workspace, target: str, plan: str) -> None:
     """Two failed rollbacks opened the breaker before this start; the journal keeps it."""
     now = datetime.now(UTC)
     journal = Journal(ws.root / "state" / "journal.sqlite3")
-    journal.save_breaker(target, plan, Breaker(BreakerMode.OPEN, (now, now), now))
+    journal.breakers.save(target, plan, Breaker(BreakerMode.OPEN, (now, now), now))
     journal.close()
 
 

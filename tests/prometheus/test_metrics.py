@@ -100,16 +100,16 @@ def test_breaker_state(registry: CollectorRegistry, journal: Journal, mode: Brea
                        opened_ago: timedelta | None, value: int) -> None:
     at = now()
     opened = at - opened_ago if opened_ago else None
-    journal.save_breaker("grading", "deployment_rollback", Breaker(mode, (at,), opened))
+    journal.breakers.save("grading", "deployment_rollback", Breaker(mode, (at,), opened))
     assert collect(registry, journal).get_sample_value(
         "rollbackd_breaker_state", {"target": "grading", "plan": "deployment_rollback"}) == value
 
 
 def test_open_incidents_by_state_with_their_detection_time(registry: CollectorRegistry,
                                                            journal: Journal) -> None:
-    journal.open_incident("grading", "auth_broken", "login 401", now(), {},
-                          state="awaiting_approval")
-    journal.open_incident("billing", "app_down", "down", now(), {}, state="resolved")
+    journal.incidents.open("grading", "auth_broken", "login 401", now(), {},
+                           state="awaiting_approval")
+    journal.incidents.open("billing", "app_down", "down", now(), {}, state="resolved")
     collect(registry, journal)
     assert registry.get_sample_value("rollbackd_incidents_open", {
         "target": "grading", "incident_class": "auth_broken", "state": "awaiting_approval"}) == 1
@@ -119,14 +119,14 @@ def test_open_incidents_by_state_with_their_detection_time(registry: CollectorRe
 
 
 def test_closed_incidents_are_not_open(registry: CollectorRegistry, journal: Journal) -> None:
-    journal.open_incident("billing", "app_down", "down", now(), {}, state="resolved")
+    journal.incidents.open("billing", "app_down", "down", now(), {}, state="resolved")
     assert collect(registry, journal).get_sample_value("rollbackd_incidents_open", {
         "target": "billing", "incident_class": "app_down", "state": "resolved"}) is None
 
 
 def test_pause_of_one_target(registry: CollectorRegistry, journal: Journal) -> None:
-    journal.add_override(Override(OverrideKind.PAUSE, "grading", now() + timedelta(hours=1),
-                                  "migrating"))
+    journal.overrides.add(Override(OverrideKind.PAUSE, "grading", now() + timedelta(hours=1),
+                                   "migrating"))
     collect(registry, journal)
     assert registry.get_sample_value("rollbackd_override_active",
                                      {"target": "grading", "kind": "pause"}) == 1
@@ -136,24 +136,24 @@ def test_pause_of_one_target(registry: CollectorRegistry, journal: Journal) -> N
 
 def test_global_maintenance_applies_to_every_target(registry: CollectorRegistry,
                                                     journal: Journal) -> None:
-    journal.add_override(Override(OverrideKind.MAINTENANCE, None, now() + timedelta(hours=1), "dc"))
+    journal.overrides.add(Override(OverrideKind.MAINTENANCE, None, now() + timedelta(hours=1), "dc"))
     assert collect(registry, journal).get_sample_value(
         "rollbackd_override_active", {"target": "billing", "kind": "maintenance"}) == 1
 
 
 def test_expired_override_is_off(registry: CollectorRegistry, journal: Journal) -> None:
-    journal.add_override(Override(OverrideKind.SILENCE, "grading", now() - timedelta(seconds=1), "x"))
+    journal.overrides.add(Override(OverrideKind.SILENCE, "grading", now() - timedelta(seconds=1), "x"))
     assert collect(registry, journal).get_sample_value(
         "rollbackd_override_active", {"target": "grading", "kind": "silence"}) == 0
 
 
 def _mails(journal: Journal) -> None:
     for i in range(3):
-        journal.enqueue_mail(f"m{i}", None, ["oncall@example.com"], "s", "b")
+        journal.mail.enqueue(f"m{i}", None, ["oncall@example.com"], "s", "b")
     ids = [r[0] for r in journal.db.execute("SELECT id FROM outbox ORDER BY id")]
-    journal.mail_sent(ids[0])
-    journal.mail_failed(ids[1], "421 try later", now())
-    journal.mail_failed(ids[1], "421 try later", now())
+    journal.mail.sent(ids[0])
+    journal.mail.failed(ids[1], "421 try later", now())
+    journal.mail.failed(ids[1], "421 try later", now())
 
 
 def test_failing_mails(registry: CollectorRegistry, journal: Journal) -> None:
@@ -169,11 +169,11 @@ def test_failed_mail_attempts_count(registry: CollectorRegistry, journal: Journa
 
 
 def test_newest_verified_backup(registry: CollectorRegistry, journal: Journal) -> None:
-    journal.catalog_backup("grading", "database", "/b/1", 1, "x", 0.1, {}, verified=True)
+    journal.backups.add("grading", "database", "/b/1", 1, "x", 0.1, {}, verified=True)
     journal.db.execute("UPDATE backups SET created_at = ?",
                        ((now() - timedelta(hours=30)).isoformat(),))
-    journal.catalog_backup("grading", "database", "/b/2", 1, "y", 0.1, {}, verified=True)
-    journal.catalog_backup("grading", "database", "/b/3", 1, "z", 0.1, {}, verified=False)
+    journal.backups.add("grading", "database", "/b/2", 1, "y", 0.1, {}, verified=True)
+    journal.backups.add("grading", "database", "/b/3", 1, "z", 0.1, {}, verified=False)
     stamp = collect(registry, journal).get_sample_value(
         "rollbackd_backup_newest_verified_timestamp_seconds",
         {"target": "grading", "kind": "database"})
@@ -183,8 +183,8 @@ def test_newest_verified_backup(registry: CollectorRegistry, journal: Journal) -
 def test_restore_test_times_passed_and_failed(registry: CollectorRegistry,
                                              journal: Journal) -> None:
     store = BackupStore(journal, journal.path.parent / "backups", "grading")
-    ids = [journal.catalog_backup("grading", "database", f"/b/{n}", 1, "x", 0.1, {},
-                                  verified=True) for n in range(3)]
+    ids = [journal.backups.add("grading", "database", f"/b/{n}", 1, "x", 0.1, {},
+                               verified=True) for n in range(3)]
     b = [store.get(i) for i in ids]
     assert None not in b
     store.record_restore_test(b[0], None, now() - timedelta(days=2))  # type: ignore[arg-type]
@@ -208,19 +208,19 @@ def test_restore_test_counter_starts_at_zero(registry: CollectorRegistry) -> Non
 
 def test_known_good_version_info(registry: CollectorRegistry, journal: Journal) -> None:
     t = now() - timedelta(hours=3)
-    journal.save_ledger("grading", LedgerEntry("aaa111", t, t, t + timedelta(minutes=10)))
-    journal.save_ledger("grading", LedgerEntry("bbb222", t + timedelta(hours=1), t,
+    journal.ledger.save("grading", LedgerEntry("aaa111", t, t, t + timedelta(minutes=10)))
+    journal.ledger.save("grading", LedgerEntry("bbb222", t + timedelta(hours=1), t,
                                                t + timedelta(hours=1, minutes=10)))
-    journal.save_ledger("grading", LedgerEntry("ccc333", t + timedelta(hours=2)))  # not yet good
-    journal.mark_bad("grading", "ddd444", "rolled back")
+    journal.ledger.save("grading", LedgerEntry("ccc333", t + timedelta(hours=2)))  # not yet good
+    journal.ledger.mark_bad("grading", "ddd444", "rolled back")
     assert collect(registry, journal).get_sample_value(
         "rollbackd_known_good_version_info", {"target": "grading", "version": "bbb222"}) == 1
 
 
 def test_last_rollback_failure(registry: CollectorRegistry, journal: Journal) -> None:
-    inc = journal.open_incident("grading", "app_down", "down", now(), {})
-    journal.update_incident(inc, state="remediating")
-    journal.update_incident(inc, "failed", "restart exited 1", state="failed")
+    inc = journal.incidents.open("grading", "app_down", "down", now(), {})
+    journal.incidents.update(inc, state="remediating")
+    journal.incidents.update(inc, "failed", "restart exited 1", state="failed")
     stamp = collect(registry, journal).get_sample_value(
         "rollbackd_rollback_last_failure_timestamp_seconds", {"target": "grading"})
     assert stamp is not None and abs(stamp - time.time()) < 5
@@ -248,7 +248,7 @@ def test_broken_policy_source_costs_only_its_sections(registry: CollectorRegistr
     def broken() -> dict[str, PolicySettings]:
         raise RuntimeError("config half reloaded")
 
-    journal.enqueue_mail("m", None, ["a@b"], "s", "b")
+    journal.mail.enqueue("m", None, ["a@b"], "s", "b")
     registry.register(JournalCollector(journal.path, broken))
     assert registry.get_sample_value("rollbackd_escalation_mails", {"state": "queued"}) == 1
 
@@ -300,6 +300,7 @@ def test_every_metric_the_rules_use_is_exported(registry: CollectorRegistry,
                                                 journal: Journal, tmp_path: Path) -> None:
     m = Metrics(registry)
     m.scheduler_ran(0.1)
+    m.backups_failed.labels("grading", "database")  # attach_backups starts it at zero
     SelfCheck(tmp_path, registry)  # the daemon registers its self_degraded gauge at start
     collect(registry, journal)
     registry.register(MonitorCollector(_monitors))

@@ -246,29 +246,36 @@ def test_a_dropped_table_is_restored_into_a_new_database_and_swapped_in(
     assert Path(evidence["path"]).exists()
 
 
-def test_a_migration_that_breaks_login_is_downgraded(
+def test_a_migration_that_breaks_login_returns_the_release_schema_and_code(
         pg: PgApp, smtp: SmtpSink, start_daemon: Any, tmp_path: Path) -> None:
     ws = pg.ws
     d = start(pg, smtp, start_daemon, tmp_path, "auto_destructive = true\n")
     ready(d, ws)
     assert pg_revision(pg.dsn) == GOOD_REVISION
+    v1 = ws.head()
     # v2 ships a migration that renames the password column the app still reads.
     add_bad_migration(ws, GOOD_REVISION)
     ws.git("add", "-A")
     ws.git("commit", "-q", "-m", "v2: normalise the password column")
+    v2 = ws.head()
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ws.app_dir,
                    env={**os.environ, **ws.env()}, check=True, capture_output=True, timeout=60)
     ws.restart()
-    assert pg_revision(pg.dsn) == BAD_REVISION
 
-    inc = wait_for(lambda: incident(d, "resolved"), 60, f"downgrade resolved\n{d.log_text()}")
+    inc = wait_for(lambda: incident(d, "resolved"), 60, f"release returned\n{d.log_text()}")
     report = show(d, inc["id"])
-    assert report["incident_class"] == "auth_broken"
-    assert f"downgrading the schema {BAD_REVISION} -> {GOOD_REVISION}" in report["reason"]
+    # The restart onto v2 may be seen first (app_down) or the renamed column (auth_broken):
+    # either way the release goes back whole, schema first.
+    assert report["incident_class"] in ("auth_broken", "app_down"), report["reason"]
+    assert f"schema downgraded {BAD_REVISION} -> {GOOD_REVISION} first" in report["reason"]
     assert steps(report) == [(n, "done") for n in [
-        *CHECKLIST, "snapshot_database", "alembic_downgrade", "check_revision", "verify"]]
+        *CHECKLIST, "snapshot_database", "alembic_downgrade", "check_revision",
+        "git_checkout", "install_dependencies", "restart_service", "verify"]]
     assert_timeline(report)
     assert pg_revision(pg.dsn) == GOOD_REVISION and login(ws) == 200
+    assert ws.head() == v1
+    ledger = {e["version"]: e for e in d.result("known-good", target="grading")}
+    assert ledger[v2]["state"] == "bad"
     with pg_connect(pg.dsn) as db:
         columns = {str(r[0]) for r in db.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'")}

@@ -22,6 +22,7 @@ from daemon.backup.files import checksum
 from daemon.backup.pg import PgError, derived_name
 from daemon.backup.schedule import TargetBackups, attach_backups
 from daemon.backup.store import BackupStore
+from daemon.control.commands.backups import shown as backup_shown
 from daemon.control.ctl_output import RENDER
 from daemon.demo.workspace import free_port
 from daemon.escalation.notices import Notice, NoticeKind
@@ -111,8 +112,7 @@ async def test_a_scheduled_test_restore_passes_records_the_time_and_leaves_nothi
     assert rig.backups.first_test() == tested.restore_tested_at + timedelta(days=1)
     assert rig.store.due_for_restore_test(
         "database", 86400, tested.restore_tested_at + timedelta(days=1, seconds=1)) == tested
-    shown = RENDER["backups"]([{**dict(r), "verified": r["verified_at"] is not None}
-                               for r in journal.backup_rows("grading")])
+    shown = RENDER["backups"]([backup_shown(b) for b in journal.backups.of("grading")])
     assert "RESTORE_TEST" in shown and f"ok {tested.restore_tested_at:%Y-%m-%d}" in shown
 
 

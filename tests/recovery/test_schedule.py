@@ -32,7 +32,7 @@ async def test_a_pass_backs_up_every_kind_then_the_next_waits_an_interval(
     now = datetime.now(UTC)
     assert backups.first_run(now) == now  # nothing verified yet: at once
     await backups.run()
-    kinds = sorted((r["kind"], r["verified_at"] is not None) for r in journal.backup_rows("grading"))
+    kinds = sorted((r.kind, r.verified) for r in journal.backups.of("grading"))
     assert kinds == [("database", True), ("key", True)]
     newest = max(backups.store.newest_verified(k).created_at  # type: ignore[union-attr]
                  for k in ("database", "key"))
@@ -40,7 +40,7 @@ async def test_a_pass_backs_up_every_kind_then_the_next_waits_an_interval(
         timedelta(seconds=601)
     busy[0] = True  # a rollback runs: its own checklist backs up, the schedule stands aside
     await backups.run()
-    assert len(journal.backup_rows("grading")) == 2
+    assert len(journal.backups.of("grading")) == 2
 
 
 async def test_a_target_without_data_has_no_backup_job(journal: Journal) -> None:

@@ -182,7 +182,7 @@ async def test_no_room_for_the_current_state_backup_stops_the_plan_before_any_ch
     with pytest.raises(StepFailed, match=r"cannot back up the current database: .*nothing was"):
         await ex.backup_current(ctx(restore_plan(ex, 1)))
     assert sha(db_path(app)) == before
-    assert journal.backup_rows("grading") == []
+    assert journal.backups.of("grading") == []
     assert not [p for p in (tmpfs / "backups").rglob("*") if p.is_file()]
 
 

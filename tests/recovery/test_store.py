@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from datetime import UTC, datetime, timedelta
@@ -62,10 +61,10 @@ async def test_a_backup_is_private_checksummed_verified_then_cataloged(
         assert mode(d) == 0o700
     assert (b.sha256, b.size) == checksum(b.path) and b.size == 1000
     assert b.duration > 0
-    row = journal.backup_row(b.id)
-    assert row is not None and row["verified_at"] is not None
-    assert json.loads(row["versions"]) == {"alembic_revision": "0002", "reason": "scheduled"}
-    assert [e.id for e in journal.backup_entries("grading", "database") if e.verified] == [b.id]
+    row = journal.backups.get(b.id)
+    assert row is not None and row.verified
+    assert row.versions == {"alembic_revision": "0002", "reason": "scheduled"}
+    assert [e.id for e in journal.backups.entries("grading", "database") if e.verified] == [b.id]
     assert not list(b.path.parent.glob(".*partial"))
 
 
@@ -76,7 +75,7 @@ async def test_a_copy_that_fails_verification_is_cataloged_unverified(
     assert not b.verified and b.verify_error == "integrity_check: page 3 is never used"
     assert b.incident == 4 and b.path.exists()  # kept as evidence
     assert b.path.name.endswith("Z-evidence-incident-4.bin")  # and named so
-    (entry,) = journal.backup_entries("grading", "database")
+    (entry,) = journal.backups.entries("grading", "database")
     assert not entry.verified
     assert store.newest_verified("database") is None
 
@@ -84,7 +83,7 @@ async def test_a_copy_that_fails_verification_is_cataloged_unverified(
 async def test_a_failed_backup_leaves_nothing(store: BackupStore, journal: Journal) -> None:
     with pytest.raises(BackupFailed, match="source is gone"):
         await store.take(FakeBackuper(fail="source is gone"))
-    assert journal.backup_rows("grading") == []
+    assert journal.backups.of("grading") == []
     assert list(store.directory("database").iterdir()) == []
 
 
@@ -108,7 +107,7 @@ async def test_a_changed_backup_is_refused_and_never_chosen_again(
     with pytest.raises(BackupRefused, match=r"checksum mismatch.*refusing to restore"):
         await store.checked(b.id, "database")
     assert store.newest_verified("database") == store.get(good.id)
-    entries = {e.id: e.verified for e in journal.backup_entries("grading", "database")}
+    entries = {e.id: e.verified for e in journal.backups.entries("grading", "database")}
     assert entries == {good.id: True, b.id: False}
     os.unlink(good.path)
     with pytest.raises(BackupRefused, match="cannot be read"):
@@ -142,8 +141,8 @@ async def test_retention_waits_for_a_newer_verified_backup(
     fresh = await store.take(FakeBackuper(data=b"5"))
     assert await store.enforce_retention("database") == [old.id]
     assert not old.path.exists() and evidence.path.exists() and fresh.path.exists()
-    assert {r["id"] for r in journal.backup_rows("grading")} >= {fresh.id, evidence.id}
-    assert old.id not in {r["id"] for r in journal.backup_rows("grading")}
+    assert {r.id for r in journal.backups.of("grading")} >= {fresh.id, evidence.id}
+    assert old.id not in {r.id for r in journal.backups.of("grading")}
 
 
 async def test_retention_keep_is_configurable_and_per_kind(journal: Journal) -> None:
@@ -172,9 +171,9 @@ async def test_a_crash_mid_backup_leaves_a_partial_that_retention_sweeps(
 
 async def test_evidence_counts_against_retention_once_its_incident_is_closed(
         store: BackupStore, journal: Journal) -> None:
-    still_open = journal.open_incident("grading", "data_corruption", "damaged", None, {})
-    closed = journal.open_incident("grading", "data_corruption", "damaged", None, {})
-    journal.update_incident(closed, state="transient")  # recovered by itself: closed
+    still_open = journal.incidents.open("grading", "data_corruption", "damaged", None, {})
+    closed = journal.incidents.open("grading", "data_corruption", "damaged", None, {})
+    journal.incidents.update(closed, state="transient")  # recovered by itself: closed
     kept = await store.take(FakeBackuper(data=b"1"), reason=f"incident-{still_open}",
                             incident=still_open)
     done = await store.take(FakeBackuper(data=b"2"), reason=f"incident-{closed}-snapshot",

@@ -15,6 +15,6 @@ from daemon.control.commands import (  # noqa: F401 - imported for their registr
     rollback,
     safety,
 )
-from daemon.control.commands.registry import COMMANDS, Command, command, dispatch
+from daemon.control.commands.registry import COMMANDS, Command, audit_refused, command, dispatch
 
-__all__ = ["COMMANDS", "Command", "command", "dispatch"]
+__all__ = ["COMMANDS", "Command", "audit_refused", "command", "dispatch"]

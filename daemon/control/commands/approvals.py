@@ -13,7 +13,7 @@ from daemon.control.server import Peer
 if TYPE_CHECKING:
     from daemon.control.face import DaemonFace
     from daemon.incidents.desk import IncidentDesk
-    from daemon.journal.store import Incident
+    from daemon.journal import Incident
 
 
 def _desk(d: DaemonFace, inc: Incident) -> IncidentDesk:
@@ -26,7 +26,7 @@ def _desk(d: DaemonFace, inc: Incident) -> IncidentDesk:
 @command("approve", "run the plan of an incident waiting for approval, or resume a held one")
 async def _approve(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     inc = incident_arg(d, args)
-    plan = await _desk(d, inc).approve(inc.id, f"uid {peer.uid}")
+    plan = await _desk(d, inc).approve(inc.id, f"uid {peer.uid}", peer.uid)
     return {"id": inc.id, "started": plan.kind}
 
 

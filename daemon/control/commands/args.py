@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from daemon.control.protocol import CommandError
-from daemon.journal.store import Incident
+from daemon.journal import Incident
 from policies.ledger import LedgerEntry
 from probes.base import parse_duration
 
@@ -22,7 +22,7 @@ def incident_arg(d: DaemonFace, args: dict[str, Any]) -> Incident:
     if not isinstance(incident_id, int) or isinstance(incident_id, bool) \
             or not 0 < incident_id < 2**63:
         raise CommandError("bad_args", "an incident id (a positive whole number) is required")
-    inc = d.journal.incident(incident_id)
+    inc = d.journal.incidents.get(incident_id)
     if inc is None:
         raise CommandError("not_found", f"no incident {incident_id}")
     return inc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,8 @@ from daemon.control.commands.args import monitor_arg
 from daemon.control.commands.registry import command
 from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
+from daemon.journal import StoredBackup
+from daemon.journal.db import ts
 
 if TYPE_CHECKING:
     from daemon.control.face import DaemonFace
@@ -87,13 +88,16 @@ async def _backups(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:
         raise CommandError("bad_args", f"kind must be one of {', '.join(KINDS)}")
-    rows = reversed(d.journal.backup_rows(target, kind))
     # The failed attempt comes first (newest): no copy, so no id, path or checksum.
-    failed = [{"id": None, "kind": k, "created_at": f.at, "failed": f.reason}
+    failed = [{"id": None, "kind": k, "created_at": ts(f.at), "failed": f.reason}
               for k, f in failed_backups(d, target, m).items() if kind in (None, k)]
-    return failed + [{"id": r["id"], "kind": r["kind"], "created_at": r["created_at"],
-             "size": r["size"], "sha256": r["sha256"], "verified": r["verified_at"] is not None,
-             "verify_error": r["verify_error"], "path": r["path"],
-             "versions": json.loads(r["versions"] or "{}"),
-             "restore_tested_at": r["restore_tested_at"],
-             "restore_test_error": r["restore_test_error"]} for r in rows]
+    return failed + [shown(b) for b in reversed(d.journal.backups.of(target, kind))]
+
+
+def shown(b: StoredBackup) -> dict[str, Any]:
+    """One catalog entry as `backups` replies it."""
+    return {"id": b.id, "kind": b.kind, "created_at": ts(b.created_at), "size": b.size,
+            "sha256": b.sha256, "verified": b.verified, "verify_error": b.verify_error,
+            "path": str(b.path), "versions": dict(b.versions),
+            "restore_tested_at": ts(b.restore_tested_at),
+            "restore_test_error": b.restore_test_error}

@@ -6,11 +6,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import incident_arg, int_arg
 from daemon.control.commands.backups import failed_backups
 from daemon.control.commands.registry import command
 from daemon.control.server import Peer
-from daemon.journal.store import Incident, now_utc
+from daemon.journal import Incident
 from daemon.report import build_report, render_markdown
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     targets = []
     owners = d.cluster.owners() if d.cluster else {}  # several instances: who acts for what
     for name, m in d.monitors.items():
-        inc = d.journal.open_incident_for(name)
+        inc = d.journal.incidents.open_for(name)
         targets.append({
             "target": name,
             "probes": {p: ("failing" if h.failing else "passing" if h.passing else "pending")
@@ -46,17 +47,17 @@ async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
         "self_degraded": d.selfcheck.degraded,
         **({"instance": d.cluster.instance} if d.cluster else {}),
         "targets": targets,
-        "breakers": [{"target": t, "plan": k, "mode": b.mode} for t, k, b in d.journal.breakers()],
+        "breakers": [{"target": t, "plan": k, "mode": b.mode} for t, k, b in d.journal.breakers.all()],
         "overrides": [{"kind": o.kind.value, "target": o.target or "*", "until": o.until,
-                       "reason": o.reason, "by": o.by} for o in d.journal.overrides(now_utc())],
-        "mail": d.journal.outbox_counts(),
+                       "reason": o.reason, "by": o.by} for o in d.journal.overrides.active(now_utc())],
+        "mail": d.journal.mail.counts(),
     }
 
 
 @command("incidents", "recent incidents, newest first")
 async def _incidents(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     limit = int_arg(args, "limit", 20, 1, 1000)
-    return [incident_row(i) for i in d.journal.incidents(limit)]
+    return [incident_row(i) for i in d.journal.incidents.recent(limit)]
 
 
 @command("show", "one incident with its steps and timeline (report=true: the Markdown report)")
@@ -70,5 +71,5 @@ async def _show(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
 @command("ack", "acknowledge an incident: a person has it")
 async def _ack(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     inc = incident_arg(d, args)
-    d.journal.update_incident(inc.id, "acked", "acknowledged", acked_at=now_utc())
+    d.journal.incidents.update(inc.id, "acked", "acknowledged", acked_at=now_utc())
     return {"id": inc.id, "acked": True}

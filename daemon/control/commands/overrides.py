@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import duration_arg, target_arg, text_arg
 from daemon.control.commands.registry import command
 from daemon.control.server import Peer
-from daemon.journal.store import now_utc
 from policies.overrides import Override, OverrideKind
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def _override(d: DaemonFace, kind: OverrideKind, args: dict[str, Any], peer: Pee
     assert reason is not None
     target = target_arg(d, args)
     until = now_utc() + timedelta(seconds=duration_arg(args))
-    d.journal.add_override(Override(kind, target, until, reason, f"uid {peer.uid}"))
+    d.journal.overrides.add(Override(kind, target, until, reason, f"uid {peer.uid}"))
     return {"kind": kind, "target": target or "*", "until": until, "reason": reason}
 
 
@@ -37,5 +37,5 @@ async def _silence(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
 @command("resume", "end pause and silence overrides for a target (or the global ones)")
 async def _resume(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target = target_arg(d, args)
-    ended = sum(d.journal.end_overrides(k, target) for k in ("pause", "silence"))
+    ended = sum(d.journal.overrides.end(k, target) for k in ("pause", "silence"))
     return {"target": target or "*", "ended": ended}

@@ -42,7 +42,7 @@ async def dispatch(d: DaemonFace, cmd: str, args: dict[str, Any], peer: Peer) ->
     found = COMMANDS.get(cmd)
     shown = redact(args)
     if found is None:
-        d.journal.audit(peer.uid, peer.pid, cmd, shown, "unknown_command")
+        d.journal.audit.record(peer.uid, peer.pid, cmd, shown, "unknown_command")
         raise CommandError("unknown_command", f"no such command {cmd!r}; try 'help'")
     try:
         result = await found.func(d, args, peer)
@@ -58,9 +58,14 @@ async def dispatch(d: DaemonFace, cmd: str, args: dict[str, Any], peer: Peer) ->
     return result
 
 
+def audit_refused(d: DaemonFace, peer: Peer, cmd: str) -> None:
+    """A peer the socket refused: audited with the command it named, never its arguments."""
+    _audit(d, peer, cmd, {}, "error:forbidden")
+
+
 def _audit(d: DaemonFace, peer: Peer, cmd: str, shown: Any, outcome: str) -> None:
     try:
-        d.journal.audit(peer.uid, peer.pid, cmd, shown, outcome)
+        d.journal.audit.record(peer.uid, peer.pid, cmd, shown, outcome)
     except Exception as exc:  # a full disk must not silence `status`: the log keeps the row
         log.error("audit status=unwritable cmd=%s uid=%s pid=%s outcome=%s reason=%r", cmd,
                   peer.uid, peer.pid, outcome, str(exc))

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import flag_arg, ledger_version, monitor_arg
 from daemon.control.commands.registry import command
 from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
-from daemon.journal.store import now_utc
 from policies.classify import IncidentClass
 from policies.manual import manual_class, plan_manual
 from policies.plans import Plan
@@ -18,7 +18,7 @@ from policies.targets import Facts
 
 if TYPE_CHECKING:
     from daemon.control.face import DaemonFace
-    from daemon.journal.store import Incident
+    from daemon.journal import Incident
     from daemon.monitor import TargetMonitor
 
 

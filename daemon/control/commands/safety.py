@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from daemon.clock import now_utc
 from daemon.control.commands.args import ledger_version, monitor_arg, target_arg, text_arg
 from daemon.control.commands.registry import command
 from daemon.control.protocol import CommandError
 from daemon.control.server import Peer
-from daemon.journal.store import now_utc
 from policies.breaker import Breaker
 from policies.breaker import current as breaker_now
 from policies.ledger import LedgerEntry
@@ -23,7 +23,7 @@ async def _breaker(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     action = args.get("action", "list")
     if action == "list":
         rows = []
-        for t, k, b in d.journal.breakers():
+        for t, k, b in d.journal.breakers.all():
             reset = d.config.policy_for(t).breaker_reset if t in d.config.targets else 0.0
             now_b = breaker_now(b, now_utc(), reset)
             rows.append({"target": t, "plan": k, "mode": now_b.mode, "opened_at": b.opened_at,
@@ -35,7 +35,7 @@ async def _breaker(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     plan = args.get("plan", PlanKind.DEPLOYMENT_ROLLBACK.value)
     if plan not in PlanKind._value2member_map_:
         raise CommandError("bad_args", f"plan must be one of {', '.join(PlanKind)}")
-    d.journal.save_breaker(str(target), str(plan), Breaker())
+    d.journal.breakers.save(str(target), str(plan), Breaker())
     return {"target": target, "plan": plan, "mode": "closed"}
 
 
@@ -52,7 +52,7 @@ async def _known_good(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     if args.get("action", "list") != "list":
         raise CommandError("bad_args", "known-good knows only list; see mark-bad and unmark")
     current = m.version
-    entries = sorted(d.journal.ledger(target), key=lambda e: e.first_seen, reverse=True)
+    entries = sorted(d.journal.ledger.entries(target), key=lambda e: e.first_seen, reverse=True)
     return [_entry_row(e, current) for e in entries]
 
 
@@ -60,20 +60,20 @@ async def _known_good(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
 async def _mark_bad(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
     reason = text_arg(args, "reason", hint=": say why, for the ledger and the audit log")
-    entry = ledger_version(d.journal.ledger(target), args.get("version"))
+    entry = ledger_version(d.journal.ledger.entries(target), args.get("version"))
     if entry.bad_at is not None:
         raise CommandError("bad_state", f"{entry.version[:12]} is already marked bad: "
                            f"{entry.bad_reason}")
-    d.journal.mark_bad(target, entry.version, f"{reason} (marked by uid {peer.uid})")
+    d.journal.ledger.mark_bad(target, entry.version, f"{reason} (marked by uid {peer.uid})")
     return {"target": target, "version": entry.version, "state": "bad"}
 
 
 @command("unmark", "take the bad mark off a version (it is known-good again if it was before)")
 async def _unmark(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
     target, _ = monitor_arg(d, args)
-    entry = ledger_version(d.journal.ledger(target), args.get("version"))
+    entry = ledger_version(d.journal.ledger.entries(target), args.get("version"))
     if entry.bad_at is None:
         raise CommandError("bad_state", f"{entry.version[:12]} is not marked bad")
-    d.journal.unmark_bad(target, entry.version)
+    d.journal.ledger.unmark_bad(target, entry.version)
     state = "known-good" if entry.known_good_at else "candidate"
     return {"target": target, "version": entry.version, "state": state}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 STOP_TIMEOUT = 5.0
+READY_TIMEOUT = 30.0
 EXIT_NOT_RUNNING = 3  # LSB "program is not running"
 
 # Popen objects of apps started by this process; kept so they are reaped (no zombies, no
@@ -59,8 +61,13 @@ def running_pid(pidfile: Path) -> int | None:
     return pid if pid is not None and is_app_process(pid) else None
 
 
+class NotReady(RuntimeError):
+    """The app neither listens nor exited within READY_TIMEOUT."""
+
+
 def start(app_dir: Path, pidfile: Path, log: Path, env: Mapping[str, str] | None = None) -> int:
-    """Spawn DIR/app.py detached and return its pid at once, without waiting for health."""
+    """Spawn DIR/app.py detached and return its pid once it listens (or exited: a version that
+    cannot start), as `systemctl start` of a unit that reports readiness does."""
     app_dir, pidfile, log = Path(app_dir).resolve(), Path(pidfile), Path(log)
     if not (app_dir / "app.py").is_file():
         raise FileNotFoundError(f"no app.py in {app_dir}")
@@ -86,7 +93,29 @@ def start(app_dir: Path, pidfile: Path, log: Path, env: Mapping[str, str] | None
     tmp = pidfile.with_name(pidfile.name + ".tmp")
     tmp.write_text(f"{child.pid}\n")
     tmp.replace(pidfile)  # atomic, so status never reads a half-written pid
+    _await_listening(child, child_env)
     return child.pid
+
+
+def _await_listening(child: subprocess.Popen[bytes], env: Mapping[str, str],
+                     timeout: float = READY_TIMEOUT) -> None:
+    """Returning before the new version listens left a window in which whoever called
+    `restart` (a deploy, a drill, the daemon's restart step) saw "connection refused" for as
+    long as the app took to start, which on a busy machine is seconds."""
+    port = env.get("SAMPLEAPP_PORT", "")
+    if not port.isdigit():
+        return  # the app refuses to start without one: nothing to wait for
+    address = (env.get("SAMPLEAPP_HOST", "127.0.0.1"), int(port))
+    deadline = time.monotonic() + timeout
+    while child.poll() is None:
+        try:
+            with socket.create_connection(address, timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise NotReady(f"app.py (pid {child.pid}) not listening on "
+                               f"{address[0]}:{address[1]} after {timeout:g}s") from None
+            time.sleep(0.05)
 
 
 def _await_exec(child: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
@@ -174,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.action in ("start", "restart"):
         try:
             pid = start(args.dir, args.pidfile, args.log, env)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, NotReady) as exc:
             print(f"ERROR: {exc}", file=sys.stderr)
             return 1
         print(f"started (pid {pid})")
