@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -47,6 +48,25 @@ class Backuper(Protocol):
     async def verify(self, path: Path) -> str | None:
         """None when the copy is sound, else why not (one line, never a secret)."""
         ...
+
+
+@runtime_checkable
+class SizedSource(Protocol):
+    """A backup method that can tell, before copying, about how many bytes a copy takes."""
+
+    def source_bytes(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class BackupFailure:
+    """The last scheduled backup of a kind failed (until one of that kind succeeds)."""
+
+    at: datetime
+    reason: str
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 @runtime_checkable

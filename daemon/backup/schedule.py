@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from daemon.backup.base import (
     Backuper,
     BackupFailed,
+    BackupFailure,
     BackupRefused,
     RestoreTestable,
     RestoreTestFailed,
@@ -84,15 +85,42 @@ class TargetBackups:
             try:
                 await self.store.take(b)
             except BackupFailed as exc:
-                log.error("target=%s backup=%s status=failed reason=%r", self.target, b.kind,
-                          str(exc))
-            except Exception:  # the daemon outlives a broken backup method
+                self._failed_backup(b.kind, str(exc))
+            except Exception as exc:  # the daemon outlives a broken backup method
                 log.exception("target=%s backup=%s status=crashed", self.target, b.kind)
+                self._failed_backup(b.kind, f"the backup method crashed: {type(exc).__name__}: "
+                                    f"{exc}")
             try:
                 await self.store.enforce_retention(b.kind)
             except Exception:
                 log.exception("target=%s backup=%s status=retention-failed", self.target,
                               b.kind)
+
+    def _failed_backup(self, kind: str, why: str) -> None:
+        """A failed scheduled backup is news: counted, kept for `backups` and `status`, and
+        mailed (the DBA) every time, with the reason in plain words."""
+        at = datetime.now(UTC)
+        log.error("target=%s backup=%s status=failed reason=%r", self.target, kind, why)
+        self.store.failures[kind] = BackupFailure(at, why)
+        if self.metrics is not None:
+            self.metrics.backups_failed.labels(self.target, kind).inc()
+        if self.tell is None:
+            return
+        newest = self.store.newest_verified(kind)
+        since = (f"The newest verified {kind} backup is #{newest.id} from "
+                 f"{newest.created_at:%Y-%m-%d %H:%M:%S} UTC: a restore now would lose "
+                 "everything since." if newest else f"There is no verified {kind} backup at all.")
+        try:
+            self.tell(notices.backup_problem(
+                self.target, f"backup-{self.target}-{kind}-{at:%Y%m%dT%H%M%S}",
+                f"scheduled {kind} backup FAILED",
+                f"The scheduled {kind} backup of {self.target} at {at:%Y-%m-%d %H:%M:%S} UTC "
+                f"failed; no copy was taken:\n\n    {why}\n\n{since}\n"
+                f"The next scheduled backup runs in {self.interval:g}s; "
+                f"`rollbackctl backup {self.target} --kind {kind}` takes one now, "
+                f"`rollbackctl backups {self.target}` shows the catalog.\n"))
+        except Exception:  # a mail that cannot be queued must not hide the failure
+            log.exception("target=%s backup=%s mail=not queued", self.target, kind)
 
     # -- the scheduled test restore -------------------------------------------------------------
 
@@ -227,5 +255,8 @@ def attach_backups(target: str, settings: BackupSettings, journal: Journal,
                 testers += [(b.kind, executor) for b in found if b.kind == "database"]
     if not backupers:
         return None
+    if metrics is not None:  # at zero from the start: the alert sees the very first failure
+        for b in backupers:
+            metrics.backups_failed.labels(target, b.kind)
     return TargetBackups(store, backupers, settings.interval, busy, testers,
                          settings.test_restore_every, metrics, tell)

@@ -124,6 +124,14 @@ class SqliteBackuper:
         self.alembic_table = alembic_table
         self.timeout = timeout
 
+    def source_bytes(self) -> int | None:
+        """The database file and its WAL: an online backup is at most that big."""
+        try:
+            return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
+                       if p.exists())
+        except OSError:
+            return None
+
     async def backup(self, dest: Path) -> BackupResult:
         if not self.path.exists():
             raise BackupFailed(f"database file {self.path} is missing")

@@ -10,9 +10,18 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from daemon.backup.base import Backuper, BackupFailed, BackupRefused, StoredBackup
+from daemon.backup.base import (
+    Backuper,
+    BackupFailed,
+    BackupFailure,
+    BackupRefused,
+    SizedSource,
+    StoredBackup,
+    mib,
+)
 from daemon.backup.files import (
     checksum,
+    free_bytes,
     fsync_dir,
     fsync_tree,
     make_private,
@@ -44,6 +53,8 @@ class BackupStore:
         self.keep = keep
         self._lock = asyncio.Lock()
         """One backup or retention pass at a time per target: they share the directories."""
+        self.failures: dict[str, BackupFailure] = {}
+        """Kinds whose last scheduled backup failed (in memory; the next success clears it)."""
 
     def directory(self, kind: str) -> Path:
         return self.root / self.target / kind
@@ -77,6 +88,11 @@ class BackupStore:
             n += 1
             final = d / f"{stem}-{n}{backuper.suffix}"
         partial = d / f".{final.name}.partial"
+        need = backuper.source_bytes() if isinstance(backuper, SizedSource) else None
+        free = await asyncio.to_thread(free_bytes, d) if need is not None else 0
+        if need is not None and need > free:  # fail before writing, in words a person reads
+            raise BackupFailed(f"backup directory full: needs {mib(need)}, {mib(free)} free "
+                               f"({d})")
         started = time.monotonic()
         try:
             result = await backuper.backup(partial)
@@ -93,7 +109,11 @@ class BackupStore:
             await asyncio.to_thread(fsync_dir, d)
         except OSError as exc:
             await asyncio.to_thread(remove, partial)
-            what = "no space left" if no_space(exc) else exc.strerror or type(exc).__name__
+            if no_space(exc):
+                free = await asyncio.to_thread(free_bytes, d)
+                raise BackupFailed(f"backup directory full: no space left in {d} "
+                                   f"({mib(free)} free)") from None
+            what = exc.strerror or type(exc).__name__
             raise BackupFailed(f"{backuper.kind} backup into {d} failed: {what}") from None
         except BaseException:
             await asyncio.to_thread(remove, partial)
@@ -107,6 +127,7 @@ class BackupStore:
             verified=error is None, verify_error=error)
         taken = self.get(backup_id)
         assert taken is not None
+        self.failures.pop(backuper.kind, None)
         log.info("target=%s backup=%s id=%d reason=%s status=%s size=%d duration=%.2fs%s",
                  self.target, backuper.kind, backup_id, reason,
                  "verified" if error is None else "unverified", size, duration,

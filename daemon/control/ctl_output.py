@@ -130,9 +130,13 @@ def _backups(rows: list[dict[str, Any]]) -> str:
         shown = local_time(at) if at else ""
         return None if not at else f"FAILED {shown}" if b.get("restore_test_error") else f"ok {shown}"
 
-    return table([{**b, "sha256": _short(b["sha256"]), "restore_test": restore_test(b)}
-                  for b in rows], ["id", "kind", "created_at", "size", "verified", "restore_test",
-                                   "sha256", "path"])
+    failed = [f"{b['kind']} backup FAILED at {local_time(b['created_at'])}: {b['failed']}"
+              for b in rows if b.get("failed")]
+    taken = table([{**b, "sha256": _short(b["sha256"]), "restore_test": restore_test(b)}
+                   for b in rows if not b.get("failed")],
+                  ["id", "kind", "created_at", "size", "verified", "restore_test", "sha256",
+                   "path"])
+    return "\n".join([*failed, taken])
 
 
 def _reload(r: dict[str, Any]) -> str:

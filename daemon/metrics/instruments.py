@@ -89,6 +89,10 @@ class Metrics:
             "Scheduled test restores of backups by result: passed, failed (the backup is marked "
             "unusable) or error (the test could not be run, e.g. the server was down)",
             ["target", "result"], registry=r)
+        self.backups_failed = Counter(
+            "rollbackd_backups_failed_total",
+            "Scheduled backups that failed (no copy taken: directory full, source unreadable)",
+            ["target", "kind"], registry=r)
         self.webhook_unmatched = Counter(
             "rollbackd_webhook_alerts_unmatched_total", "Alerts no alertmanager probe matched",
             registry=r)

@@ -25,6 +25,7 @@ from daemon.backup.store import BackupStore
 from daemon.control.commands.backups import shown as backup_shown
 from daemon.control.ctl_output import RENDER
 from daemon.demo.workspace import free_port
+from daemon.escalation.notices import Notice, NoticeKind
 from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.data_settings import BackupSettings, PostgresDatabase, SqliteDatabase
@@ -56,8 +57,8 @@ class Told:
     def __init__(self) -> None:
         self.mails: list[tuple[str, str, str]] = []
 
-    def __call__(self, event: str, subject: str, body: str) -> None:
-        self.mails.append((event, subject, body))
+    def __call__(self, notice: Notice) -> None:
+        self.mails.append((notice.event.removeprefix("backup-"), notice.subject, notice.body))
 
 
 class Rig:
@@ -295,7 +296,7 @@ async def test_the_scheduler_gives_test_restores_a_job_of_their_own(
     monitor = SimpleNamespace(
         name="grading", journal=journal, components={Component.DATABASE: ex}, busy=False,
         config=SimpleNamespace(backups=BackupSettings(interval=600, test_restore_every=3600)),
-        outbox=SimpleNamespace(enqueue=lambda *a: mailed.append(a)))
+        outbox=SimpleNamespace(send=lambda *a: mailed.append(a)))
     probes = ProbeScheduler(Metrics(CollectorRegistry()))
     probes.schedule_backups(monitor)  # type: ignore[arg-type]
     jobs = {j.id: j for j in probes.scheduler.get_jobs()}
@@ -305,5 +306,6 @@ async def test_the_scheduler_gives_test_restores_a_job_of_their_own(
     backups: TargetBackups = job.func.__self__
     assert backups.testers == [("database", ex)] and backups.metrics is probes.metrics
     assert backups.tell is not None
-    backups.tell("restore-test-grading-database-1", "subject", "body")
-    assert mailed == [(None, "restore-test-grading-database-1", "subject", "body")]
+    notice = Notice(NoticeKind.BACKUP, "subject", "body", key="restore-test-grading-database-1")
+    backups.tell(notice)
+    assert mailed == [(notice,)]

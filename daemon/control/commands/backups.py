@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from daemon.backup.base import Backuper, BackupFailed
+from daemon.backup.base import Backuper, BackupFailed, BackupFailure
 from daemon.backup.schedule import BacksUp
 from daemon.backup.store import DEFAULT_KEEP, BackupStore
 from daemon.control.commands.args import monitor_arg
@@ -46,6 +46,11 @@ def _store(d: DaemonFace, target: str, m: TargetMonitor) -> BackupStore:
     return per_daemon[target]
 
 
+def failed_backups(d: DaemonFace, target: str, m: TargetMonitor) -> dict[str, BackupFailure]:
+    """Kinds whose last scheduled backup failed (none has succeeded since): `backups`, `status`."""
+    return dict(_store(d, target, m).failures)
+
+
 def _backupers(m: TargetMonitor, kind: str | None) -> list[Backuper]:
     found = [b for e in m.components.values() if isinstance(e, BacksUp) for b in e.backupers()]
     return [b for b in found if kind is None or b.kind == kind]
@@ -79,11 +84,14 @@ async def _backup(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
 
 @command("backups", "the backup catalog of a target, newest first")
 async def _backups(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
-    target, _ = monitor_arg(d, args)
+    target, m = monitor_arg(d, args)
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:
         raise CommandError("bad_args", f"kind must be one of {', '.join(KINDS)}")
-    return [shown(b) for b in reversed(d.journal.backups.of(target, kind))]
+    # The failed attempt comes first (newest): no copy, so no id, path or checksum.
+    failed = [{"id": None, "kind": k, "created_at": ts(f.at), "failed": f.reason}
+              for k, f in failed_backups(d, target, m).items() if kind in (None, k)]
+    return failed + [shown(b) for b in reversed(d.journal.backups.of(target, kind))]
 
 
 def shown(b: StoredBackup) -> dict[str, Any]:

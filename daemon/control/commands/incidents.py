@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.clock import now_utc
 from daemon.control.commands.args import incident_arg, int_arg
+from daemon.control.commands.backups import failed_backups
 from daemon.control.commands.registry import command
 from daemon.control.server import Peer
 from daemon.journal import Incident
@@ -35,7 +36,8 @@ async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
             "version": m.version,
             "incident": inc.id if inc else None,
             "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
-            "attention": [f"{p}: {says}" for p, says in m.probe_account().items()],
+            "attention": [f"{p}: {says}" for p, says in m.probe_account().items()] + [
+                f"{k} backup failed: {f.reason}" for k, f in failed_backups(d, name, m).items()],
             **({"owner": owners.get(name, {}).get("owner")} if d.cluster else {}),
         })
     return {
