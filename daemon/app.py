@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from daemon.alerts.service import AlertReceiver, start_alerts
 from daemon.backup.store import sweep_leftovers
+from daemon.clock import CLOCK
 from daemon.cluster import Cluster
 from daemon.config import Config, ConfigError, load_config
 from daemon.control.commands import audit_refused, dispatch
@@ -100,6 +101,10 @@ class Daemon:
         self.state_lock = StateLock.acquire(cfg.daemon.state_dir)
         # Locked, and no backup started yet: every .partial there is what a crash left.
         sweep_leftovers(cfg.daemon.state_dir / "backups")
+        # Durations that decide must not follow a step of the system clock: within this boot,
+        # take up where the previous run's clock was (daemon/clock.py).
+        log.info("clock status=%s offset=%+.1fs", CLOCK.continue_from(cfg.daemon.state_dir),
+                 CLOCK.offset())
         raise_fd_limit()  # systemd's default soft limit of 1,024 is easily used up
         self.journal = open_journal(cfg)
         self.cluster = Cluster.for_config(self, self.journal, cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.backup.losses import with_losses
-from daemon.clock import now_utc
+from daemon.clock import now_utc, reconcile
 from daemon.config import TargetConfig
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
@@ -74,8 +74,10 @@ def _stopping() -> bool:
 def journal_history(journal: Journal, target: str,
                     transitions: tuple[datetime, ...] = ()) -> History:
     """Everything the journal keeps that a decision depends on: it survives restarts."""
+    now = now_utc()  # records dated after now (a clock set back across a reboot) count as now
     return History(
-        rollbacks=journal.incidents.rollback_starts(target),
+        rollbacks=tuple(t for r in journal.incidents.rollback_starts(target)
+                        if (t := reconcile(r, now)) is not None),
         breakers={k: b for t, k, b in journal.breakers.all() if t == target},
         transitions=transitions,
         overrides=journal.overrides.active(),

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from daemon.backup.base import (
@@ -20,6 +20,7 @@ from daemon.backup.base import (
     StoredBackup,
 )
 from daemon.backup.store import BackupStore
+from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.notices import Notice
 from daemon.journal.store import Journal
@@ -66,7 +67,7 @@ class TargetBackups:
     def first_run(self, now: datetime | None = None) -> datetime:
         """Now, unless every kind has a verified backup younger than the interval: a restarted
         daemon does not pile up backups."""
-        now = now or datetime.now(UTC)
+        now = now or now_utc()
         due = [now]
         for b in self.backupers:
             newest = self.store.newest_verified(b.kind)
@@ -131,7 +132,7 @@ class TargetBackups:
 
     def first_test(self, now: datetime | None = None) -> datetime:
         """Now, unless a test restore passed within test_every: then when that period ends."""
-        now = now or datetime.now(UTC)
+        now = now or now_utc()
         due = []
         for kind, _ in self.testers:
             last = self.store.last_restore_test(kind)
@@ -143,7 +144,7 @@ class TargetBackups:
         test_every, the newest verified backup is restored into a scratch database and checked.
         Returns {kind: passed|failed|error|cancelled} for what ran; never raises."""
         ran: dict[str, str] = {}
-        at = now or datetime.now(UTC)
+        at = now or now_utc()
         for kind, tester in self.testers:
             if self.busy():
                 log.info("target=%s restore-test=%s status=skipped reason=rollback running",
@@ -189,7 +190,7 @@ class TargetBackups:
         except Exception as exc:  # noqa: BLE001 - not the backup's fault: tried again later
             took = time.monotonic() - started
             retry = self.test_every if took > COSTLY else 0.0  # else: at the next look
-            self._retry_at[kind] = datetime.now(UTC) + timedelta(seconds=retry)
+            self._retry_at[kind] = now_utc() + timedelta(seconds=retry)
             log.error("target=%s backup=%s id=%d restore-test=error after=%.0fs retry_in=%s "
                       "reason=%r", self.target, kind, b.id, took,
                       f"{retry:.0f}s" if retry else "next look", str(exc) or type(exc).__name__)

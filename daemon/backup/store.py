@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from daemon.backup.base import (
@@ -29,6 +29,7 @@ from daemon.backup.files import (
     private_dir,
     remove,
 )
+from daemon.clock import now_utc
 from daemon.journal.store import Journal
 from policies.lifecycle import OPEN_STATES
 
@@ -73,7 +74,7 @@ class BackupStore:
             return await self._take(backuper, reason, incident)
 
     async def _take(self, backuper: Backuper, reason: str, incident: int | None) -> StoredBackup:
-        now = datetime.now(UTC)
+        now = now_utc()
         try:
             d = await asyncio.to_thread(self._private_dirs, backuper.kind)
         except OSError as exc:
@@ -189,7 +190,7 @@ class BackupStore:
                              now: datetime | None = None) -> StoredBackup | None:
         """The backup a scheduled test restore proves now: the newest verified one, unless a
         test restore passed within `every` (a failed one makes the next newest due at once)."""
-        now = now or datetime.now(UTC)
+        now = now or now_utc()
         last = self.last_restore_test(kind)
         if last is not None and now - last < timedelta(seconds=every):
             return None
@@ -199,7 +200,7 @@ class BackupStore:
                             at: datetime | None = None) -> None:
         """Catalog a test restore's outcome: when, and why it failed (None: it passed). The
         caller marks a failed backup unusable (mark_unusable), so no restore picks it."""
-        self.journal.backups.record_restore_test(b.id, error, at or datetime.now(UTC))
+        self.journal.backups.record_restore_test(b.id, error, at or now_utc())
 
     # -- retention ----------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class BackupStore:
         other, but only once their incident is closed (while it is open a person may need them).
         """
         async with self._lock:
-            now = now or datetime.now(UTC)
+            now = now or now_utc()
             newest = self.newest_verified(kind)
             await asyncio.to_thread(self._sweep_partials, kind)
             if newest is None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
-from daemon.clock import now_utc
+from daemon.clock import now_utc, reconcile
 from daemon.escalation import notices, routing
 from daemon.escalation.outbox import NEEDS_PERSON, Outbox
 from daemon.journal.escalations import Escalations
@@ -34,7 +34,7 @@ class TierChecker:
         cfg = self.outbox.config
         paged = 0
         for row in self.ladders.waiting(NEEDS_PERSON):
-            tier, since = row.tier, row.since
+            tier, since = row.tier, reconcile(row.since, now) or now
             timeout = cfg.escalation.timeout_for(tier)
             if now - since < timedelta(seconds=timeout):
                 continue

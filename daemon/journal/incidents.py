@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from daemon.clock import now_utc
+from daemon.clock import now_utc, stepped
 from daemon.journal.db import Database, JournalError, dt, ts
 from policies.lifecycle import OPEN_STATES, check_transition
 
@@ -99,7 +99,11 @@ class OpenCount:
 
 def insert_event(db: Database, incident_id: int, event: str, detail: str,
                  at: datetime | None) -> None:
-    """One timeline row, inside the caller's transaction."""
+    """One timeline row, inside the caller's transaction. Written while the system clock is
+    stepped, it says so: its time is the daemon's own clock, not the system's."""
+    step = stepped()
+    if step is not None:
+        detail += f" [system clock {step:+.0f}s from rollbackd's, which did not step]"
     db.execute("INSERT INTO timeline (incident_id, at, event, detail) VALUES (?, ?, ?, ?)",
                (incident_id, ts(at or now_utc()), event, detail))
 

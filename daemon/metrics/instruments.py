@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
@@ -17,6 +17,9 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+
+from daemon.clock import now_utc
+from daemon.clock import offset as clock_offset
 
 Trigger = Literal["auto", "manual", "drill"]
 """What started an incident or a rollback: the daemon itself, a person
@@ -78,6 +81,11 @@ class Metrics:
             "rollbackd_scheduler_last_run_timestamp_seconds",
             "When the scheduler last started a probe; stands still when the loop stalls",
             registry=r)
+        self.clock_offset = Gauge(
+            "rollbackd_clock_offset_seconds",
+            "How far the system clock is from rollbackd's own, which never steps (0: in step)",
+            registry=r)
+        self.clock_offset.set_function(clock_offset)
         self.webhook_requests = Counter(
             "rollbackd_webhook_requests_total", "Alertmanager webhook requests by HTTP status",
             ["code"], registry=r)
@@ -107,12 +115,12 @@ class Metrics:
 
     def detected(self, target: str, incident_class: str, onset: datetime | None) -> None:
         if onset is not None:
-            seconds = (datetime.now(UTC) - onset).total_seconds()
+            seconds = (now_utc() - onset).total_seconds()
             self.time_to_detect.labels(target, incident_class).observe(max(0.0, seconds))
 
     def recovered(self, target: str, incident_class: str, since: datetime | None) -> None:
         if since is not None:
-            seconds = (datetime.now(UTC) - since).total_seconds()
+            seconds = (now_utc() - since).total_seconds()
             self.time_to_recover.labels(target, incident_class).observe(max(0.0, seconds))
 
     def scheduler_ran(self, lag: float) -> None:

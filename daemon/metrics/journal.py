@@ -6,12 +6,13 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from daemon.clock import now_utc
 from daemon.journal.db import Database
 from daemon.journal.store import Repositories
 from policies.breaker import Breaker, BreakerMode, current
@@ -29,7 +30,7 @@ class JournalCollector(Collector):
     cannot be read is left out and `rollbackd_journal_readable` turns 0; a scrape never fails."""
 
     def __init__(self, path: Path, policies: Callable[[], Mapping[str, PolicySettings]],
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = now_utc) -> None:
         self.path = path
         self.policies = policies
         """The configured targets and their policies, read at each scrape (reload changes them)."""

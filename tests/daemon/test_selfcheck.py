@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.escalation.notices import Notice, NoticeKind
 from daemon.selfcheck import REASONS, Limits, SelfCheck, own_fault, raise_fd_limit
 from probes.observation import Observation, Status, Symptom
 
@@ -37,7 +38,7 @@ def gauge(registry: CollectorRegistry, reason: str) -> float | None:
 def world(tmp_path: Path) -> tuple[SelfCheck, Clock, list[tuple[str, str, str]],
                                    CollectorRegistry]:
     clock, mails, registry = Clock(), [], CollectorRegistry()
-    check = SelfCheck(tmp_path, registry, lambda *m: mails.append(m), Limits(), clock)
+    check = SelfCheck(tmp_path, registry, mails.append, Limits(), clock)
     return check, clock, mails, registry
 
 
@@ -70,9 +71,10 @@ def test_a_probe_out_of_descriptors_is_the_daemons_fault_not_the_apps(world) -> 
     assert check.judge(passed()) is True
     assert check.judge(failed("Connection refused.")) is True
     assert len(mails) == 1
-    event, subject, body = mails[0]
-    assert event == f"self-degraded-{check._episode}"
-    assert "(descriptors)" in subject and "Too many open files" in body
+    (notice,) = mails
+    assert notice.kind is NoticeKind.SELF_DEGRADED and notice.key == str(check._episode)
+    assert notice.event == f"self-degraded-{check._episode}"  # one Message-ID per episode
+    assert "(descriptors)" in notice.subject and "Too many open files" in notice.body
 
 
 def test_one_mail_per_episode_and_the_episode_ends_after_clear_after(world) -> None:
@@ -89,13 +91,13 @@ def test_one_mail_per_episode_and_the_episode_ends_after_clear_after(world) -> N
     assert check.degraded is None and gauge(registry, "descriptors") == 0
     assert check.judge(passed()) is False
     check.note("loop_lag", "the event loop ran 3.0s late")
-    assert len(mails) == 2 and "(loop_lag)" in mails[1][1]
+    assert len(mails) == 2 and "(loop_lag)" in mails[1].subject
 
 
 def test_a_mail_the_journal_cannot_take_is_retried_once_it_can(tmp_path: Path) -> None:
     clock, mails, tries = Clock(), [], []
 
-    def tell(*m: str) -> None:
+    def tell(m: Notice) -> None:
         tries.append(m)
         if len(tries) == 1:
             raise OSError(24, "Too many open files")
