@@ -90,8 +90,9 @@ async def between(src: Sources, good: str, bad: str) -> list[Change]:
     log = await git("log", "--oneline", "--no-decorate", f"-n{MOST_COMMITS}", f"{good}..{bad}")
     out += [Change(ChangeKind.COMMIT, ln.strip(), f"git log --oneline {short}")
             for ln in log.splitlines() if ln.strip()]
-    stat = [ln.strip() for ln in (await git("diff", "--stat", good, bad)).splitlines()
-            if ln.strip()]
+    # Wide enough that git does not shorten paths; one space between the columns.
+    stat = [" ".join(ln.split()) for ln in
+            (await git("diff", "--stat=200,160", good, bad)).splitlines() if ln.strip()]
     out += [Change(ChangeKind.FILE, ln, f"git diff --stat {short}")
             for ln in stat[:-1][:MOST_FILES] + stat[-1:]]
     status = await git("diff", "--name-status", "--no-renames", good, bad)
