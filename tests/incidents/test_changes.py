@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.clock import now_utc
 from daemon.config import parse_config
+from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
 from daemon.incidents.changes import Change, ChangeKind, Sources, between, suspects, upgrade_ops
 from daemon.journal.store import Journal
@@ -203,8 +205,10 @@ def ledger_with_good(journal: Journal, good: str) -> None:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    return Journal(tmp_path / "journal.sqlite3")
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "journal.sqlite3")
+    yield j
+    j.close()
 
 
 async def test_suspects_compare_the_known_good_release_and_never_raise(
@@ -247,6 +251,13 @@ async def test_the_first_mail_and_the_report_of_an_incident_name_the_suspects(
             f"{repo.bad[:12]})") in section
     assert "  [env] DB_PASSWORD changed in .env (keys of .env (an env file the commits " \
            "changed) compared between the two commits; values not shown)" in section
+    # The plan's notify step (the mail when it runs) reads the same from the evidence.
+    inc = journal.incidents.get(inc_id)
+    plan = m.desk.stored_plan(inc_id)
+    assert inc is not None and plan is not None
+    acting = notices.acting("web", inc, plan, plan.step_names, False).body
+    assert acting.split("What changed (suspects):\n", 1)[1].splitlines()[:len(section) - 1] \
+        == section[:-1]
     report = render_markdown(build_report(journal, inc_id))
     suspects_md = report.split("## What changed (suspects)\n", 1)[1].split("\n\n", 1)[0]
     assert suspects_md.splitlines()[1:] == [f"-{line[1:]}" for line in section[1:]
