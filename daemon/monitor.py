@@ -19,6 +19,7 @@ from daemon.clock import now_utc, reconcile
 from daemon.config import TargetConfig
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
+from daemon.incidents.changes import Change, ChangeKind, suspects
 from daemon.incidents.desk import IncidentDesk, Picture
 from daemon.journal.freshness import JournalBackups
 from daemon.journal.store import Journal
@@ -167,6 +168,19 @@ class TargetMonitor:
             except Exception as exc:  # evidence must never keep an incident from opening
                 found[executor.component.value] = {"error": f"{type(exc).__name__}: {exc}"}
         return found
+
+    async def what_changed(self, version: str | None) -> list[dict[str, str]]:
+        """The suspects: the probe that failed first, and what changed since the known-good
+        release (daemon/incidents/changes.py; bounded, never raises)."""
+        onsets = [(h.onset, p) for p, h in self.health.items() if h.failing and h.onset]
+        first = None
+        if onsets:
+            at, probe = min(onsets)
+            last = self.health[probe].last
+            first = Change(ChangeKind.PROBE, f"{probe} failed first, at {at:%H:%M:%S} UTC"
+                           + (f": {last.detail}" if last else ""), "the probes' onsets")
+        return await suspects(self.config, self.journal.ledger.entries(self.name), version,
+                              first)
 
     def _seen(self, kinds: tuple[str, ...]) -> str | None:
         for p, h in self.health.items():

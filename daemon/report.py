@@ -12,6 +12,7 @@ from typing import Any
 
 from daemon.clock import now_utc
 from daemon.escalation.redact import redact, redact_data
+from daemon.incidents.changes import lines as change_lines
 from daemon.journal import IncidentExtras, Journal
 from policies.decision import KEY_DISASTER
 
@@ -145,6 +146,7 @@ def build_report(journal: Journal, incident_id: int) -> dict[str, Any]:
                      "issues": _issues(steps, inc)},
         "escalation": {"acknowledged": extras.acked_at, "tier": extras.tier,
                        "paged": extras.paged},
+        "what_changed": change_lines(inc.evidence),
         "root_cause": {"evidence": inc.evidence, "analysis": None},
         "held_reason": inc.held_reason,
         "evidence": inc.evidence,
@@ -212,6 +214,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                   + (f"{s['duration']:.2f}s" if s["duration"] is not None else "-")
                   + f" | {_cell(s['detail'])} |" for i, s in enumerate(rb["steps"], 1)]
     lines += ["", "Issues:"] + [f"- {i}" for i in rb["issues"] or ["none"]]
+    lines += ["", "## What changed (suspects)",
+              *(f"- {c}" for c in r["what_changed"] or ["nothing recorded at detection"])]
     lines += ["", "## Root cause", "Evidence collected:", "", "```json",
               json.dumps(r["root_cause"]["evidence"], indent=2, default=str), "```", "",
               f"Analysis: {RESPONDER}", "", "## Preventive measures"]

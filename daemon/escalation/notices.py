@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from daemon.escalation.settings import Condition, EventKind
+from daemon.incidents.changes import lines as change_lines
 
 if TYPE_CHECKING:
     from daemon.journal import HeldMail, Incident, Ladder, StepRecord
@@ -80,12 +81,18 @@ def _subject(target: str, what: str) -> str:
 
 # -- the life of an incident ---------------------------------------------------------------------
 
+def _changes(changes: Sequence[str]) -> str:
+    return ("\nWhat changed (suspects):\n" + "".join(f"  {c}\n" for c in changes)
+            if changes else "")
+
+
 def decided(target: str, incident_id: int, decision: Decision, what: str,
-            approval: bool, history: Sequence[str] = ()) -> Notice:
+            approval: bool, history: Sequence[str] = (),
+            changes: Sequence[str] = ()) -> Notice:
     """An incident opened and nothing runs now: it waits for approval, is escalated, held or a
     dry run. `what` is the plain phrase for the action. A limit that refused the rollback
     (the rate limit, an open breaker) goes to the emergency contact at once, with `history`:
-    the target's recent automatic rollbacks."""
+    the target's recent automatic rollbacks. `changes`: the suspects (incidents.changes)."""
     if approval:
         body = (f"{decision.reason}\n\nNothing has been changed. To run the plan:\n\n"
                 f"    rollbackctl approve {incident_id}\n\nTo refuse it:\n\n"
@@ -96,6 +103,7 @@ def decided(target: str, incident_id: int, decision: Decision, what: str,
     if decision.plan is not None:
         label = "Plan" if approval else "The plan it would have run (not run)"
         body += f"\n{label} ({decision.plan.kind}): {', '.join(decision.plan.step_names)}\n"
+    body += _changes(changes)
     conditions: frozenset[Condition] = frozenset()
     if decision.gate is not None and decision.gate.value in ("rate_limit", "breaker_open"):
         conditions = frozenset({"limit_reached"})
@@ -107,16 +115,19 @@ def decided(target: str, incident_id: int, decision: Decision, what: str,
 
 
 def acting(target: str, inc: Incident, plan: Plan, steps: Sequence[str],
-           already_mailed: bool) -> Notice:
-    """The plan is running now (the checklist's notify step)."""
+           already_mailed: bool, changes: Sequence[str] | None = None) -> Notice:
+    """The plan is running now (the checklist's notify step). `changes`: the suspects; by
+    default those the incident's evidence keeps under "changes" (stored when it opened)."""
+    if changes is None:
+        changes = change_lines(inc.evidence)
     probes = inc.evidence.get("probes", {})
     failing = "".join(f"  {p}: {e.get('status')} - {e.get('detail')}\n"
                       for p, e in probes.items() if isinstance(e, dict) and e.get("failing"))
     body = (f"{inc.reason}\n\nTarget: {target}\nIncident: {inc.id}\n"
             f"Detected: {inc.detected_at:%Y-%m-%d %H:%M:%S} UTC\n"
             + (f"Failing probes:\n{failing}" if failing else "")
-            + f"Plan ({plan.kind}): {', '.join(steps)}\n\nrollbackd is acting now; "
-            f"`rollbackctl show {inc.id}` follows it.\n")
+            + f"Plan ({plan.kind}): {', '.join(steps)}\n" + _changes(changes)
+            + f"\nrollbackd is acting now; `rollbackctl show {inc.id}` follows it.\n")
     # After an approval the incident has its "opened" mail already: this one says it started.
     kind = NoticeKind.STARTED if already_mailed else NoticeKind.OPENED
     return Notice(kind, _subject(target, f"{inc.incident_class}, {plan.kind}"

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from daemon.clock import now_utc
 from daemon.escalation import notices
 from daemon.escalation.outbox import Outbox
+from daemon.incidents.changes import lines as change_lines
 from daemon.journal import Incident, Journal
 from daemon.metrics import Metrics
 from daemon.refusal import Refused
@@ -74,6 +75,10 @@ class TargetView(Protocol):
 
     async def component_evidence(self) -> dict[str, Any]:
         """What each executor shows of the target now (version, revision, recent errors)."""
+        ...
+
+    async def what_changed(self, version: str | None) -> list[dict[str, str]]:
+        """The suspects since the known-good release (bounded; never raises)."""
         ...
 
     def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
@@ -225,6 +230,7 @@ class IncidentDesk:
         # Evidence at detection: what a person approving hours later must see as it was then.
         evidence = {"probes": self.view.probe_evidence(), "version": version,
                     "failing": sorted(probes), **await self.view.component_evidence()}
+        evidence["changes"] = await self.view.what_changed(version)
         incident_id = self.journal.incidents.open(
             self.target, decision.incident_class, decision.reason, onset, evidence,
             state=state.value)
@@ -251,7 +257,8 @@ class IncidentDesk:
         self.outbox.send(notices.decided(
             self.target, incident_id, decision, _SAYS.get(decision.action, str(decision.action)),
             approval=decision.action is Action.AWAIT_APPROVAL,
-            history=self._rollback_history() if limited else ()))
+            history=self._rollback_history() if limited else (),
+            changes=change_lines(evidence)))
         return incident_id
 
     def _rollback_history(self, most: int = 10) -> list[str]:
