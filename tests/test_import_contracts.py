@@ -8,7 +8,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Modules of probes/ that every kind may use: they are not kinds.
-PROBE_HELPERS = {"__init__", "base", "observation", "registry"}
+PROBE_HELPERS = {"__init__", "base", "observation", "registry", "http", "http_transport"}
 
 
 def _contract(name_start: str) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class TargetBackups:
     def _failed_backup(self, kind: str, why: str) -> None:
         """A failed scheduled backup is news: counted, kept for `backups` and `status`, and
         mailed (the DBA) every time, with the reason in plain words."""
-        at = datetime.now(UTC)
+        at = now_utc()
         log.error("target=%s backup=%s status=failed reason=%r", self.target, kind, why)
         self.store.failures[kind] = BackupFailure(at, why)
         if self.metrics is not None:
