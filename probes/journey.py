@@ -25,8 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from probes.base import AbsolutePath, BaseProbe, PositiveDuration
 from probes.http import NO_ANSWER, Answer, HttpClient, HttpSettings, transport_failure
-from probes.http_health import _MISSING, json_equal, json_field, short
-from probes.login import read_password
+from probes.json_fields import MISSING, json_equal, json_field, short
 from probes.observation import Observation, Symptom
 
 NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -239,7 +238,7 @@ def _judge(step: JourneyStep, answer: Answer) -> None:
         doc = _json(answer, said)
         for path, want in step.expect_json.items():
             got = json_field(doc, json_path(path))
-            if got is _MISSING or not json_equal(got, want):
+            if got is MISSING or not json_equal(got, want):
                 raise _StepFailed(Symptom.BAD_RESPONSE,
                                   f"{said}, but {path} is {short(got)}, expected {short(want)}")
     if step.max_latency is not None and latency > step.max_latency:
@@ -259,7 +258,7 @@ def _capture(answer: Answer, source: str, name: str) -> JsonValue:
     code = answer.response.status_code
     if source.startswith("$"):
         found = json_field(_json(answer, f"HTTP {code}"), json_path(source))
-        if found is _MISSING or found is None:
+        if found is MISSING or found is None:
             raise _StepFailed(Symptom.BAD_RESPONSE,
                               f"HTTP {code}, but {source} is missing (capture {name})")
         return found  # type: ignore[return-value]  # parsed JSON is a JsonValue
@@ -296,7 +295,7 @@ def _fill_json(body: JsonValue, values: dict[str, JsonValue]) -> JsonValue:
 
 def _secret(path: Path) -> str:
     try:
-        secret = read_password(path)
+        secret = path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
     except OSError as exc:
         raise _Unreadable(f"cannot read the secret file {str(path)!r}: "
                           f"{exc.strerror or type(exc).__name__}.") from exc
