@@ -58,8 +58,7 @@ def _source(value: str) -> str:
 class JourneyStep(BaseModel):
     """One request of the journey and what its answer must be."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
-                              populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str = Field(min_length=1)
     """What the step does, in the words the observation uses ("create a project")."""
@@ -124,8 +123,6 @@ class JourneySettings(HttpSettings):
     run (one trailing newline dropped); its value never appears in observations or logs."""
     steps: list[JourneyStep] = Field(min_length=1)
     """The requests, in order; the journey stops at the first step that fails."""
-
-    model_config = ConfigDict(populate_by_name=True)
 
     @model_validator(mode="after")
     def _placeholders(self) -> JourneySettings:
