@@ -189,17 +189,21 @@ class HttpClient:
         return self._transport
 
     async def send(self, method: str, url: str, *, json: Any = None,
-                   data: Mapping[str, str] | None = None, read_body: bool = True) -> Answer:
+                   data: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None,
+                   cookies: httpx.Cookies | None = None, read_body: bool = True) -> Answer:
         """One request, its body read up to MAX_BODY; raises what NO_ANSWER names.
 
         No redirect is followed, no proxy from the environment is used, and the probe's whole
         timeout covers connect, request and body."""
         transport = await self._transport_now()
-        if json is None and data is None:  # the same request every run: built once
+        if json is None and data is None and not headers and not cookies:
+            # The same request every run: built once.
             request = self._plain.get((method, url)) or self._plain.setdefault(
                 (method, url), httpx.Request(method, url))
         else:
-            request = httpx.Request(method, url, json=json, data=data)
+            request = httpx.Request(method, url, json=json, data=data, headers=headers,
+                                    cookies=cookies)
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.timeout):

@@ -18,39 +18,8 @@ from probes.http import (
     latency_below_timeout,
     transport_failure,
 )
+from probes.json_fields import MISSING, json_equal, json_field, short
 from probes.observation import Observation, Symptom
-
-_MISSING = object()
-
-
-def json_field(doc: object, path: str) -> object:
-    """The value at a dotted path ("checks.db.status", "items.0.id"), or _MISSING."""
-    for part in path.split("."):
-        if isinstance(doc, dict) and part in doc:
-            doc = doc[part]
-        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
-            doc = doc[int(part)]
-        else:
-            return _MISSING
-    return doc
-
-
-def json_equal(got: object, want: object) -> bool:
-    """JSON equality: true is not 1, but 1 is 1.0."""
-    if isinstance(got, bool) or isinstance(want, bool):
-        return type(got) is type(want) and got == want
-    if isinstance(got, dict) and isinstance(want, dict):
-        return got.keys() == want.keys() and all(json_equal(got[k], want[k]) for k in got)
-    if isinstance(got, list) and isinstance(want, list):
-        return len(got) == len(want) and all(json_equal(a, b) for a, b in zip(got, want, strict=True))
-    if isinstance(got, int | float) and isinstance(want, int | float):
-        return got == want
-    return type(got) is type(want) and got == want
-
-
-def short(value: object, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False) if value is not _MISSING else "missing"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class HttpHealthSettings(HttpSettings):
@@ -128,6 +97,6 @@ class HttpHealthProbe(BaseProbe[HttpHealthSettings]):
                 version = str(found)[:200]
         for path, want in (s.expect_json or {}).items():
             got = json_field(doc, path)
-            if got is _MISSING or not json_equal(got, want):
+            if got is MISSING or not json_equal(got, want):
                 return version, f"JSON field {path!r} is {short(got)}, expected {short(want)}"
         return version, None

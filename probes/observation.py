@@ -25,6 +25,7 @@ class Symptom(StrEnum):
     WRONG_CREDENTIALS = "wrong_credentials"  # 401/403 for the known-good probe account
     ACCOUNT_LOCKED = "account_locked"  # 423 for the probe account
     LOGINS_REFUSED = "logins_refused"  # a second known-good account refused too: not the probe's
+    STEP_FAILED = "step_failed"  # a journey step after the log-in failed (the detail names it)
     CONTAINER_DOWN = "container_down"  # exited, restarting, crash-looping, unhealthy
     INTEGRITY = "integrity"  # integrity_check / quick_check / amcheck found corruption
     MISSING_TABLE = "missing_table"

@@ -19,6 +19,7 @@ from probes.base import Probe, ProbeSettings
 from probes.docker_container import DockerContainerSettings
 from probes.fernet_key import FernetKeySettings
 from probes.http_health import HttpHealthSettings
+from probes.journey import JourneySettings
 from probes.k8s_deployment import K8sDeploymentSettings
 from probes.log_errors import LogErrorsSettings
 from probes.login import LoginSettings
@@ -68,6 +69,9 @@ PROBE_KINDS: dict[str, Kind] = {
     "http_health": _kind(HttpHealthSettings, "probes.http_health:HttpHealthProbe", Role.HEALTH,
                          Tells.LATENCY),
     "login": _kind(LoginSettings, "probes.login:LoginProbe", Role.LOGIN, Tells.LATENCY),
+    # A journey's log-in step fails as a login probe does; its later steps fail with
+    # step_failed, which no incident class claims (policies/classify.py).
+    "journey": _kind(JourneySettings, "probes.journey:JourneyProbe", Role.LOGIN),
     "sqlite_integrity": _kind(SqliteIntegritySettings,
                               "probes.sqlite_integrity:SqliteIntegrityProbe", Role.INTEGRITY,
                               Tells.REVISION),

@@ -8,7 +8,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Modules of probes/ that every kind may use: they are not kinds.
-PROBE_HELPERS = {"__init__", "base", "observation", "registry", "http", "http_transport"}
+PROBE_HELPERS = {"__init__", "base", "http", "http_transport", "json_fields", "observation",
+                 "registry"}
 
 
 def _contract(name_start: str) -> dict[str, Any]:

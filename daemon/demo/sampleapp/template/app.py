@@ -28,6 +28,8 @@ from sessions import make_sessions
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
 FAULT_MODES = ("none", "500", "401", "hang", "slow")
+# Where mode 500 strikes unless the fault names its own paths (prefixes, e.g. "/api/projects").
+FAULT_500_PATHS = ("/health", "/api/auth/login")
 # Checked against unknown emails so response time does not reveal which accounts exist.
 DUMMY_HASH = b"$2b$12$85mpaYojW3o70I66ZakaEuRFjrEz2QOZXxW6JHRzX2fR6Pmippwk."
 
@@ -46,11 +48,18 @@ class Faults:
     def __init__(self) -> None:
         self._cond, self._generation = threading.Condition(), 0
         self.mode, self.delay = "none", 0.0
+        self.paths: tuple[str, ...] = FAULT_500_PATHS
 
-    def set(self, mode: str, delay: float) -> None:
+    def set(self, mode: str, delay: float, paths: tuple[str, ...] = FAULT_500_PATHS) -> None:
         with self._cond:
             self.mode, self.delay, self._generation = mode, delay, self._generation + 1
+            self.paths = paths
             self._cond.notify_all()
+
+    def strikes(self, path: str) -> bool:
+        """Whether mode 500 fails a request for `path`: an exact path or one below it."""
+        return self.mode == "500" and any(path == p or path.startswith(p.rstrip("/") + "/")
+                                          for p in self.paths)
 
     def sleep(self) -> None:
         with self._cond:
@@ -60,6 +69,24 @@ class Faults:
             deadline = time.monotonic() + (3600.0 if self.mode == "hang" else self.delay)
             while generation == self._generation and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
+
+
+class Workspace:
+    """Projects and their grading jobs, in this process's memory: what the user-acceptance
+    journey creates, reads back and deletes. Not in the database on purpose: the migrations'
+    revision list is what rollbackd's tests and drills know the app by, and a journey's project
+    lives a few seconds (a restart forgets it, as a finished journey would have deleted it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 1
+        self.projects: dict[int, dict[str, Any]] = {}
+        self.jobs: dict[int, dict[str, Any]] = {}
+
+    def new_id(self) -> int:
+        with self._lock:
+            self._next += 1
+            return self._next - 1
 
 
 def create_app() -> Flask:
@@ -74,6 +101,7 @@ def create_app() -> Flask:
     faults_enabled = os.environ.get("SAMPLEAPP_FAULTS") == "1"
     version = os.environ.get("SAMPLEAPP_VERSION")
     faults = Faults()
+    work = Workspace()
     app = Flask(__name__)
 
     @app.before_request
@@ -81,7 +109,7 @@ def create_app() -> Flask:
         g.started = time.monotonic()
         if not faults_enabled or request.path == "/_fault":
             return
-        if faults.mode == "500" and request.path in ("/health", "/api/auth/login"):
+        if faults.strikes(request.path):
             raise RuntimeError("injected fault: mode 500")
         faults.sleep()
 
@@ -146,11 +174,15 @@ def create_app() -> Flask:
             conn.execute(by_id.values(failed_login_attempts=0, locked_until=None))
         return jsonify(token=sessions.create(user.id)), 200
 
-    @app.get("/api/me")
-    def me() -> JsonReply:
+    def caller() -> int | None:
+        """The user id of the request's bearer token, or None."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
-        user_id = sessions.lookup(token) if scheme.lower() == "bearer" and token else None
+        return sessions.lookup(token) if scheme.lower() == "bearer" and token else None
+
+    @app.get("/api/me")
+    def me() -> JsonReply:
+        user_id = caller()
         if user_id is None:
             return jsonify(error="not authenticated"), 401
         cols = (users.c.email, users.c.national_id_encrypted, users.c.is_admin)
@@ -163,6 +195,67 @@ def create_app() -> Flask:
         nid = fernet.decrypt(secret.encode()).decode() if secret else None
         return jsonify(email=row.email, national_id=nid, is_admin=bool(row.is_admin)), 200
 
+    def owned(kind: dict[int, dict[str, Any]], item_id: int) -> tuple[Any, JsonReply | None]:
+        """The caller's item (a project or job), or the reply that refuses it."""
+        user_id = caller()
+        if user_id is None:
+            return None, (jsonify(error="not authenticated"), 401)
+        item = kind.get(item_id)
+        if item is None or item["owner"] != user_id:  # someone else's is as good as missing
+            return None, (jsonify(error="not found"), 404)
+        return item, None
+
+    @app.post("/api/projects")
+    def create_project() -> JsonReply:
+        user_id = caller()
+        if user_id is None:
+            return jsonify(error="not authenticated"), 401
+        body: Any = request.get_json(silent=True)
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            return jsonify(error="expected JSON object with a non-empty string name"), 400
+        project = {"id": work.new_id(), "name": name.strip(), "owner": user_id}
+        work.projects[project["id"]] = project
+        return jsonify(project), 201
+
+    @app.get("/api/projects/<int:project_id>")
+    def read_project(project_id: int) -> JsonReply:
+        project, refused = owned(work.projects, project_id)
+        if refused is not None:
+            return refused
+        jobs = sorted(j["id"] for j in work.jobs.values() if j["project_id"] == project_id)
+        return jsonify({**project, "jobs": jobs}), 200
+
+    @app.delete("/api/projects/<int:project_id>")
+    def delete_project(project_id: int) -> JsonReply:
+        project, refused = owned(work.projects, project_id)
+        if refused is not None:
+            return refused
+        for job_id in [j["id"] for j in list(work.jobs.values()) if j["project_id"] == project_id]:
+            work.jobs.pop(job_id, None)
+        work.projects.pop(project_id, None)
+        return jsonify(deleted=project_id), 200
+
+    @app.post("/api/projects/<int:project_id>/jobs")
+    def submit_job(project_id: int) -> JsonReply:
+        _, refused = owned(work.projects, project_id)
+        if refused is not None:
+            return refused
+        body: Any = request.get_json(silent=True)
+        submission = body.get("submission") if isinstance(body, dict) else None
+        if not isinstance(submission, str):
+            return jsonify(error="expected JSON object with a string submission"), 400
+        # Graded at once: a stand-in grader whose score any test can predict.
+        job = {"id": work.new_id(), "project_id": project_id, "owner": caller(),
+               "status": "graded", "score": min(len(submission), 100)}
+        work.jobs[job["id"]] = job
+        return jsonify(job), 201
+
+    @app.get("/api/jobs/<int:job_id>")
+    def read_job(job_id: int) -> JsonReply:
+        job, refused = owned(work.jobs, job_id)
+        return refused if refused is not None else (jsonify(job), 200)
+
     if faults_enabled:
 
         @app.post("/_fault")
@@ -173,11 +266,15 @@ def create_app() -> Flask:
                 delay = float(body.get("delay", 1.0 if mode == "slow" else 0.0)) if mode else 0.0
             except (TypeError, ValueError):
                 delay = -1.0
+            paths = body.get("paths", list(FAULT_500_PATHS)) if isinstance(body, dict) else []
             if mode not in FAULT_MODES or delay < 0:
                 return jsonify(error=f"mode must be one of {FAULT_MODES}, delay >= 0"), 400
-            faults.set(mode, delay)
-            log.warning("fault injection set: mode=%s delay=%s", mode, delay)
-            return jsonify(mode=mode, delay=delay), 200
+            if not (isinstance(paths, list) and all(isinstance(p, str) and p.startswith("/")
+                                                    for p in paths)):
+                return jsonify(error="paths must be a list of paths starting with /"), 400
+            faults.set(mode, delay, tuple(paths))
+            log.warning("fault injection set: mode=%s delay=%s paths=%s", mode, delay, paths)
+            return jsonify(mode=mode, delay=delay, paths=paths), 200
 
     return app
 
