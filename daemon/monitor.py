@@ -10,7 +10,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,8 @@ class TargetMonitor:
         """time.monotonic() each scheduled probe run still waiting on its target started."""
         self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
         self._before_overrun: dict[str, ProbeHealth] = {}
+        self._changes_before: dict[str, tuple[int, bool]] = {}
+        """Per probe overrunning now: the flapping record as it was before its first overrun."""
         """A probe's health before the first overrun of the run still in flight."""
         self._deploying = 0
         self._deployed_at = 0.0
@@ -223,8 +225,12 @@ class TargetMonitor:
         try:
             started = self._in_flight.get(probe_name)
             if started is not None:
-                if not self._saw_deploy(started):
-                    await self._overrun(probe_name, time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                # A slot half an interval after the run began is the scheduler catching up
+                # (two submissions of one period), not a new period the target let pass.
+                if not self._saw_deploy(started) \
+                        and elapsed >= self.settings[probe_name].interval / 2:
+                    await self._overrun(probe_name, elapsed)
                 return
             self._in_flight[probe_name] = started = time.monotonic()
             try:
@@ -232,6 +238,7 @@ class TargetMonitor:
             finally:
                 del self._in_flight[probe_name]
             before = self._before_overrun.pop(probe_name, None)
+            mark = self._changes_before.pop(probe_name, None)
             if self._saw_deploy(started) or _stopping():
                 return
             if self.own_fault is not None and self.own_fault(obs):
@@ -241,14 +248,24 @@ class TargetMonitor:
                 if before is not None:
                     # Answered within its timeout after all: the overruns were its own
                     # slowness, which the timeout allows. A probe slower than its interval
-                    # would otherwise never pass.
+                    # would otherwise never pass. Their healthy/failing changes go too: they
+                    # are not flapping.
                     self.health[probe_name] = before
+                    self._forget_changes_since(mark)
             self._record(obs)
             await self._evaluate()
         except asyncio.CancelledError:
             # Only shutdown cancels a probe run, and it has nothing to record; APScheduler would
             # log the cancellation as a crashed job.
             log.debug("target=%s probe=%s status=cancelled", self.name, probe_name)
+
+    def _forget_changes_since(self, mark: tuple[int, bool] | None) -> None:
+        if mark is None:
+            return
+        count, was_failing = mark
+        while len(self.transitions) > count:
+            self.transitions.pop()
+        self._was_failing = was_failing
 
     @contextlib.contextmanager
     def deploying(self) -> Iterator[None]:
@@ -278,7 +295,9 @@ class TargetMonitor:
                           Symptom.TIMEOUT)
         if self.own_fault is not None and self.own_fault(obs):
             return
-        self._before_overrun.setdefault(probe_name, self.health[probe_name])
+        if probe_name not in self._before_overrun:
+            self._before_overrun[probe_name] = self.health[probe_name]
+            self._changes_before[probe_name] = (len(self.transitions), self._was_failing)
         if probe_name not in self._overrun_said:  # once per failing streak, not every slot
             self._overrun_said.add(probe_name)
             log.warning("target=%s probe=%s status=overrun elapsed=%.1fs timeout=%gs",
@@ -410,11 +429,28 @@ class TargetMonitor:
 
     async def confirm(self) -> tuple[Picture, dict[str, str]]:
         """Every probe of the target afresh, at once, each within its own timeout; recorded like
-        any run. The picture after them, and what each said (for the incident's timeline)."""
-        names = list(self.probes)
+        any run. The picture after them, and what each said (for the incident's timeline).
+
+        A probe failing past its threshold on an answer younger than its interval is fresh
+        already: its streak is the evidence, and running it again would only add a timeout to
+        the detection of a hung target. Every other probe runs: the ones that pass, the ones
+        below their threshold, one failing on overruns alone, and any whose last answer is old
+        (an approval hours later)."""
+        now = datetime.now(UTC)
+        said: dict[str, str] = {}
+        names = []
+        for p, h in self.health.items():
+            fresh = h.last is not None and \
+                (now - h.last.at).total_seconds() < self.settings[p].interval
+            # Failing on overruns alone, its real answer is still pending: ask again (a slow
+            # answer within the timeout is perf_degraded's, not app_down's).
+            overruns = p in self._before_overrun
+            if h.failing and fresh and not overruns and h.last is not None:
+                said[p] = f"{h.last.status}: {h.last.detail} (failing, answered just now)"
+            else:
+                names.append(p)
         observations = await asyncio.gather(*(run_probe(self.probes[p], self.settings[p].timeout)
                                               for p in names))
-        said = {}
         for obs in observations:
             self._record(obs)
             said[obs.probe] = "ok" if obs.ok else f"{obs.status}: {obs.detail}"

@@ -190,17 +190,21 @@ class IncidentDesk:
     async def _confirm(self, decision: Decision) -> tuple[
             Decision, datetime | None, Picture, list[str], dict[str, str]] | None:
         """No incident and no action on a stale or partial picture: every probe afresh, then the
-        tree again. None: the class no longer stands (wait for the next evaluation)."""
+        tree again, which may find another class (re-planned for it, said in the log). None:
+        nothing stands any more (wait for the next evaluation)."""
         pic, said = await self.view.confirm()
-        if pic.found is None or pic.found[0] != decision.incident_class:
-            now = pic.found[0] if pic.found else "nothing failing"
+        if pic.found is None:
             why = (f"{decision.incident_class} not confirmed by a fresh run of every probe "
-                   f"(now: {now}); nothing opened")
+                   "(nothing failing past its threshold now); nothing opened")
             if self._last_suppressed != why:  # say it once, not every run
                 self._last_suppressed = why
                 log.info("target=%s action=wait reason=%r", self.target, why)
             return None
         incident_class, probes = pic.found
+        if incident_class != decision.incident_class:
+            log.info("target=%s action=replan reason=%r", self.target,
+                     f"{decision.incident_class} became {incident_class} on a fresh run of every "
+                     "probe")
         evidence, onset = self.view.failing_detail(probes)
         again = decide(incident_class, evidence, await self.view.facts(pic.version, onset, probes),
                        self.view.history(), now_utc(), self.view.policy, self.target)
