@@ -66,6 +66,10 @@ async def _recover(journal: Journal, outbox: Outbox, reports_dir: Path, desk: In
         effect = unknown("the incident has no stored plan to tell what the step was")
     else:
         effect = await effect_of(desk.runner, journal, plan, inc.id, step.name, step.started_at)
+    if effect.local and effect.found is Found.ABSENT and desk.runner.guard is not None:
+        # Several instances: the owner that ran the step kept its records on its own host.
+        effect = unknown(f"{effect.what}, but the step ran on the instance that owned the "
+                         "target then, whose records are not here")
     log.warning("incident=%d target=%s step=%s status=interrupted effect=%s found=%r",
                 inc.id, inc.target, step.name, effect.found, effect.what)
     journal.steps.settle(step.id, effect.found is Found.DONE, _detail(effect))

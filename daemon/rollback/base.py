@@ -28,6 +28,9 @@ class Effect:
     found: Found
     what: str
     """What was found, in words for the held mail, `show` and the report."""
+    local: bool = False
+    """Judged from this host's own records (a command's receipt), not from the world: another
+    instance that owned the target when the step ran leaves none here."""
 
 
 def done(what: str) -> Effect:

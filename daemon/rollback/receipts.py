@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,13 +70,14 @@ def command_effect(ctx: StepContext, step: str, since: datetime) -> Effect:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return absent(f"its command never started (no receipt {path.name})")
+        return replace(absent(f"its command never started here (no receipt {path.name})"),
+                       local=True)
     except (OSError, ValueError) as exc:
         return unknown(f"its receipt {path.name} cannot be read: {exc}")
     started = datetime.fromisoformat(record["started_at"])
     if started < since:
-        return absent(f"its command never started in this run (the receipt is of "
-                      f"{started:%H:%M:%S})")
+        return replace(absent(f"its command never started here in this run (the receipt is "
+                              f"of {started:%H:%M:%S})"), local=True)
     command = record.get("command", "the command")
     if "ended_at" not in record:
         return unknown(f"{command} started at {started:%H:%M:%S} UTC and its end was not "
