@@ -232,8 +232,10 @@ class SelfCheck:
         except OSError:
             return  # the journal's own errors say more
         free = st.f_bavail * st.f_frsize
-        if free < self.limits.disk_min_free:
-            self.note("disk", f"{free // (1024 * 1024)} MiB free under {self.state_dir}")
+        # A small state file system (a tmpfs of a few MiB) is short only below a tenth of it.
+        least = min(self.limits.disk_min_free, st.f_blocks * st.f_frsize // 10)
+        if free < least:
+            self.note("disk", f"{free / (1024 * 1024):.1f} MiB free under {self.state_dir}")
 
     def _check_memory(self) -> None:
         available = _mem_available()

@@ -66,7 +66,8 @@ class BackupFailure:
 
 
 def mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    """A size in words a person reads: MiB, or KiB below one MiB (never "0.0 MiB")."""
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{max(n, 0) / 2**10:.0f} KiB"
 
 
 @runtime_checkable
