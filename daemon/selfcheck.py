@@ -61,7 +61,10 @@ class Limits:
     fd_reserve: int = 64
     """Descriptors that must stay free (probes, the journal, a spawned command need some)."""
     disk_min_free: int = 64 * 1024 * 1024
-    """Bytes that must stay free on the state directory's file system."""
+    """Bytes that must stay free on the state directory's file system..."""
+    disk_min_share: float = 0.1
+    """...or this share of it, whichever is less (a state tmpfs of a few MiB is short only
+    when nearly full)."""
     memory_min_available: int = 32 * 1024 * 1024
     """MemAvailable below this is out of memory."""
     loop_lag: float = 2.0
@@ -233,7 +236,8 @@ class SelfCheck:
             return  # the journal's own errors say more
         free = st.f_bavail * st.f_frsize
         # A small state file system (a tmpfs of a few MiB) is short only below a tenth of it.
-        least = min(self.limits.disk_min_free, st.f_blocks * st.f_frsize // 10)
+        least = min(self.limits.disk_min_free,
+                    self.limits.disk_min_share * st.f_blocks * st.f_frsize)
         if free < least:
             self.note("disk", f"{free / (1024 * 1024):.1f} MiB free under {self.state_dir}")
 

@@ -122,7 +122,7 @@ def test_loop_lag_is_seen_by_the_next_observation_before_the_check_wakes(world) 
 
 @pytest.mark.parametrize(("limits", "reason"), [
     pytest.param(Limits(fd_reserve=10**9), "descriptors", id="descriptors"),
-    pytest.param(Limits(disk_min_free=2**62), "disk", id="disk"),
+    pytest.param(Limits(disk_min_free=2**62, disk_min_share=1.0), "disk", id="disk"),
     pytest.param(Limits(memory_min_available=2**62), "memory", id="memory"),
 ])
 def test_periodic_checks(tmp_path: Path, limits: Limits, reason: str) -> None:
@@ -143,7 +143,7 @@ async def test_a_command_that_cannot_be_spawned_is_the_daemons_fault(tmp_path: P
 
 
 async def test_run_checks_periodically_until_cancelled(tmp_path: Path) -> None:
-    check = SelfCheck(tmp_path, CollectorRegistry(), None, Limits(disk_min_free=2**62))
+    check = SelfCheck(tmp_path, CollectorRegistry(), None, Limits(disk_min_free=2**62, disk_min_share=1.0))
     task = asyncio.create_task(check.run())
     while check.degraded is None:
         await asyncio.sleep(0.01)
