@@ -477,8 +477,11 @@ class TargetMonitor:
         pause = min(1.0, min(s.interval for s in self.settings.values()))
         deadline = time.monotonic() + timeout
         last: dict[str, str] = {}
+        # The user-acceptance journey goes last, as in the runbook: on a target the other
+        # probes already pass.
+        order = sorted(self.probes.items(), key=lambda item: item[1].kind == "journey")
         while time.monotonic() < deadline:
-            for p, probe in self.probes.items():
+            for p, probe in order:
                 if streak[p] >= needed[p]:
                     continue
                 obs = await run_probe(probe, self.settings[p].timeout)
