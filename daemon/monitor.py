@@ -121,6 +121,8 @@ class TargetMonitor:
         self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
         self._before_overrun: dict[str, ProbeHealth] = {}
         self._changes_before: dict[str, tuple[int, bool]] = {}
+        self._answers: dict[str, Observation] = {}
+        """Each probe's last real answer (overruns are not answers)."""
         """Per probe overrunning now: the flapping record as it was before its first overrun."""
         """A probe's health before the first overrun of the run still in flight."""
         self._deploying = 0
@@ -204,8 +206,10 @@ class TargetMonitor:
         return dataclasses.replace(obs, status=Status.FAIL, symptom=Symptom.SLOW,
                                    detail=f"{obs.detail.rstrip('.')}, but {explain(state, settings)}.")
 
-    def _record(self, obs: Observation) -> None:
+    def _record(self, obs: Observation, overrun: bool = False) -> None:
         obs = self._judge_latency(obs)
+        if not overrun:  # what the target itself answered last (an overrun is no answer)
+            self._answers[obs.probe] = obs
         s = self.settings[obs.probe]
         before = self.health[obs.probe]
         after = debounce(before, obs, s.failure_threshold, s.success_threshold)
@@ -302,7 +306,7 @@ class TargetMonitor:
             self._overrun_said.add(probe_name)
             log.warning("target=%s probe=%s status=overrun elapsed=%.1fs timeout=%gs",
                         self.name, probe_name, elapsed, self.settings[probe_name].timeout)
-        self._record(obs)
+        self._record(obs, overrun=True)
         await self._evaluate()
 
     async def _evaluate(self) -> None:
@@ -457,8 +461,11 @@ class TargetMonitor:
         return await self.picture(), said
 
     def failing_detail(self, probes: list[str]) -> tuple[str, datetime | None]:
-        evidence = "; ".join(f"{p} {h.last.detail}" for p in probes
-                             if (h := self.health[p]).last is not None)
+        # The target's own last failing answer is the evidence; an overrun since only says the
+        # next answer is late.
+        seen = {p: a if (a := self._answers.get(p)) is not None and not a.ok
+                else self.health[p].last for p in probes}
+        evidence = "; ".join(f"{p} {obs.detail}" for p, obs in seen.items() if obs is not None)
         onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
         return evidence, onset
 
