@@ -455,6 +455,13 @@ class TargetMonitor:
                 names.append(p)
         observations = await asyncio.gather(*(run_probe(self.probes[p], self.settings[p].timeout)
                                               for p in names))
+        kept = [h.last for p, h in self.health.items() if p not in names and h.last is not None]
+        own = [o for o in (*observations, *kept)
+               if self.own_fault is not None and self.own_fault(o)]
+        if own:  # the daemon itself is short of something: no picture stands, nothing acts
+            said.update({o.probe: f"not counted: rollbackd is self_degraded ({o.detail})"
+                         for o in own})
+            return Picture(None, False, None), said
         for obs in observations:
             self._record(obs)
             said[obs.probe] = "ok" if obs.ok else f"{obs.status}: {obs.detail}"

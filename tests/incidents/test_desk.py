@@ -315,3 +315,17 @@ async def test_evidence_at_detection_is_kept_when_the_plan_runs_later(
     assert found.evidence["probes"]["health"]["status"] == "pass"  # as it was at detection
     assert found.evidence["at_execution"]["probes"]["health"]["status"] == "fail"
     assert found.evidence["changed_since_detection"] == ["probe health: pass -> fail"]
+
+
+async def test_nothing_opens_while_the_daemon_itself_is_degraded(
+        journal: Journal, tmp_path: Path) -> None:
+    """The confirmation's own runs go through the self_degraded judge too: a fault of the daemon
+    met while confirming leaves no picture to act on."""
+    m = monitor(journal, tmp_path)
+    await failing(m)  # app_down past its threshold (nothing listens on port 9)
+    m.own_fault = lambda obs: True  # from now on the daemon is short of descriptors
+    await m.desk.evaluate()
+    assert journal.incidents.open_for("web") is None
+    m.own_fault = None
+    await m.desk.evaluate()
+    assert journal.incidents.open_for("web") is not None  # the control: it does open
