@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.rollback.data_settings import SqliteDatabase
+from probes.registry import Tells, kinds_that
 from probes.sqlite_integrity import quote_name
 
 if TYPE_CHECKING:
     from daemon.monitor import TargetMonitor
 
-REVISION_KINDS = ("sqlite_integrity", "postgres_integrity")
-KEY_KINDS = ("fernet_key",)
+# What each probe kind tells is registered with the kind (probes/registry.py), as the monitor
+# reads it: a new integrity or key kind counts here too.
+REVISION_KINDS = kinds_that(Tells.REVISION)
+KEY_KINDS = kinds_that(Tells.KEY_FINGERPRINT)
 
 
 @dataclass(frozen=True)
