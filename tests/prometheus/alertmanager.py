@@ -21,7 +21,8 @@ def alert(labels: dict[str, str], status: str = "firing", summary: str = "",
           ) -> dict[str, Any]:
     return {
         "status": status,
-        "labels": labels,
+        # A copy: callers (the fuzzer) mutate the body, and the label sets here are shared.
+        "labels": dict(labels),
         "annotations": {"summary": summary} if summary else {},
         "startsAt": starts_at,
         "endsAt": ends_at or (ZERO_TIME if status == "firing" else "2024-05-01T10:52:02.5Z"),
