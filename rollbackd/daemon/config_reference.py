@@ -24,7 +24,7 @@ from rollbackd.daemon.config import Config, PolicyOverrides
 from rollbackd.daemon.secrets import SecretValue
 from rollbackd.probes.base import parse_duration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "config-reference.md"
 EXAMPLES = ROOT / "examples"
 

@@ -30,6 +30,7 @@ from rollbackd.daemon.runner import Runner
 from rollbackd.policies.classify import (
     SESSION_KINDS,
     IncidentClass,
+    TargetHealth,
     all_passing,
     classify,
     probe_account_trouble,
@@ -334,13 +335,18 @@ class TargetMonitor:
             self._version = (time.monotonic(), version)
         return version
 
-    async def _update_ledger(self, passing: bool, max_age: float) -> str | None:
+    async def _update_ledger(self, passing: bool | None, max_age: float) -> str | None:
         version = await self.current_version(max_age)
         if version is None:
             return None
         now = now_utc()
         entries = {e.version: e for e in self.journal.ledger.entries(self.name)}
         entry = entries.get(version) or LedgerEntry(version, now)
+        if passing is None:  # undecided: the clock neither restarts nor advances
+            if version not in entries:
+                self.journal.ledger.save(self.name, entry)
+            self._report_bad_redeploy(list(entries.values()), version)
+            return version
         # Known-good needs every probe passing with no incident open against the release (an
         # incident still open keeps the clock at zero), and a clean work tree: a dirty one is
         # not the commit's release.
@@ -427,9 +433,21 @@ class TargetMonitor:
         found = classify(health)
         self._report_probe_account()
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
-        version = await self._update_ledger(all_passing(health),
+        version = await self._update_ledger(self._stability(health),
                                             max_age=2.0 if found is None else 0.0)
         return Picture(found, all_passing(health), version)
+
+    def _stability(self, health: TargetHealth) -> bool | None:
+        """What this evaluation says of the release's stability: True all passing, False not,
+        None undecided. A probe passing until its run outlasted its interval is undecided: the
+        run may still pass within its timeout (the overruns are then taken back), and a busy
+        machine must not restart the known-good clock on answers it has not had yet."""
+        if all_passing(health):
+            return True
+        undecided = {p for p, before in self._before_overrun.items() if before.passing}
+        if undecided and all(h.passing or p in undecided for p, (_, h) in health.items()):
+            return None
+        return False
 
     async def confirm(self) -> tuple[Picture, dict[str, str]]:
         """Every probe of the target afresh, at once, each within its own timeout; recorded like

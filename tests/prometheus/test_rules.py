@@ -51,8 +51,8 @@ def test_every_alert_has_a_firing_unit_test() -> None:
 
 def test_unit_tests_load_the_shipped_file() -> None:
     for spec in UNIT_TESTS:
-        assert "../../daemon/alerts/rollbackd.rules.yml" in spec.read_text()
-    assert (HERE / "../../daemon/alerts/rollbackd.rules.yml").resolve().read_text() == rules_text()
+        assert "../../rollbackd/daemon/alerts/rollbackd.rules.yml" in spec.read_text()
+    assert (HERE / "../../rollbackd/daemon/alerts/rollbackd.rules.yml").resolve().read_text() == rules_text()
 
 
 def test_rollbackd_rules_prints_the_file() -> None:

@@ -130,7 +130,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs",
                           str(mount)], capture_output=True, text=True)
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
     try:
         yield mount
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -165,6 +166,50 @@ async def test_a_probe_slower_than_its_interval_but_within_its_timeout_still_pas
             assert m.health["health"].passing
         assert runs("fail") == failed + 5  # the overruns were recorded, then taken back
         assert journal.incidents.open_for("web") is None
+    finally:
+        sched.shutdown()
+        journal.close()
+
+
+def git_repo(path: Path) -> str:
+    """A real git work tree with one commit: the release the ledger times."""
+    path.mkdir()
+    for argv in (["init", "-q"], ["-c", "user.email=t@127.0.0.1", "-c", "user.name=t",
+                                  "commit", "-q", "--allow-empty", "-m", "v1"]):
+        subprocess.run(["git", "-C", str(path), *argv], check=True, capture_output=True)
+    out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("slow", [pytest.param(True, id="slower-than-interval"),
+                                  pytest.param(False, id="control-failing")])
+async def test_a_slow_passing_probe_does_not_hold_back_the_known_good_clock(
+        server: TricklingServer, tmp_path: Path, slow: bool) -> None:
+    """Each answer takes 1.5 intervals, within the timeout: every run meets an overrun that is
+    taken back when it passes. The release still earns known-good after `stable_after` (a busy
+    machine whose runs outlast their interval must not keep the clock at zero). The control: a
+    probe that really fails (a hang past its timeout) earns nothing."""
+    server.delay = 1.5
+    version = git_repo(tmp_path / "app")
+    m, journal = monitor(tmp_path, server.port, 1.0, 3.0,
+                         f'success_threshold = 1\n[targets.web.deployment]\nkind = "git"\n'
+                         f'repo = "{tmp_path / "app"}"\nrestart = ["true"]\n')
+    m.policy = PolicySettings(stable_after=4.0)
+    sched = ProbeScheduler(Metrics(CollectorRegistry()))
+    sched.schedule(m)
+    sched.start()
+
+    def known_good() -> bool:
+        return any(e.version == version and e.known_good for e in journal.ledger.entries("web"))
+
+    try:
+        if slow:
+            await wait_for(known_good, within=30)
+        else:
+            server.hang()
+            await asyncio.sleep(12)  # three times stable_after: no passing run in it
+            assert not known_good()
     finally:
         sched.shutdown()
         journal.close()
