@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from rollbackd.policies.classify import (
     TargetHealth,
     all_passing,
     classify,
+    journey_trouble,
     probe_account_trouble,
 )
 from rollbackd.policies.debounce import ProbeHealth, debounce
@@ -52,6 +54,8 @@ log = logging.getLogger("rollbackd.monitor")
 # Probe kinds whose Observation.version tells the schema revision or the key fingerprint.
 REVISION_KINDS = tuple(sorted(kinds_that(Tells.REVISION)))
 KEY_KINDS = tuple(sorted(kinds_that(Tells.KEY_FINGERPRINT)))
+# A journey's failure detail starts with the step it names: step 'create a project': ...
+STEP_NAME = re.compile(r"""^step (["'])(.*?)\1: """)
 
 async def run_probe(probe: Probe, timeout: float) -> Observation:
     """The scheduler owns the timeout; whatever escapes a probe becomes an error observation."""
@@ -133,6 +137,7 @@ class TargetMonitor:
         """An evaluation waits for the desk and has not read the picture yet: one that comes
         meanwhile has nothing to add (the queued one will see its observation)."""
         self._account_mailed: dict[str, set[Symptom]] = {}
+        self._journey_mailed: dict[str, set[str]] = {}
         """Per login probe, what of its own account's trouble was mailed in this episode."""
 
     @property
@@ -393,6 +398,31 @@ class TargetMonitor:
             self.outbox.send(notices.probe_account(self.name, probe, SAYS[symptom],
                                                    h.last.detail, h.onset or h.last.at))
 
+    def journey_steps(self) -> dict[str, str]:
+        """Journey probes failing after their log-in -> the failing step (for `status`)."""
+        found = {}
+        for probe in journey_trouble(self.target_health()):
+            last = self.health[probe].last
+            match = STEP_NAME.match(last.detail) if last is not None else None
+            found[probe] = match[2] if match else "a later step"
+        return found
+
+    def _report_journey(self) -> None:
+        """Mail on-call once per episode and failing step; a later step breaking too is news."""
+        failing = self.journey_steps()
+        for probe in set(self._journey_mailed) - set(failing):
+            del self._journey_mailed[probe]  # passing again: the next failure is news
+        for probe, step in failing.items():
+            mailed = self._journey_mailed.setdefault(probe, set())
+            h = self.health[probe]
+            if step in mailed or h.last is None:
+                continue
+            mailed.add(step)
+            log.warning("target=%s probe=%s status=journey-step-failing step=%r detail=%r",
+                        self.name, probe, step, h.last.detail)
+            self.outbox.send(notices.journey_step(self.name, probe, step, h.last.detail,
+                                                  h.onset or h.last.at))
+
     def damaged(self, probes: list[str]) -> frozenset[Component]:
         """Whose data these failing probes speak for."""
         kinds = {self.settings[p].kind for p in probes if p in self.settings}
@@ -432,6 +462,7 @@ class TargetMonitor:
         health = self.target_health()
         found = classify(health)
         self._report_probe_account()
+        self._report_journey()
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
         version = await self._update_ledger(self._stability(health),
                                             max_age=2.0 if found is None else 0.0)

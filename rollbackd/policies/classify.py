@@ -132,5 +132,13 @@ def probe_account_trouble(health: TargetHealth) -> dict[str, Symptom]:
             if kind in LOGIN_KINDS and h.failing and h.symptom in PROBE_ACCOUNT}
 
 
+def journey_trouble(health: TargetHealth) -> list[str]:
+    """Journey probes failing at a step after the log-in (step_failed). No incident class claims
+    them (a broken project page is no reason to restore a database or roll back a release by
+    itself); people are told, nothing is changed."""
+    return [name for name, (_, h) in health.items()
+            if h.failing and h.symptom is Symptom.STEP_FAILED]
+
+
 def all_passing(health: TargetHealth) -> bool:
     return bool(health) and all(h.passing for _, h in health.values())

@@ -7,6 +7,7 @@ Message-ID from `Notice.event`, which is stable per incident and event: a notice
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,7 @@ class NoticeKind(StrEnum):
     EMERGENCY_ADMIN = "emergency-admin"
     BACKUP = "backup"
     PROBE_ACCOUNT = "probe-account"
+    JOURNEY = "journey"
     SELF_DEGRADED = "self-degraded"
     DIGEST = "digest"
 
@@ -48,7 +50,7 @@ ROUTE_AS: dict[NoticeKind, EventKind] = {
     NoticeKind.CLOSED: "other", NoticeKind.TIER: "escalated", NoticeKind.REDEPLOY: "redeploy",
     NoticeKind.LOCKDOWN: "other", NoticeKind.EMERGENCY_ADMIN: "other",
     NoticeKind.BACKUP: "backup", NoticeKind.SELF_DEGRADED: "other", NoticeKind.DIGEST: "digest",
-    NoticeKind.PROBE_ACCOUNT: "probe_account",
+    NoticeKind.PROBE_ACCOUNT: "probe_account", NoticeKind.JOURNEY: "journey",
 }
 """The event kind routing rules (`[[escalation.routes]] events`) match each notice kind as."""
 
@@ -223,6 +225,20 @@ def probe_account(target: str, probe: str, says: str, detail: str, since: dateti
     return Notice(NoticeKind.PROBE_ACCOUNT, _subject(target, f"{says} (probe {probe}), nothing "
                                                      "changed"),
                   body, key=f"{target}-{probe}-{says.replace(' ', '-')}-{since:%Y%m%dT%H%M%S}")
+
+
+def journey_step(target: str, probe: str, step: str, detail: str, since: datetime) -> Notice:
+    """A user journey fails after its log-in: news for people, not a rollback by itself."""
+    body = (f"The journey probe {probe} of {target} fails at step {step!r}:\n  {detail}\n\n"
+            "Its log-in step passes, so rollbackd changes nothing: a broken later step (a "
+            "project page, a job submission) is no reason by itself to restore a database or "
+            "roll back a release, and no incident is opened. Look at the app's logs for that "
+            f"request. If a release broke it, roll that release back:\n\n"
+            f"    rollbackctl rollback {target}\n")
+    return Notice(NoticeKind.JOURNEY, _subject(target, f"user journey fails at {step!r} (probe "
+                                                       f"{probe}), nothing changed"),
+                  body, key=f"{target}-{probe}-journey-{re.sub(r'[^A-Za-z0-9]+', '-', step)}-"
+                            f"{since:%Y%m%dT%H%M%S}")
 
 
 def emergency_admin(target: str, email: str, created: bool, uid: int, pid: int,

@@ -15,7 +15,7 @@ Condition = Literal["breaker_open", "key_disaster", "rollback_failed", "limit_re
 """Facts about an incident that call for more people than its class does."""
 
 EventKind = Literal["opened", "started", "resolved", "failed", "held", "escalated", "redeploy",
-                    "digest", "backup", "probe_account", "other"]
+                    "digest", "backup", "probe_account", "journey", "other"]
 """What a mail is about, as routing rules name it (each notice kind routes as one of these)."""
 
 
@@ -69,7 +69,7 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     Route(classes=[IncidentClass.DEPENDENCY_DOWN], roles=["oncall"]),
     Route(events=["redeploy"], roles=["devops", "oncall"]),
     Route(events=["backup"], roles=["dba"]),
-    Route(events=["probe_account"], roles=["oncall"]),
+    Route(events=["probe_account", "journey"], roles=["oncall"]),
     Route(when=["breaker_open", "key_disaster", "rollback_failed", "limit_reached"],
           roles=["emergency"]),
 )
