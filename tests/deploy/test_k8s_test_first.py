@@ -149,5 +149,7 @@ def test_preview_that_never_becomes_available_undoes_nothing(
     assert k8s.revision("web") == "2"
     assert ("default", "web-rbd-preview") not in k8s.cluster.deployments
     time.sleep(3)
-    assert len(incidents(d)) == 1 and k8s.revision("web") == "2"
+    # A rollout's short gap may open an incident that closes by itself (transient): not acted on.
+    acted = [i for i in incidents(d) if i["state"] != "transient"]
+    assert len(acted) == 1 and k8s.revision("web") == "2"
     assert [m for _, m, _, _ in calls(k8s)] == ["POST", "DELETE"]
