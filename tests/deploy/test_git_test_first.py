@@ -196,31 +196,34 @@ def test_candidate_that_is_not_faster_is_never_swapped_in(
     wait_for(lambda: any("ROLLBACK FAILED" in s for s in smtp.subjects), 15, "failure mail")
 
 
+@pytest.mark.parametrize(("point", "step"), [
+    pytest.param("ROLLBACKD_CRASH_AFTER_STEP", "start_candidate", id="after-start"),
+    pytest.param("ROLLBACKD_CRASH_AT_STEP", "probe_candidate", id="at-probe"),
+])
 def test_kill9_leaves_a_candidate_that_recovery_stops_by_its_recorded_pid(
-    on_v1: Workspace, smtp: SmtpSink, start_daemon: Any,
+    on_v1: Workspace, smtp: SmtpSink, start_daemon: Any, point: str, step: str,
 ) -> None:
     ws = on_v1
-    d, good, spare = start_known_good(
-        ws, smtp, start_daemon, config={"extra": "test_hooks = true\n"},
-        env={"ROLLBACKD_CRASH_AFTER_STEP": "start_candidate"})
+    d, good, spare = start_known_good(ws, smtp, start_daemon,
+                                      config={"extra": "test_hooks = true\n"}, env={point: step})
     slow = commit(ws, SLOW, "v2: render the health page with the new template engine")
     slow_pid = service.running_pid(ws.pidfile)
     assert d.proc is not None
     wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 60,
-             f"the daemon killed after start_candidate\n{d.log_text()}")
+             f"the daemon killed at {step}\n{d.log_text()}")
     assert d.proc.returncode == -9
     (record,) = (d.state_dir / "candidates").glob("*.json")
     pid = json.loads(record.read_text())["pid"]
     assert start_time(pid) is not None  # the candidate outlived the daemon
     assert httpx.get(f"http://127.0.0.1:{spare}/health", timeout=5).status_code == 200
 
-    d.env.pop("ROLLBACKD_CRASH_AFTER_STEP")
+    d.env.pop(point)
     d.start()
     inc = wait_for(lambda: settled(d, ("held",)), 30, f"incident held\n{d.log_text()}")
     nothing_left(ws, d, pid)
-    start = next(r for r in steps(d, inc["id"]) if r["name"] == "start_candidate")
-    assert start["state"] == "interrupted"
-    assert f"stopped the candidate (pid {pid}" in start["detail"], start["detail"]
+    cut = next(r for r in steps(d, inc["id"]) if r["name"] == step)
+    assert cut["state"] == "interrupted"
+    assert f"stopped the candidate (pid {pid}" in cut["detail"], cut["detail"]
     assert ws.head() == slow and service.running_pid(ws.pidfile) == slow_pid
 
     assert d.ctl("approve", id=inc["id"])["ok"]
@@ -230,6 +233,8 @@ def test_kill9_leaves_a_candidate_that_recovery_stops_by_its_recorded_pid(
     rows = steps(d, inc["id"])
     assert [r["name"] for r in rows if r["state"] == "done"] == [
         *CHECKLIST, *CANDIDATE, *SWAP, "verify"]
+    assert sum(r["name"] == "git_checkout" for r in rows) == 1  # one swap, after the answer
     assert ws.head() == good
-    again = next(r for r in rows if r["name"] == "start_candidate" and r["state"] == "done")
+    again = [r for r in rows if r["name"] in ("start_candidate", "probe_candidate")
+             and r["state"] == "done" and "(pid " in r["detail"]][-1]
     nothing_left(ws, d, candidate_pid(again["detail"]))

@@ -77,9 +77,9 @@ def endpoint(k8s: FakeKubernetes) -> Iterator[ServiceEndpoint]:
 
 
 def start_on_v1(k8s: FakeKubernetes, endpoint: ServiceEndpoint, tmp_path: Path, smtp: SmtpSink,
-                start: Any) -> DaemonProcess:
+                start: Any, env: dict[str, str] | None = None) -> DaemonProcess:
     kc = k8s.kubeconfig(tmp_path / "kubeconfig")
-    d: DaemonProcess = start(daemon_toml(
+    text = daemon_toml(
         tmp_path / "state", smtp.port,
         {"kind": "kubernetes", "namespace": "default", "deployment": "web",
          "kubeconfig": str(kc), "rollout_timeout": "20s", "poll_interval": "200ms",
@@ -87,7 +87,10 @@ def start_on_v1(k8s: FakeKubernetes, endpoint: ServiceEndpoint, tmp_path: Path, 
         {"deploy": {"kind": "k8s_deployment", "deployment": "web", "kubeconfig": str(kc),
                     "interval": "500ms", "timeout": "2s", "failure_threshold": 2},
          "health": {"kind": "http_health", "url": endpoint.url, "interval": "500ms",
-                    "timeout": "2s", "failure_threshold": 3, "max_latency": "300ms"}}))
+                    "timeout": "2s", "failure_threshold": 3, "max_latency": "300ms"}})
+    if env:
+        text = text.replace('metrics_address = ""\n', 'metrics_address = ""\ntest_hooks = true\n')
+    d: DaemonProcess = start(text, env=env)
     wait_for(lambda: known_good(d, "1"), 20, f"revision 1 known-good\n{d.log_text()}")
     return d
 
@@ -153,3 +156,28 @@ def test_preview_that_never_becomes_available_undoes_nothing(
     acted = [i for i in incidents(d) if i["state"] != "transient"]
     assert len(acted) == 1 and k8s.revision("web") == "2"
     assert [m for _, m, _, _ in calls(k8s)] == ["POST", "DELETE"]
+
+
+def test_kill9_after_the_preview_was_created_leaves_no_preview(
+    k8s: FakeKubernetes, endpoint: ServiceEndpoint, smtp: SmtpSink, start_daemon: Any,
+    tmp_path: Path,
+) -> None:
+    d = start_on_v1(k8s, endpoint, tmp_path, smtp, start_daemon,
+                    env={"ROLLBACKD_CRASH_AFTER_STEP": "create_preview"})
+    k8s.set_image("web", V2)
+    assert d.proc is not None
+    wait_for(lambda: d.proc is not None and d.proc.poll() is not None, 40,
+             f"the daemon killed after create_preview\n{d.log_text()}")
+    assert ("default", "web-rbd-preview") in k8s.cluster.deployments  # left by the crash
+
+    d.env.pop("ROLLBACKD_CRASH_AFTER_STEP")
+    d.start()
+    inc = wait_for(lambda: settled(d, ("held",)), 30, f"incident held\n{d.log_text()}")
+    assert ("default", "web-rbd-preview") not in k8s.cluster.deployments
+    assert not [p for (_, n), p in k8s.cluster.pods.items() if "preview" in n]
+    cut = next(s for s in d.result("show", id=inc["id"])["steps"]
+               if s["name"] == "create_preview")
+    assert cut["state"] == "interrupted"
+    assert "deleted the preview deployment default/web-rbd-preview" in cut["detail"]
+    assert k8s.revision("web") == "2"  # nothing was undone
+    assert not [m for _, m, _, _ in calls(k8s) if m == "PATCH"]

@@ -75,3 +75,35 @@ def test_test_first_is_a_capability_only_when_configured() -> None:
     plain = parse_config(BASE.split("[targets.t.deployment.test_first]")[0], "r.toml")
     assert Capability.DEPLOYMENT_TEST_FIRST not in GitServiceExecutor(
         plain.targets["t"].deployment).capabilities()  # type: ignore[arg-type]
+
+
+async def test_a_reused_pid_is_never_signalled(tmp_path: object) -> None:
+    """The record's start time no longer matches the PID's: someone else's process, left alone
+    (and the safety check's control: with the matching start time it is stopped)."""
+    import asyncio
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from daemon.rollback.candidate import Candidates, start_time
+
+    receipts = Path(str(tmp_path)) / "receipts"
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = start_time(other.pid)
+        assert started is not None
+        c = Candidates(Path(str(tmp_path)), S)
+        home = c.home(receipts)
+        home.mkdir(parents=True)
+        record = {"worktree": str(home / "gone"), "commit": "c0ffee", "pid": other.pid}
+        (home / "1.json").write_text(json.dumps({**record, "started": started + 1}))
+        assert "had exited" in await c.stop(receipts, 1)
+        assert other.poll() is None and start_time(other.pid) == started  # untouched
+        (home / "2.json").write_text(json.dumps({**record, "started": started}))
+        assert f"stopped the candidate (pid {other.pid}, SIGTERM)" in await c.stop(receipts, 2)
+        await asyncio.to_thread(other.wait, 5)
+        assert other.returncode == -15
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
