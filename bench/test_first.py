@@ -60,8 +60,8 @@ def _phases(backend: str, show: dict[str, Any]) -> dict[str, float]:
 
 
 def run_git(work: Path, smtp_port: int) -> dict[str, float]:
-    from daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
-    from daemon.drills.injectors_git import HEALTH
+    from rollbackd.daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
+    from rollbackd.daemon.drills.injectors_git import HEALTH
     from tests.conftest import known_good, wait_for
 
     ws = Workspace.create(work / "ws")

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon.demo.sampleapp import service
-from daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
-from daemon.drills.injectors_git import HEALTH
-from daemon.rollback.candidate import start_time
+from rollbackd.daemon.demo.sampleapp import service
+from rollbackd.daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
+from rollbackd.daemon.drills.injectors_git import HEALTH
+from rollbackd.daemon.rollback.candidate import start_time
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e

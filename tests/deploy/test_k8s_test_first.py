@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from daemon.rollback.k8s_preview import PREVIEW_OF
+from rollbackd.daemon.rollback.k8s_preview import PREVIEW_OF
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.deploy.apps import assert_escalated_once, daemon_toml, incidents, settled
 from tests.fakes.k8s_api import FakeKubernetes

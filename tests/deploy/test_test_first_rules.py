@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
-from daemon.rollback.candidate import read_env_file
-from daemon.rollback.candidate_settings import GitTestFirst
-from daemon.rollback.latency_trial import Round, judge
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.rollback.candidate import read_env_file
+from rollbackd.daemon.rollback.candidate_settings import GitTestFirst
+from rollbackd.daemon.rollback.latency_trial import Round, judge
 
 S = GitTestFirst(start=["app"], port=8080, spare_port=8081, port_env="PORT", max_latency=0.3)
 
@@ -64,8 +64,8 @@ def test_config_errors_name_the_key(extra: str, error: str) -> None:
 
 
 def test_test_first_is_a_capability_only_when_configured() -> None:
-    from daemon.rollback.git_service import GitServiceExecutor
-    from policies.plans import Capability
+    from rollbackd.daemon.rollback.git_service import GitServiceExecutor
+    from rollbackd.policies.plans import Capability
 
     cfg = parse_config(BASE + "port = 8080\nspare_port = 8081\n", "r.toml")
     ex = GitServiceExecutor(cfg.targets["t"].deployment)  # type: ignore[arg-type]
@@ -85,7 +85,7 @@ async def test_a_reused_pid_is_never_signalled(tmp_path: object) -> None:
     import subprocess
     from pathlib import Path
 
-    from daemon.rollback.candidate import Candidates, start_time
+    from rollbackd.daemon.rollback.candidate import Candidates, start_time
 
     receipts = Path(str(tmp_path)) / "receipts"
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
