@@ -26,6 +26,7 @@ from pydantic import (
 from rollbackd.daemon.alerts.settings import AlertsSettings
 from rollbackd.daemon.drills.settings import DrillSettings
 from rollbackd.daemon.escalation.settings import Contact, EscalationSettings
+from rollbackd.daemon.rollback.candidate_settings import GitTestFirst
 from rollbackd.daemon.rollback.data_settings import (
     BackupSettings,
     DatabaseSettings,
@@ -187,6 +188,9 @@ class GitDeployment(Frozen):
     """Uncommitted edits or untracked files in the work tree when a rollback checks out:
     "hold" holds the incident naming the files (a person decides); "stash" keeps them in a
     named `git stash` and checks out. Never carried into the known-good checkout."""
+    test_first: GitTestFirst | None = None
+    """perf_degraded: start the known-good commit beside the live one and swap only when it
+    answered faster (docs/deployment-backends.md); unset: a plain rollback."""
 
 
 # [targets.<name>.deployment], tagged by `kind` (git when left out).

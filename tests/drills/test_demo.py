@@ -3,9 +3,11 @@ private dockerd is the engine here: this test never skips it), one table, exit 0
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -19,8 +21,8 @@ from tests.infra.services import DOCKER_SOCKET, docker_client
 
 pytestmark = pytest.mark.e2e
 
-ROWS = ["app_down", "auth_broken", "data_corruption", "perf_degraded", "key_invalid",
-        "app_down (docker)"]
+ROWS = ["app_down", "auth_broken", "data_corruption", "perf_degraded (git, test first)",
+        "key_invalid", "app_down (docker)"]
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def table(stdout: str) -> dict[str, list[str]]:
     for line in lines[head + 1:]:
         if not line.strip():
             break
-        label = "app_down (docker)" if line.startswith("app_down (docker)") else line.split()[0]
+        label = re.match(r"\S+(?: \([^)]*\))?", line).group(0)  # type: ignore[union-attr]
         rows[label] = line[len(label):].split()
     return rows
 
@@ -71,6 +73,13 @@ def test_the_demo_runs_every_scenario_and_exits_0(short_tmp: Path) -> None:
     assert f"rollbackd run --config {kept / 'rollbackd.toml'}" in res.stdout
     assert len(list((kept / "state" / "reports").glob("drill-*.md"))) == 6
     assert "[targets.web" not in (kept / "rollbackd.toml").read_text()  # its containers are gone
+    # The slow release was tested first: one candidate, started, answered faster, stopped.
+    with contextlib.closing(sqlite3.connect(kept / "state" / "journal.sqlite3")) as db:
+        tested = db.execute("SELECT name, detail FROM steps WHERE state = 'done' AND name IN "
+                            "('start_candidate', 'probe_candidate', 'stop_candidate') "
+                            "ORDER BY id").fetchall()
+    assert [n for n, _ in tested] == ["start_candidate", "probe_candidate", "stop_candidate"]
+    assert ": faster" in tested[1][1], tested
     (name,) = re.findall(r"in container (rollbackd-demo-\w+-web)", res.stdout)
     client = docker_client()
     try:  # every container of this demo is gone, and its images

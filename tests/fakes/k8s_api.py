@@ -4,8 +4,10 @@ Served (bearer-token auth, JSON only, errors as `Status` objects like a real API
 
     GET   /version, /api, /apis
     GET   /apis/apps/v1/namespaces/{ns}/deployments[/{name}]
+    POST  /apis/apps/v1/namespaces/{ns}/deployments (create: 201, 409 AlreadyExists, 422)
     PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}
           (application/json-patch+json, merge-patch+json, strategic-merge-patch+json)
+    DELETE /apis/apps/v1/namespaces/{ns}/deployments/{name} (its ReplicaSets and pods go too)
     GET   /apis/apps/v1/namespaces/{ns}/replicasets?labelSelector=...
     GET   /api/v1/namespaces/{ns}/pods?labelSelector=...
 
@@ -213,7 +215,8 @@ class FakeKubernetes:
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             with self.cluster.lock:
                 self.cluster.reconcile()
-                return 200, self._route(method, path, ctype.split(";")[0], body)
+                found = self._route(method, path, ctype.split(";")[0], body)
+                return (201 if method == "POST" else 200), found
         except ApiError as exc:
             return exc.code, exc.status()
 
@@ -238,6 +241,13 @@ class FakeKubernetes:
             return self._render(kind, self._get(ns, kind, name))
         if name is not None and method == "PATCH" and kind == "deployments":
             return self._patch(ns, name, ctype, body)
+        if name is None and method == "POST" and kind == "deployments":
+            return self._create(ns, body)
+        if name is not None and method == "DELETE" and kind == "deployments":
+            self._get(ns, kind, name)
+            self.cluster.delete_deployment(ns, name)
+            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": name, "group": "apps", "kind": "deployments"}}
         raise ApiError(405, "MethodNotAllowed", f"the fake does not serve {method} on {kind}")
 
     def _store(self, kind: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -266,6 +276,25 @@ class FakeKubernetes:
             item.pop("apiVersion", None)
         return {"kind": LIST_KIND[kind], "apiVersion": "v1" if kind == "pods" else "apps/v1",
                 "metadata": {"resourceVersion": str(int(time.time()))}, "items": items}
+
+    def _create(self, ns: str, body: Any) -> dict[str, Any]:
+        """As the API server validates a new Deployment, then the defaults it fills in."""
+        if not isinstance(body, dict) or body.get("kind", "Deployment") != "Deployment":
+            raise ApiError(400, "BadRequest", "the body is not a Deployment")
+        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+        name = meta.get("name") or ""
+        if (ns, name) in self.cluster.deployments:
+            raise ApiError(409, "AlreadyExists", f'deployments.apps "{name}" already exists')
+        want = (spec.get("selector") or {}).get("matchLabels") or {}
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if not want or any(labels.get(k) != v for k, v in want.items()):
+            raise ApiError(422, "Invalid", f'Deployment.apps "{name}" is invalid: '
+                           "spec.template.metadata.labels: Invalid value: `selector` does not "
+                           "match template `labels`")
+        if meta.get("namespace", ns) != ns:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match "
+                           "the namespace on the request")
+        return copy.deepcopy(self.cluster.create_deployment(ns, copy.deepcopy(body)))
 
     def _patch(self, ns: str, name: str, ctype: str, body: Any) -> dict[str, Any]:
         dep = self._get(ns, "deployments", name)

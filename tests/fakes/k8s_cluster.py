@@ -107,6 +107,30 @@ class Cluster:
             self.reconcile()
         return dep
 
+    def create_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A Deployment as POSTed, with the server's metadata and defaults."""
+        meta, spec = body["metadata"], body["spec"]
+        body["metadata"] = self._meta(meta["name"], namespace, generation=1,
+                                      labels=meta.get("labels") or {},
+                                      annotations=meta.get("annotations") or {})
+        spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": {
+            "maxUnavailable": "25%", "maxSurge": "25%"}})
+        body.update(kind="Deployment", apiVersion="apps/v1", status={"observedGeneration": 0})
+        with self.lock:
+            self.deployments[(namespace, meta["name"])] = body
+            self.reconcile()
+        return body
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        """As a foreground cascading delete: its ReplicaSets and their pods go with it."""
+        with self.lock:
+            dep = self.deployments.pop((namespace, name))
+            for rs in self.owned_sets(dep):
+                self.delete_replica_set(rs)
+
     # -- the deployment controller ----------------------------------------------------------
 
     def reconcile(self) -> None:

@@ -160,6 +160,21 @@ class Workspace:
         """The sample app's start/stop/restart command (what systemctl would be)."""
         return [*self.restart_argv()[:3], action, *self.restart_argv()[4:]]
 
+    def test_first_toml(self, spare_port: int) -> str:
+        """The git deployment's test first (perf_degraded): the known-good commit started from
+        a second work tree on spare_port with the app's env file, probed against the health
+        probe's limit (SLOW_HEALTH), swapped in only when faster. Pass it in targets_extra."""
+        return f"""
+[targets.grading.deployment.test_first]
+start = {json.dumps([sys.executable, "app.py"])}
+port = {self.port}
+spare_port = {spare_port}
+port_env = "SAMPLEAPP_PORT"
+env_file = "{self.env_file}"
+max_latency = "300ms"
+probe_within = "15s"
+"""
+
     def staging_toml(self, injectors: dict[str, str] | None = None, drills: str = "") -> str:
         """Everything a staging target needs beside config_toml(...): probes for every
         scenario, database, key, backups, `staging = true` and drills with the built-in

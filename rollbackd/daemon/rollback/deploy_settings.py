@@ -121,3 +121,10 @@ class KubernetesDeployment(_Frozen):
     """Seconds one API request may take."""
     poll_interval: PositiveDuration = 0.5
     """Seconds between two looks at the rollout's status."""
+    test_first: bool = False
+    """perf_degraded: before the undo, a preview Deployment of the known-good pod template
+    (one replica, its own selector: no Service sends it traffic) must become available, waited
+    for through the API; if it does not, escalate and undo nothing. Needs create and delete
+    on deployments."""
+    preview_timeout: PositiveDuration = 120.0
+    """How long the preview gets to become available (its progressDeadlineSeconds too)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -16,9 +17,13 @@ from rollbackd.daemon.rollback.base import (
     done,
     unknown,
 )
+from rollbackd.daemon.rollback.candidate import Candidates
 from rollbackd.daemon.rollback.commands import run_argv
+from rollbackd.daemon.rollback.latency_trial import trial
 from rollbackd.daemon.rollback.receipts import command_effect, run_recorded
 from rollbackd.policies.plans import Capabilities, Capability, Component, StepSpec
+
+CANDIDATE_STEPS = ("start_candidate", "probe_candidate", "stop_candidate")
 
 # `git stash` writes a commit: an identity of its own, whatever the service user's git config.
 _IDENTITY = ("-c", "user.name=rollbackd", "-c", "user.email=rollbackd@localhost",
@@ -40,9 +45,24 @@ class GitServiceExecutor:
             # so an interrupted one waits for a person instead of running again.
             StepSpec("restart_service", idempotent=False, timeout=t, component=self.component),
         )
+        tf, c = settings.test_first, self.component
+        self.candidates = Candidates(settings.repo, tf) if tf is not None else None
+        self.test_first_steps: tuple[StepSpec, ...] = () if tf is None else (
+            # The known-good commit beside the live one, probed, stopped; then the swap.
+            StepSpec("start_candidate", idempotent=True, timeout=tf.start_within + 70,
+                     component=c),
+            StepSpec("probe_candidate", idempotent=True,
+                     timeout=tf.start_within + tf.probe_within + 80, component=c),
+            StepSpec("stop_candidate", idempotent=True, timeout=tf.stop_timeout + 70,
+                     component=c),
+            *self.steps,
+        )
 
     def capabilities(self) -> Capabilities:
-        return {Capability.DEPLOYMENT_ROLLBACK: self.steps}
+        caps = {Capability.DEPLOYMENT_ROLLBACK: self.steps}
+        if self.test_first_steps:
+            caps[Capability.DEPLOYMENT_TEST_FIRST] = self.test_first_steps
+        return caps
 
     async def _git(self, *args: str, check: bool = True) -> str:
         res = await run_argv(["git", "-C", str(self.settings.repo), *args], timeout=30, check=check)
@@ -95,6 +115,11 @@ class GitServiceExecutor:
             res = await run_recorded(ctx, name, self.settings.restart,
                                      self.settings.command_timeout)
             return f"restarted with {self.settings.restart[0]} (exit {res.returncode})"
+        if name in CANDIDATE_STEPS and self.candidates is not None:
+            step = {"start_candidate": self._start_candidate,
+                    "probe_candidate": self._probe_candidate,
+                    "stop_candidate": self._stop_candidate}[name]
+            return await step(ctx)
         raise StepFailed(f"git executor has no step {name!r}")
 
     async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
@@ -115,7 +140,74 @@ class GitServiceExecutor:
             return command_effect(ctx, name, since)
         if name == "restart_service":
             return command_effect(ctx, name, since)
+        if name in CANDIDATE_STEPS and self.candidates is not None:
+            return await self._candidate_effect(name, ctx)
         return CHECK_ONLY
+
+    # -- test first: the known-good commit beside the live one -------------------------------
+
+    async def _candidate_effect(self, name: str, ctx: StepContext) -> Effect:
+        # A candidate a crash left behind is stopped here, by its recorded PID, whatever is
+        # decided next: a held incident must not leave a second copy of the app running.
+        assert self.candidates is not None
+        found = await self.candidates.stop(ctx.receipts, ctx.incident_id)
+        left = await self.candidates.worktrees()
+        if left:
+            return unknown(f"{found}; git still lists work trees {', '.join(left)}")
+        if name == "stop_candidate":
+            return done(f"no candidate process or work tree is left ({found})")
+        live = (ctx.plan.current_version or "?")[:12]
+        return absent(f"{found}; nothing was swapped, {live} stayed live: the candidate starts "
+                      "afresh when the plan resumes")
+
+    async def _start_candidate(self, ctx: StepContext) -> str:
+        assert self.candidates is not None
+        target = ctx.target_of(Component.DEPLOYMENT)
+        leftover = await self.candidates.stop(ctx.receipts, ctx.incident_id)
+        began = time.monotonic()
+        try:
+            rec = await self.candidates.start(ctx.receipts, ctx.incident_id, target)
+        except BaseException:  # a failed or cut-off start leaves nothing behind
+            await self.candidates.stop(ctx.receipts, ctx.incident_id)
+            raise
+        deps = ""
+        if await self._requirements_changed(ctx.plan.current_version, target):
+            deps = "; its requirements differ and it runs on the live version's dependencies"
+        s = self.settings.test_first
+        assert s is not None
+        note = "" if leftover == "no candidate was left" else f" ({leftover} first)"
+        return (f"started {target[:12]} from the work tree {rec.worktree} (pid {rec.pid}) on "
+                f"port {s.spare_port}, listening after {time.monotonic() - began:.2f}s"
+                f"{deps}{note}")
+
+    async def _probe_candidate(self, ctx: StepContext) -> str:
+        assert self.candidates is not None and self.settings.test_first is not None
+        live = (ctx.plan.current_version or "?")[:12]
+        restarted = ""
+        try:
+            rec = self.candidates.read(ctx.receipts, ctx.incident_id)
+            if rec is None or not rec.alive():  # stopped by recovery after a crash
+                restarted = await self._start_candidate(ctx) + "; "
+            began = time.monotonic()
+            verdict, last = await trial(self.settings.test_first)
+            took = time.monotonic() - began
+        except BaseException:
+            await self.candidates.stop(ctx.receipts, ctx.incident_id)
+            raise
+        if verdict is None or not verdict.faster:
+            why = verdict.why if verdict else (
+                f"it gave no {self.settings.test_first.samples} good answers in a row within "
+                f"{self.settings.test_first.probe_within:g}s (last: {last})")
+            stopped = await self.candidates.stop(ctx.receipts, ctx.incident_id)
+            raise StepFailed(f"test first: {why}; escalating instead of swapping: nothing was "
+                             f"swapped, {live} stays live; {stopped}")
+        return f"{restarted}{verdict.why}, probed in {took:.2f}s"
+
+    async def _stop_candidate(self, ctx: StepContext) -> str:
+        assert self.candidates is not None
+        began = time.monotonic()
+        what = await self.candidates.stop(ctx.receipts, ctx.incident_id)
+        return f"{what} in {time.monotonic() - began:.2f}s"
 
     async def _keep_local_changes(self, ctx: StepContext) -> str:
         """Local hotfixes are never carried into the known-good checkout, nor lost: held for a

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from rollbackd.daemon.rollback.base import CHECK_ONLY, Effect, StepContext, StepFailed, absent, done
 from rollbackd.daemon.rollback.deploy_settings import KubernetesDeployment
+from rollbackd.daemon.rollback.k8s_preview import MANAGED_BY, PREVIEW_OF, preview_body, preview_name
 from rollbackd.policies.plans import Capabilities, Capability, Component, StepSpec
 from rollbackd.probes.k8s_deployment import pod_problems, selector_string
 
@@ -84,15 +85,26 @@ class KubernetesExecutor:
         self._api: Any = None
         import kubernetes.client  # noqa: F401 - here, not first in a worker thread (racing imports)
         api, c = s.api_timeout, Component.DEPLOYMENT
-        self.steps = (
+        self.steps: tuple[StepSpec, ...] = (
             StepSpec("restore_pod_template", idempotent=True, timeout=3 * api + 5, component=c),
             StepSpec("rollout_status", idempotent=True, timeout=s.rollout_timeout + api + 5,
                      component=c),
             StepSpec("check_pods", idempotent=True, timeout=3 * api + 5, component=c),
         )
+        self.preview = preview_name(s.deployment)
+        self.test_first_steps: tuple[StepSpec, ...] = (
+            StepSpec("create_preview", idempotent=True, timeout=6 * api + 5, component=c),
+            StepSpec("await_preview", idempotent=True, timeout=s.preview_timeout + 4 * api + 5,
+                     component=c),
+            StepSpec("delete_preview", idempotent=True, timeout=3 * api + 5, component=c),
+            *self.steps,
+        )
 
     def capabilities(self) -> Capabilities:
-        return {Capability.DEPLOYMENT_ROLLBACK: self.steps}
+        caps = {Capability.DEPLOYMENT_ROLLBACK: self.steps}
+        if self.settings.test_first:
+            caps[Capability.DEPLOYMENT_TEST_FIRST] = self.test_first_steps
+        return caps
 
     # -- the API: blocking client calls in a thread, raw JSON as the server sent it ----------
 
@@ -221,7 +233,8 @@ class KubernetesExecutor:
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         steps = {"restore_pod_template": self._restore, "rollout_status": self._wait,
-                 "check_pods": self._check_pods}
+                 "check_pods": self._check_pods, "create_preview": self._create_preview,
+                 "await_preview": self._await_preview, "delete_preview": self._delete_preview}
         if name not in steps:
             raise StepFailed(f"kubernetes executor has no step {name!r}")
         return await steps[name](ctx)
@@ -229,6 +242,13 @@ class KubernetesExecutor:
     # -- after a crash: did the step's effect happen? -----------------------------------------
 
     async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
+        if name in ("create_preview", "await_preview", "delete_preview"):
+            # A preview a crash left behind is deleted here, whatever is decided next.
+            gone = await self._remove_preview()
+            if name == "delete_preview":
+                return done(f"no preview deployment is left ({gone})")
+            return absent(f"{gone}; nothing was undone: the preview is created afresh when the "
+                          "plan resumes")
         if name != "restore_pod_template":
             return CHECK_ONLY  # rollout_status and check_pods only look
         dep, rs = await self._target_rs(ctx)
@@ -283,3 +303,69 @@ class KubernetesExecutor:
             raise StepFailed(f"{len(ready)} of {want} pods of {rs['metadata']['name']} ready"
                              + (f": {'; '.join(problems[:3])}" if problems else ""))
         return f"{len(ready)} of {want} pods of {rs['metadata']['name']} ready, none crash-looping"
+
+    # -- test first: a preview of the known-good template before the undo ---------------------
+
+    async def _previews(self) -> list[dict[str, Any]]:
+        sel = f"{PREVIEW_OF},{MANAGED_BY}=rollbackd"
+        found = await self._call(lambda apps, core: apps.list_namespaced_deployment(
+            self.settings.namespace, label_selector=sel, **self._opts()))
+        return [d for d in found.get("items") or [] if d["metadata"]["name"] == self.preview]
+
+    async def _remove_preview(self) -> str:
+        if not await self._previews():
+            return f"no preview deployment {self.preview}"
+        s = self.settings
+        await self._call(lambda apps, core: apps.delete_namespaced_deployment(
+            self.preview, s.namespace, propagation_policy="Foreground", **self._opts()))
+        return f"deleted the preview deployment {s.namespace}/{self.preview}"
+
+    async def _create_preview(self, ctx: StepContext) -> str:
+        dep, rs = await self._target_rs(ctx)
+        leftover = await self._remove_preview()
+        if leftover.startswith("deleted"):  # its pods must go before a new one takes the name
+            await self._gone()
+        revision, s = ctx.target_of(Component.DEPLOYMENT), self.settings
+        body = preview_body(dep, rs, revision, ctx.incident_id, s.preview_timeout)
+        await self._call(lambda apps, core: apps.create_namespaced_deployment(
+            s.namespace, body, **self._opts()))
+        images = ", ".join(c.get("image", "?") for c in rs["spec"]["template"]["spec"]["containers"])
+        return (f"created the preview deployment {s.namespace}/{self.preview} of revision "
+                f"{revision} ({images}), selector {PREVIEW_OF}="
+                f"{body['spec']['selector']['matchLabels'][PREVIEW_OF]}")
+
+    async def _gone(self) -> None:
+        deadline = time.monotonic() + self.settings.preview_timeout
+        while await self._previews():
+            if time.monotonic() > deadline:
+                raise StepFailed(f"the old preview {self.preview} is still there after "
+                                 f"{self.settings.preview_timeout:g}s")
+            await asyncio.sleep(self.settings.poll_interval)
+
+    async def _await_preview(self, ctx: StepContext) -> str:
+        s, started = self.settings, time.monotonic()
+        live = ctx.plan.current_version or "?"
+        try:
+            while True:
+                found = await self._previews()
+                if not found:
+                    raise StepFailed(f"the preview deployment {self.preview} is gone")
+                ready, message = rollout_status(found[0])
+                if ready and (found[0].get("status") or {}).get("availableReplicas", 0) >= 1:
+                    return (f"the preview of revision {ctx.target_of(Component.DEPLOYMENT)} is "
+                            f"available after {time.monotonic() - started:.1f}s")
+                if time.monotonic() - started > s.preview_timeout:
+                    raise StepFailed(f"not available after {s.preview_timeout:g}s: {message}")
+                await asyncio.sleep(s.poll_interval)
+        except StepFailed as exc:
+            gone = await self._remove_preview()
+            raise StepFailed(f"test first: the preview of revision "
+                             f"{ctx.target_of(Component.DEPLOYMENT)} did not become available "
+                             f"({exc}); escalating instead of undoing: nothing was undone, "
+                             f"revision {live} stays; {gone}") from None
+        except BaseException:
+            await self._remove_preview()
+            raise
+
+    async def _delete_preview(self, ctx: StepContext) -> str:
+        return await self._remove_preview()
