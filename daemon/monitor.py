@@ -24,7 +24,7 @@ from daemon.incidents.desk import IncidentDesk, Picture
 from daemon.journal.freshness import JournalBackups
 from daemon.journal.store import Journal
 from daemon.metrics import Metrics
-from daemon.rollback.base import Executor, TellsLocalChanges
+from daemon.rollback.base import AttachesJournal, Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
 from policies.classify import (
@@ -104,6 +104,9 @@ class TargetMonitor:
                                          for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config, name)
+        users = self.components.get(Component.USERS)
+        if isinstance(users, AttachesJournal):  # the users' notice journals each mailed user
+            users.attach_journal(journal, outbox, fault_hook)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
         self.desk = IncidentDesk(self, journal, outbox, metrics, self.runner)
