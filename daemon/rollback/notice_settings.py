@@ -103,7 +103,7 @@ class UserNoticeSettings(_Frozen):
     """"endpoint": POST to the app, which issues reset tokens and mails its users itself
     (preferred: the app owns its users); "command": run an argv that does the same; "mail":
     rollbackd mails every user of [targets.<name>.accounts]'s table, throttled, each once."""
-    on: list[NoticeEvent] = [NoticeEvent.PASSWORD_RESET, NoticeEvent.DATA_LOSS]
+    on: list[Literal["password_reset", "data_loss"]] = ["password_reset", "data_loss"]
     """Which plans end with the notice: "password_reset" (the lockdown), "data_loss" (the key
     reset)."""
     url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")

@@ -66,7 +66,7 @@ class UserNoticeExecutor:
         # app's endpoint or command cut off by a crash is for a person to judge.
         step = StepSpec(STEP, idempotent=self.settings.via == "mail",
                         timeout=self.settings.timeout + MARGIN)
-        return {CAPABILITIES[e]: (step,) for e in self.settings.on}
+        return {CAPABILITIES[NoticeEvent(e)]: (step,) for e in self.settings.on}
 
     @property
     def accounts(self) -> Accounts:
