@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import Workspace
-from tests.conftest import DaemonProcess, free_port, wait_for
+from daemon.demo.workspace import DEMO_USER, Workspace
+from tests.conftest import DaemonProcess, SmtpSink, free_port, wait_for
 from tests.control.conftest import accounts_section, rollbackctl
 from tests.reliability.support import journal_rows, unsent, wait_exit
 
@@ -298,3 +299,56 @@ def test_app_endpoint_called_exactly_once_across_kill9(workspace: Workspace, sin
             {"interrupted": 1, "done": 1} if point == "at" else {"done": 1})
     finally:
         d.stop()
+
+
+# -- the key disaster: the data-loss notice after the reset ------------------------------------
+
+def test_key_reset_ends_with_a_data_loss_notice_to_every_user(
+        workspace: Workspace, smtp: SmtpSink, start_daemon: Any, tmp_path: Path) -> None:
+    """The lost key's procedure (approved): clear, fresh key, restart, verify; then every user
+    is mailed once that what the key protected must be entered again."""
+    from tests.recovery.test_e2e_recovery import data_config, incident, show, steps, toml_list
+
+    ws = workspace
+    everyone = add_users(ws, 50)
+    canary_file = tmp_path / "canary"
+    good = ws.env()["DB_ENCRYPTION_KEY"]
+    canary_file.write_text(Fernet(good.encode()).encrypt(b"rollbackd canary").decode() + "\n")
+    key = f"""
+[targets.grading.probes.key]
+kind = "fernet_key"
+key_file = "{ws.env_file}"
+env_var = "DB_ENCRYPTION_KEY"
+canary_file = "{canary_file}"
+interval = "500ms"
+failure_threshold = 2
+
+[targets.grading.key]
+file = "{ws.env_file}"
+env_var = "DB_ENCRYPTION_KEY"
+canary_file = "{canary_file}"
+restart = {toml_list(ws.restart_argv())}
+command_timeout = "30s"
+"""
+    ws.env_file.write_text(ws.env_file.read_text().replace(good, Fernet.generate_key().decode()))
+    ws.start()
+    secret = tmp_path / "probe-password"
+    secret.write_text(DEMO_USER[1] + "\n")
+    extra = data_config(ws, secret, "", key).replace(
+        'tables = ["users", "grades"]',
+        'tables = ["users", "grades"]\nencrypted_columns = ["users.national_id_encrypted"]')
+    extra += accounts_section(ws) + ('\n[targets.grading.user_notices]\nvia = "mail"\n'
+                                     'rate = 50\napp_url = "https://grading.example.edu"\n')
+    d = start_daemon(ws.config_toml(smtp.port, targets_extra=extra))
+    inc = wait_for(lambda: incident(d, "awaiting_approval"), 30, f"approval\n{d.log_text()}")
+    assert "tell the users to re-enter what was lost" in inc["reason"]
+    assert not [m for _, m in smtp.messages if NOTICE in str(m["Message-ID"])]  # not before
+    d.result("approve", id=inc["id"])
+    wait_for(lambda: incident(d, "resolved"), 90, f"key reset resolved\n{d.log_text()}")
+    report = show(d, inc["id"])
+    assert steps(report)[-2:] == [("verify", "done"), ("notify_users", "done")]
+    notices = [(rcpts, m) for rcpts, m in smtp.messages if NOTICE in str(m["Message-ID"])]
+    assert Counter(r for rcpts, _ in notices for r in rcpts) == Counter(everyone)
+    assert all("entered again" in str(m["Subject"]) for _, m in notices)
+    assert report["user_notices"]["summary"] == f"{len(everyone)} sent, 0 failed"
+    assert report["user_notices"]["event"] == "data_loss"
