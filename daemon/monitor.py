@@ -104,11 +104,13 @@ class TargetMonitor:
                                          for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config, name)
-        users = self.components.get(Component.USERS)
-        if isinstance(users, AttachesJournal):  # the users' notice journals each mailed user
-            users.attach_journal(journal, outbox, fault_hook)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
+        users = self.components.get(Component.USERS)
+        if isinstance(users, AttachesJournal):  # the users' notice journals each mailed user
+            runner = self.runner
+            users.attach_journal(journal, outbox, fault_hook,
+                                 lambda: runner.guard is None or runner.guard())
         self.desk = IncidentDesk(self, journal, outbox, metrics, self.runner)
         self.transitions: deque[float] = deque(maxlen=64)
         """time.monotonic() of each healthy <-> failing change: a clock step must not make

@@ -93,7 +93,8 @@ class AttachesJournal(Protocol):
     mailed user) and mails through the daemon's SMTP settings."""
 
     def attach_journal(self, journal: Any, outbox: Any,
-                       hook: Callable[[str, str], None] | None = None) -> None: ...
+                       hook: Callable[[str, str], None] | None = None,
+                       owner: Callable[[], bool] | None = None) -> None: ...
 
 
 class Executor(Protocol):

@@ -85,6 +85,9 @@ class Mailing:
     """Test-only (daemon.test_hooks): called with "notify_users/<n>" and "running" before the
     n-th user's mail is sent, and with "effect" after the server accepted it and before it is
     journaled sent."""
+    owner: Callable[[], bool] = lambda: True
+    """Several instances: True while this one owns the target; once it does not, the mailing
+    stops before the next user (the next owner finds the step running and holds it)."""
 
     def _message(self, r: Recipient) -> Any:
         t = self.settings.templates.of(self.event)
@@ -107,6 +110,8 @@ class Mailing:
         try:
             while batch := self.rows.pending(self.incident_id):
                 for r in batch:
+                    if not self.owner():
+                        raise asyncio.CancelledError("ownership of the target was lost")
                     if time.monotonic() > deadline:
                         self._hold(f"user_notices.timeout ({self.settings.timeout:g}s) "
                                    "passed")

@@ -54,12 +54,16 @@ class UserNoticeExecutor:
         self._journal: Journal | None = None
         self._outbox: Outbox | None = None
         self.hook: Callable[[str, str], None] | None = None
+        self.owner: Callable[[], bool] = lambda: True
 
     def attach_journal(self, journal: Journal, outbox: Outbox,
-                       hook: Callable[[str, str], None] | None = None) -> None:
+                       hook: Callable[[str, str], None] | None = None,
+                       owner: Callable[[], bool] | None = None) -> None:
         """The journal keeps one row per mailed user; the outbox's config gives the SMTP
-        server (reloads included) and the host part of Message-IDs."""
+        server (reloads included) and the host part of Message-IDs; `owner` says whether this
+        instance still owns the target (several instances), asked before each user's mail."""
         self._journal, self._outbox, self.hook = journal, outbox, hook
+        self.owner = owner or (lambda: True)
 
     def capabilities(self) -> Capabilities:
         # Mailing is journaled per user, so a resumed run mails only those left; a call of the
@@ -162,7 +166,8 @@ class UserNoticeExecutor:
             rows.queue(ctx.incident_id, event.value, addresses)
         smtp = outbox.config.smtp
         mailing = Mailing(ctx.incident_id, self.target, event, self.settings, smtp,
-                          self.settings.sender or smtp.sender, outbox.host, rows, self.hook)
+                          self.settings.sender or smtp.sender, outbox.host, rows, self.hook,
+                          self.owner)
         counts = await mailing.run(deadline)
         return f"user notices ({event.value}): {counts.describe()}"
 
