@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import parse_config
-from daemon.rollback.notice_settings import DEFAULT_TEMPLATES, NoticeEvent
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.rollback.notice_settings import DEFAULT_TEMPLATES, NoticeEvent
 from tests.config.test_config_errors import PROBE, errors_of
 
 ACCOUNTS = '\n[targets.grading.accounts]\npath = "/srv/grading/grading.db"\n'

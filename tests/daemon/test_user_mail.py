@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from daemon.config import SmtpSettings
-from daemon.demo.workspace import free_port
-from daemon.journal.store import Journal
-from daemon.rollback import user_mail
-from daemon.rollback.base import StepHeld
-from daemon.rollback.notice_settings import NoticeEvent, UserNoticeSettings
-from daemon.rollback.user_mail import Mailing
+from rollbackd.daemon.config import SmtpSettings
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.rollback import user_mail
+from rollbackd.daemon.rollback.base import StepHeld
+from rollbackd.daemon.rollback.notice_settings import NoticeEvent, UserNoticeSettings
+from rollbackd.daemon.rollback.user_mail import Mailing
 
 
 class Refusing:

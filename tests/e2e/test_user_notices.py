@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, free_port, wait_for
 from tests.control.conftest import accounts_section, rollbackctl
 from tests.reliability.support import journal_rows, unsent, wait_exit
@@ -93,7 +93,7 @@ def add_users(ws: Workspace, n: int) -> list[str]:
 
 def daemon(ws: Workspace, port: int, tmp_path: Path, notices: str,
            env: dict[str, str] | None = None) -> DaemonProcess:
-    from daemon.config import load_config
+    from rollbackd.daemon.config import load_config
 
     text = ws.config_toml(port, extra="test_hooks = true",
                           targets_extra=accounts_section(ws) +
@@ -109,7 +109,7 @@ def launch(d: DaemonProcess) -> None:
     """Start the daemon; one set to die may die before it answers."""
     with open(d.log, "ab") as log:
         d.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(d.config)],
+            [sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(d.config)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **d.env})
     proc = d.proc
 
