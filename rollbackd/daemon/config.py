@@ -39,6 +39,7 @@ from rollbackd.daemon.rollback.deploy_settings import (
     KubernetesDeployment,
     deployment_discriminator,
 )
+from rollbackd.daemon.rollback.notice_settings import UserNoticeSettings
 from rollbackd.daemon.secrets import SecretValue, load_secret
 from rollbackd.policies.settings import PolicySettings
 from rollbackd.probes.base import PositiveDuration
@@ -278,9 +279,20 @@ class TargetConfig(Frozen):
     probes: Annotated[dict[str, ProbeConfig], Field(min_length=1)]  # type: ignore[valid-type]
     policy: PolicyOverrides = PolicyOverrides()  # type: ignore[valid-type]
     accounts: AccountsSettings | None = None
+    user_notices: UserNoticeSettings | None = None
+    """Telling the app's users at the end of the lockdown and of the key reset."""
     staging: bool = False
     """A staging target: drills (which break it on purpose) may run on it."""
     drills: DrillSettings | None = None
+
+    @field_validator("user_notices")
+    @classmethod
+    def _mail_needs_users(cls, v: UserNoticeSettings | None, info: ValidationInfo
+                          ) -> UserNoticeSettings | None:
+        if v is not None and v.via == "mail" and info.data.get("accounts") is None:
+            raise ValueError('via = "mail" reads the users from the app\'s table: it needs '
+                             "[targets.<name>.accounts] (its database, table and email_column)")
+        return v
 
     @field_validator("drills")
     @classmethod

@@ -25,7 +25,7 @@ from rollbackd.daemon.incidents.desk import IncidentDesk, Picture
 from rollbackd.daemon.journal.freshness import JournalBackups
 from rollbackd.daemon.journal.store import Journal
 from rollbackd.daemon.metrics import Metrics
-from rollbackd.daemon.rollback.base import Executor, TellsLocalChanges
+from rollbackd.daemon.rollback.base import AttachesJournal, Executor, TellsLocalChanges
 from rollbackd.daemon.rollback.registry import build_executors
 from rollbackd.daemon.runner import Runner
 from rollbackd.policies.classify import (
@@ -111,6 +111,11 @@ class TargetMonitor:
         self.components: dict[Component, Executor] = build_executors(config, name)
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
+        users = self.components.get(Component.USERS)
+        if isinstance(users, AttachesJournal):  # the users' notice journals each mailed user
+            runner = self.runner
+            users.attach_journal(journal, outbox, fault_hook,
+                                 lambda: runner.guard is None or runner.guard())
         self.desk = IncidentDesk(self, journal, outbox, metrics, self.runner)
         self.transitions: deque[float] = deque(maxlen=64)
         """time.monotonic() of each healthy <-> failing change: a clock step must not make

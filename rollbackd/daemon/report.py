@@ -117,6 +117,17 @@ def preventive_measures(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _user_notices(journal: Journal, incident_id: int) -> dict[str, Any] | None:
+    """The users rollbackd mailed for the incident (rollbackd/daemon/rollback/user_mail.py), or None."""
+    c = journal.user_notices.counts(incident_id)
+    if not c.total:
+        return None
+    return {"event": c.event, "sent": c.sent, "failed": c.failed, "queued": c.queued,
+            "summary": c.describe(),
+            "failures": [{"address": a, "why": w}
+                         for a, w in journal.user_notices.failures(incident_id)]}
+
+
 def build_report(journal: Journal, incident_id: int) -> dict[str, Any]:
     inc = journal.incidents.get(incident_id)
     if inc is None:
@@ -144,6 +155,7 @@ def build_report(journal: Journal, incident_id: int) -> dict[str, Any]:
         "rollback": {"procedure": extras.plan_kind, "plan": extras.plan,
                      "automatic": extras.automatic, "steps": steps,
                      "issues": _issues(steps, inc)},
+        "user_notices": _user_notices(journal, incident_id),
         "escalation": {"acknowledged": extras.acked_at, "tier": extras.tier,
                        "paged": extras.paged},
         "what_changed": change_lines(inc.evidence),
@@ -213,6 +225,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += [f"| {i} | {s['name']} | {s['state']} | "
                   + (f"{s['duration']:.2f}s" if s["duration"] is not None else "-")
                   + f" | {_cell(s['detail'])} |" for i, s in enumerate(rb["steps"], 1)]
+    notices = r.get("user_notices")
+    if notices:
+        lines += ["", f"User notices ({notices['event']}): {notices['summary']}"]
+        lines += [f"- not delivered to {f['address']}: {f['why']}" for f in notices["failures"]]
     lines += ["", "Issues:"] + [f"- {i}" for i in rb["issues"] or ["none"]]
     lines += ["", "## What changed (suspects)",
               *(f"- {c}" for c in r["what_changed"] or ["nothing recorded at detection"])]

@@ -88,12 +88,15 @@ class Runner:
 
     async def execute(self, incident_id: int, plan: Plan) -> bool:
         ctx = self.context(incident_id, plan)
-        body = [s for s in plan.steps if s.component not in RUNNER_COMPONENTS]
+        # The users' notice (Component.USERS) comes after the plan's check: it is no part of
+        # the rollback itself, so it neither starts nor ends it.
+        body = [s for s in plan.steps if s.component not in (*RUNNER_COMPONENTS, Component.USERS)]
         first, last = (body[0].name, body[-1].name) if body else (None, None)
         # Verification starts with the probes' step, or, in a plan that checks its own work
-        # (the lockdown), with its last step.
+        # (the lockdown), with its last step before the notice.
+        checked = [s for s in plan.steps if s.component is not Component.USERS] or plan.steps
         checks = next((s.name for s in plan.steps if s.component is Component.VERIFY),
-                      plan.steps[-1].name)
+                      checked[-1].name)
         self.journal.incidents.update(
             incident_id, state=State.REMEDIATING.value, plan_kind=plan.kind.value,
             from_version=plan.current_version, to_version=plan.target_version or None,
@@ -105,7 +108,9 @@ class Runner:
             if spec.name == first:
                 self.journal.incidents.update(incident_id, "started", f"{plan.kind} started",
                                               started_at=now_utc())
-            if spec.name == checks:
+            if spec.name == checks or (seq > plan.step_names.index(checks)
+                                       and self._state(incident_id) != State.VERIFYING):
+                # Resumed past a check done before the hold (the users' notice): verifying.
                 self.journal.incidents.update(incident_id, state=State.VERIFYING.value)
             ok, detail, held = await self._run_step(seq, spec, ctx)
             if held:
@@ -117,8 +122,15 @@ class Runner:
             if spec.name == last:
                 self.journal.incidents.update(incident_id, "rolled_back", detail,
                                               rolled_back_at=now_utc())
+        if self._state(incident_id) != State.VERIFYING:
+            # Resumed with every step found done (the users' notice, after the plan's check).
+            self.journal.incidents.update(incident_id, state=State.VERIFYING.value)
         await self._resolved(incident_id, plan)
         return True
+
+    def _state(self, incident_id: int) -> str | None:
+        inc = self.journal.incidents.get(incident_id)
+        return inc.state if inc is not None else None
 
     async def _run_step(self, seq: int, spec: StepSpec,
                         ctx: StepContext) -> tuple[bool, str, bool]:

@@ -12,7 +12,15 @@ from rollbackd.policies.breaker import current as breaker_now
 from rollbackd.policies.classify import IncidentClass
 from rollbackd.policies.ledger import LedgerEntry
 from rollbackd.policies.overrides import Override, OverrideKind, active, in_maintenance
-from rollbackd.policies.plans import Capability, Component, Plan, PlanKind, StepSpec, build_plan
+from rollbackd.policies.plans import (
+    Capability,
+    Component,
+    Plan,
+    PlanKind,
+    StepSpec,
+    build_plan,
+    tell_users,
+)
 from rollbackd.policies.settings import PolicySettings
 from rollbackd.policies.targets import (
     Facts,
@@ -156,8 +164,10 @@ def _key_reset(f: Facts, cls: IncidentClass, policy: PolicySettings) -> tuple[Pl
                (Capability.KEY_REPLACE, _steps(f, Capability.KEY_REPLACE))]
     plan = build_plan(PlanKind.KEY_RESET, cls, actions, {}, {Component.KEY: f.current_key},
                       policy.verify_timeout)
-    return plan, (f"{KEY_DISASTER}; the manual procedure (clear the encrypted columns, write a "
-                  "fresh key, restart) needs an explicit approval")
+    told = tell_users(plan, f.capabilities, Capability.USERS_DATA_LOSS)
+    notice = ", then tell the users to re-enter what was lost" if told is not plan else ""
+    return told, (f"{KEY_DISASTER}; the manual procedure (clear the encrypted columns, write a "
+                  f"fresh key, restart{notice}) needs an explicit approval")
 
 
 def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,

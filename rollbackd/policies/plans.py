@@ -19,6 +19,7 @@ class Component(StrEnum):
     KEY = "key"
     SESSIONS = "sessions"
     ACCOUNTS = "accounts"  # the app's user accounts: the runbook's mass-breach lockdown
+    USERS = "users"  # the app's users, told at the end of a lockdown or a key reset
     VERIFY = "verify"
 
 
@@ -35,6 +36,8 @@ class Capability(StrEnum):
     SESSIONS_FLUSH = "sessions_flush"  # after a database restore: sessions of discarded data go
     SESSIONS_RESTORE = "sessions_restore"  # lost sessions and tokens back from a snapshot
     ACCOUNTS_LOCKDOWN = "accounts_lockdown"  # lock all but the emergency account, drop sessions
+    USERS_PASSWORD_RESET = "users_password_reset"  # after a lockdown: every user resets
+    USERS_DATA_LOSS = "users_data_loss"  # after a key reset: users re-enter what was cleared
 
 
 COMPONENT_OF: dict[Capability, Component] = {
@@ -48,6 +51,8 @@ COMPONENT_OF: dict[Capability, Component] = {
     Capability.SESSIONS_FLUSH: Component.SESSIONS,
     Capability.SESSIONS_RESTORE: Component.SESSIONS,
     Capability.ACCOUNTS_LOCKDOWN: Component.ACCOUNTS,
+    Capability.USERS_PASSWORD_RESET: Component.USERS,
+    Capability.USERS_DATA_LOSS: Component.USERS,
 }
 
 
@@ -140,15 +145,29 @@ def build_plan(
     return Plan(kind, incident_class, CHECKLIST + body + verify, dict(targets), dict(current))
 
 
+def tell_users(plan: Plan, capabilities: Capabilities, capability: Capability) -> Plan:
+    """The plan with the users' notice as its very last step, when the target is set up for
+    it: after the plan's own check (the lockdown's) or its verification (the key reset's), so
+    users are told only of what was done, and new reset tokens follow the deletion of the old."""
+    steps = capabilities.get(capability)
+    if not steps:
+        return plan
+    tail = tuple(StepSpec(s.name, s.idempotent, s.timeout, s.destructive, Component.USERS)
+                 for s in steps)
+    return Plan(plan.kind, plan.incident_class, plan.steps + tail, plan.targets, plan.current)
+
+
 def lockdown_plan(capabilities: Capabilities) -> Plan | None:
     """The lockdown as one plan: evidence, then the accounts executor's steps, which end with
-    their own check (the probes say nothing about a breach). None: no accounts configured."""
+    their own check (the probes say nothing about a breach), then the users' password-reset
+    notice if configured. None: no accounts configured."""
     steps = capabilities.get(Capability.ACCOUNTS_LOCKDOWN)
     if not steps:
         return None
     body = tuple(StepSpec(s.name, s.idempotent, s.timeout, s.destructive, Component.ACCOUNTS)
                  for s in steps)
-    return Plan(PlanKind.LOCKDOWN, LOCKDOWN_CLASS, (CHECKLIST[0], *body))
+    plan = Plan(PlanKind.LOCKDOWN, LOCKDOWN_CLASS, (CHECKLIST[0], *body))
+    return tell_users(plan, capabilities, Capability.USERS_PASSWORD_RESET)
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:

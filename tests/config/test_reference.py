@@ -19,7 +19,8 @@ from rollbackd.daemon.config_reference import (
 from tests.config.test_cli import run
 
 CREDENTIALS = {"smtp-password": "an smtp password", "shop-db-dsn":
-               "postgresql://shop@127.0.0.1:5432/shop", "shop-redis-url": "redis://127.0.0.1:6379/1"}
+               "postgresql://shop@127.0.0.1:5432/shop", "shop-redis-url": "redis://127.0.0.1:6379/1",
+               "grading-admin-token": "an admin token"}
 
 
 def test_reference_is_up_to_date() -> None:

@@ -23,6 +23,7 @@ from rollbackd.policies.plans import (
     Plan,
     PlanKind,
     StepSpec,
+    lockdown_plan,
     plan_from_dict,
     plan_to_dict,
 )
@@ -501,6 +502,39 @@ def test_the_key_disaster_procedure_is_offered_only_for_approval(policy: PolicyS
     assert d.action is Action.ESCALATE and d.plan is None and KEY_DISASTER in d.reason
 
 
+NOTICE = (StepSpec("notify_users", idempotent=True, timeout=3630),)
+
+
+def test_the_key_reset_ends_with_the_users_data_loss_notice_after_verification() -> None:
+    f = facts(key_backups=(), capabilities={**ALL_CAPS, Capability.KEY_REPLACE: NEW_KEY,
+                                            Capability.DATABASE_CLEAR_ENCRYPTED: CLEAR,
+                                            Capability.USERS_DATA_LOSS: NOTICE})
+    d = run(C.KEY_INVALID, f)
+    assert d.action is Action.AWAIT_APPROVAL and d.plan is not None
+    assert d.plan.step_names[-2:] == ["verify", "notify_users"]  # told only once it works
+    assert d.plan.steps[-1].component is Component.USERS
+    assert "tell the users to re-enter what was lost" in d.reason
+    # A target set up for the breach notice only: the key reset tells nobody.
+    only_breach = {**f.capabilities, Capability.USERS_PASSWORD_RESET: NOTICE}
+    del only_breach[Capability.USERS_DATA_LOSS]
+    d = run(C.KEY_INVALID, replace(f, capabilities=only_breach))
+    assert d.plan is not None and d.plan.step_names[-1] == "verify"
+
+
+def test_the_lockdown_ends_with_the_password_reset_notice() -> None:
+    lockdown = (StepSpec("lock_accounts", idempotent=True), StepSpec("check_lockdown", True))
+    plan = lockdown_plan({Capability.ACCOUNTS_LOCKDOWN: lockdown,
+                          Capability.USERS_PASSWORD_RESET: NOTICE})
+    assert plan is not None
+    assert plan.step_names == ["capture_evidence", "lock_accounts", "check_lockdown",
+                               "notify_users"]
+    assert plan.steps[-1].component is Component.USERS
+    assert plan_from_dict(plan_to_dict(plan)) == plan
+    bare = lockdown_plan({Capability.ACCOUNTS_LOCKDOWN: lockdown,
+                          Capability.USERS_DATA_LOSS: NOTICE})
+    assert bare is not None and bare.step_names[-1] == "check_lockdown"
+
+
 def test_key_invalid_without_a_key_executor_escalates() -> None:
     d = run(C.KEY_INVALID, facts(capabilities=caps(Capability.KEY_RESTORE)))
     assert d.action is Action.ESCALATE and d.plan is None
@@ -873,8 +907,12 @@ def test_every_plan_has_checklist_then_verify_and_survives_a_round_trip(
     plan = d.plan
     assert plan.step_names[: len(CHECKLIST)] == CHECKLIST_NAMES
     assert plan.steps[: len(CHECKLIST)] == CHECKLIST
-    assert plan.step_names[-1] == "verify"
-    assert plan.steps[-1].component is Component.VERIFY
+    # Verification ends the plan; only the users' notice (the key reset's) may follow it.
+    told = [s for s in plan.steps if s.component is Component.USERS]
+    assert plan.steps[len(plan.steps) - len(told):] == tuple(told)
+    assert not told or plan.kind is PlanKind.KEY_RESET
+    assert plan.step_names[-1 - len(told)] == "verify"
+    assert plan.steps[-1 - len(told)].component is Component.VERIFY
     assert plan.incident_class is cls
     assert plan_from_dict(plan_to_dict(plan)) == plan
     assert plan_from_dict(json.loads(json.dumps(plan_to_dict(plan)))) == plan

@@ -58,6 +58,9 @@ def _show(r: dict[str, Any]) -> str:
         head += f"\nheld: {r['held_reason']}"
     steps = table(r["steps"], ["name", "state", "duration", "detail"])
     timeline = table(r["timeline"], ["at", "event", "detail"])
+    notices = r.get("user_notices")
+    if notices:  # rollbackd's own mail to the app's users, counted as it goes
+        steps += f"\nuser notices ({notices['event']}): {notices['summary']}"
     return f"{head}\n\nsteps:\n{steps}\n\ntimeline:\n{timeline}"
 
 

@@ -29,10 +29,9 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def deliver(settings: Any, msg: EmailMessage, recipients: Sequence[str]) -> dict[str, Any]:
-    """Send one message; returns the recipients the server refused (empty: all accepted).
+def connect(settings: Any) -> smtplib.SMTP:
+    """An open, logged-in SMTP session (the caller closes it; several mails may use it).
 
-    Raises OSError or SMTPException when nothing was accepted: the caller retries later.
     `settings` is rollbackd.daemon.config.SmtpSettings (untyped here: config imports this package).
     """
     s = settings
@@ -46,9 +45,21 @@ def deliver(settings: Any, msg: EmailMessage, recipients: Sequence[str]) -> dict
                                               context=tls_context(s))
     else:
         smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-    with smtp:
+    try:
         if s.starttls:
             smtp.starttls(context=tls_context(s))
         if login:
             smtp.login(s.username, s.password_file.value)
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+def deliver(settings: Any, msg: EmailMessage, recipients: Sequence[str]) -> dict[str, Any]:
+    """Send one message; returns the recipients the server refused (empty: all accepted).
+
+    Raises OSError or SMTPException when nothing was accepted: the caller retries later.
+    """
+    with connect(settings) as smtp:
         return dict(smtp.send_message(msg, to_addrs=list(recipients)))

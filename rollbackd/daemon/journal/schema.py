@@ -156,6 +156,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE audit ADD COLUMN key_id TEXT;
     """,
+    # Users told by rollbackd's own mail (rollbackd/daemon/rollback/user_notices.py): one row per user of
+    # an incident's notice, marked sent only once the SMTP server accepted it.
+    """
+    CREATE TABLE user_notices (
+        id INTEGER PRIMARY KEY,
+        incident_id INTEGER NOT NULL REFERENCES incidents (id),
+        address TEXT NOT NULL,
+        event TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        queued_at TEXT NOT NULL,
+        sent_at TEXT,
+        error TEXT,
+        UNIQUE (incident_id, address)
+    );
+    CREATE INDEX user_notices_incident ON user_notices (incident_id, state, id);
+    """,
 ]
 
 AUDIT_KEYED = 5

@@ -20,6 +20,7 @@ from rollbackd.daemon.journal.mail import Mail
 from rollbackd.daemon.journal.overrides import Overrides
 from rollbackd.daemon.journal.schema import AUDIT_KEYED, MIGRATIONS
 from rollbackd.daemon.journal.steps import Steps
+from rollbackd.daemon.journal.user_notices import UserNotices
 
 
 class Repositories:
@@ -39,6 +40,8 @@ class Repositories:
         """The outbox, storm-held mail and digests."""
         self.escalations = Escalations(db)
         """Escalation ladders (tiers)."""
+        self.user_notices = UserNotices(db)
+        """The app's users told by rollbackd's own mail, one row per user and incident."""
 
 
 class Journal(Repositories):

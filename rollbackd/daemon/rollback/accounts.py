@@ -169,6 +169,21 @@ class Accounts:
 
         return int(self._run(work, ("email_column",)))
 
+    def notice_addresses(self) -> list[str]:
+        """Every user's address but the emergency account's, each once, in a stable order:
+        who the users' notice goes to (rollbackd/daemon/rollback/user_notices.py)."""
+        s = self.settings
+
+        def work(conn: sa.Connection, t: sa.TableClause) -> list[str]:
+            email = t.c[s.email_column]
+            rows = conn.execute(sa.select(email).distinct().where(
+                email.is_not(None), email != s.emergency_email, email.contains("@"))
+                .order_by(email))
+            return [str(r[0]) for r in rows]
+
+        result: list[str] = self._run(work, ("email_column",))
+        return result
+
     def lock_all_but_emergency(self) -> int:
         s = self.settings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -84,6 +85,16 @@ class TellsLocalChanges(Protocol):
         """Uncommitted and untracked files, as `git status --short` shows them; [] if none;
         None when it cannot tell (counted as changed)."""
         ...
+
+
+@runtime_checkable
+class AttachesJournal(Protocol):
+    """An executor that journals what it does beyond its step (the users' notice: one row per
+    mailed user) and mails through the daemon's SMTP settings."""
+
+    def attach_journal(self, journal: Any, outbox: Any,
+                       hook: Callable[[str, str], None] | None = None,
+                       owner: Callable[[], bool] | None = None) -> None: ...
 
 
 class Executor(Protocol):

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rollbackd.daemon.rollback.base import Effect, StepContext, StepFailed, absent, done, unknown
 from rollbackd.daemon.rollback.commands import CommandResult, run_argv
+
+T = TypeVar("T")
 
 
 def _path(ctx: StepContext, step: str) -> Path | None:
@@ -60,6 +63,24 @@ async def run_recorded(ctx: StepContext, step: str, argv: list[str] | tuple[str,
         raise
     _write(path, {**record, "ended_at": _now(), "exit": res.returncode})
     return res
+
+
+async def call_recorded(ctx: StepContext, step: str, what: str,
+                        call: Callable[[], Awaitable[T]]) -> T:
+    """Any one call with an effect outside (an HTTP request to the app), with a receipt
+    before it starts and after it ends, as run_recorded keeps for a command."""
+    path = _path(ctx, step)
+    if path is None:
+        return await call()
+    record: dict[str, Any] = {"command": what, "started_at": _now()}
+    _write(path, record)
+    try:
+        result = await call()
+    except StepFailed as exc:
+        _write(path, {**record, "ended_at": _now(), "exit": None, "failed": str(exc)[:300]})
+        raise
+    _write(path, {**record, "ended_at": _now(), "exit": 0})
+    return result
 
 
 def command_effect(ctx: StepContext, step: str, since: datetime) -> Effect:

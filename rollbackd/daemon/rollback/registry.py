@@ -45,4 +45,8 @@ def build_executors(target: Any, name: str = "") -> dict[Component, Executor]:
         from rollbackd.daemon.rollback.lockdown import LockdownExecutor
 
         found[Component.ACCOUNTS] = LockdownExecutor(name, target)
+    if getattr(target, "user_notices", None) is not None:
+        from rollbackd.daemon.rollback.user_notices import UserNoticeExecutor
+
+        found[Component.USERS] = UserNoticeExecutor(name, target)
     return found

@@ -22,6 +22,7 @@ from werkzeug.serving import make_server
 
 # isort: split
 # Sibling modules: the app runs from its deployed dir, never as a package.
+from notices import ResetTokens, register
 from schema import make_engine, users, utcnow
 from sessions import make_sessions
 
@@ -255,6 +256,9 @@ def create_app() -> Flask:
     def read_job(job_id: int) -> JsonReply:
         job, refused = owned(work.jobs, job_id)
         return refused if refused is not None else (jsonify(job), 200)
+
+    # The runbook's last step after a breach or a key loss: the app tells its own users.
+    register(app, engine, ResetTokens(os.environ.get("REDIS_URL")))
 
     if faults_enabled:
 
