@@ -26,6 +26,7 @@ from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
+from daemon.rollback.schema_facts import gather
 from daemon.runner import Runner
 from policies.classify import (
     SESSION_KINDS,
@@ -39,8 +40,9 @@ from policies.decision import History
 from policies.latency import LatencyState, explain, track
 from policies.ledger import LedgerEntry, observe, redeployed_bad
 from policies.plans import Capabilities, Component
+from policies.schema import SchemaFacts
 from policies.settings import PolicySettings
-from policies.targets import Facts
+from policies.targets import Facts, deployment_target
 from probes.base import Probe, ProbeSettings
 from probes.login import SAYS
 from probes.observation import Observation, Status, Symptom
@@ -51,6 +53,8 @@ log = logging.getLogger("rollbackd.monitor")
 # Probe kinds whose Observation.version tells the schema revision or the key fingerprint.
 REVISION_KINDS = tuple(sorted(kinds_that(Tells.REVISION)))
 KEY_KINDS = tuple(sorted(kinds_that(Tells.KEY_FINGERPRINT)))
+SCHEMA_TIMEOUT = 10.0
+"""Seconds reading the migrations and counting their rows may take before a decision."""
 
 async def run_probe(probe: Probe, timeout: float) -> Observation:
     """The scheduler owns the timeout; whatever escapes a probe becomes an error observation."""
@@ -402,7 +406,7 @@ class TargetMonitor:
         # The backup a restore would use carries the writes made since it (what it would lose).
         backups = await with_losses(self.components,
                                     self.journal.backups.entries(self.name, "database"), onset)
-        return Facts(
+        found = Facts(
             current_version=version,
             current_revision=self._seen(REVISION_KINDS),
             current_key=self._seen(KEY_KINDS),
@@ -414,6 +418,25 @@ class TargetMonitor:
             capabilities=self.capabilities(),
             onset=onset,
         )
+        return dataclasses.replace(found, schema=await self._schema_facts(found))
+
+    async def _schema_facts(self, f: Facts) -> SchemaFacts | None:
+        """What the migrations since the rollback target's revision did (git deployments with
+        Alembic scripts in the repository): the decision judges whether the old code can run on
+        the schema they left (policies/schema.py)."""
+        dep, good = self.config.deployment, deployment_target(f)
+        if dep is None or dep.kind != "git" or good is None or f.current_version is None:
+            return None
+        rev, now = good.alembic_revision, f.current_revision
+        if not rev or not now or rev == now:
+            return None
+        try:
+            return await asyncio.wait_for(gather(
+                dep.repo, f.current_version, rev, now, self.components.get(Component.DATABASE)),
+                SCHEMA_TIMEOUT)
+        except TimeoutError:
+            return SchemaFacts(rev, now, unreadable=f"reading the migrations took over "
+                               f"{SCHEMA_TIMEOUT:g}s")
 
     def history(self) -> History:
         now, mono = now_utc(), time.monotonic()  # wall times for the policy, ages kept exact

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +100,22 @@ class SqliteExecutor(StoreWiring):
                 return alembic_revision(conn, self.settings.alembic_table)
         except sqlite3.DatabaseError:
             return None
+
+    async def count_rows(self, tables: Sequence[str]) -> dict[str, int | None]:
+        """Rows in each table now (None: no such table, or unreadable): what a migration that
+        dropped or renamed it puts at stake (daemon/rollback/schema_facts.py)."""
+        return await asyncio.to_thread(self._count_rows, list(tables))
+
+    def _count_rows(self, tables: list[str]) -> dict[str, int | None]:
+        found: dict[str, int | None] = dict.fromkeys(tables)
+        with closing(open_live(self.path, 5.0)) as conn:
+            for t in tables:
+                try:  # the name is quoted as an identifier: it comes from a migration script
+                    quoted = '"' + t.replace('"', '""') + '"'
+                    found[t] = int(conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0])
+                except sqlite3.DatabaseError:
+                    found[t] = None
+        return found
 
     async def evidence(self) -> dict[str, Any]:
         return await asyncio.to_thread(self._evidence)
