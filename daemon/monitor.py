@@ -26,6 +26,7 @@ from daemon.journal.store import Journal
 from daemon.metrics import Metrics
 from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
+from daemon.rollback.release_config import attach as attach_config
 from daemon.rollback.schema_facts import gather
 from daemon.runner import Runner
 from policies.classify import (
@@ -108,6 +109,9 @@ class TargetMonitor:
                                          for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config, name)
+        self.release_config = attach_config(self.components, name, config.deployment,
+                                            journal.release_configs, journal.path.parent)
+        """The config files each release carries (deployment.env_files and the like)."""
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
         self.desk = IncidentDesk(self, journal, outbox, metrics, self.runner)
@@ -355,8 +359,23 @@ class TargetMonitor:
             self.journal.ledger.save(self.name, updated)
             if updated.known_good and not entry.known_good:
                 log.info("target=%s version=%s status=known-good", self.name, version[:12])
+                await self._record_config(version)
         self._report_bad_redeploy(list(entries.values()), version)
         return version
+
+    async def _record_config(self, version: str) -> None:
+        """The config the release ran with as it earned known-good: what a rollback to it puts
+        back. Never raises: a release without its config still rolls back its code."""
+        if self.release_config is None:
+            return
+        try:
+            said = await self.release_config.record(version)
+        except Exception as exc:  # noqa: BLE001 - logged without any value, never raised
+            log.error("target=%s version=%s status=config-not-recorded reason=%r", self.name,
+                      version[:12], f"{type(exc).__name__}: {exc}")
+            return
+        log.info("target=%s version=%s status=config-recorded detail=%r", self.name,
+                 version[:12], said)
 
     def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
         if version != self._warned_bad:

@@ -156,6 +156,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE audit ADD COLUMN key_id TEXT;
     """,
+    # Releases carry their config: the files each known-good release ran with, secret values
+    # sealed with the config key (daemon/rollback/config_key.py), restored with its code.
+    """
+    CREATE TABLE release_config (
+        target TEXT NOT NULL,
+        version TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        files TEXT NOT NULL,
+        PRIMARY KEY (target, version)
+    );
+    """,
 ]
 
 AUDIT_KEYED = 5

@@ -18,6 +18,7 @@ from daemon.journal.incidents import Incidents
 from daemon.journal.ledger import Ledger
 from daemon.journal.mail import Mail
 from daemon.journal.overrides import Overrides
+from daemon.journal.release_config import ReleaseConfigs
 from daemon.journal.schema import AUDIT_KEYED, MIGRATIONS
 from daemon.journal.steps import Steps
 
@@ -32,6 +33,8 @@ class Repositories:
         self.steps = Steps(db, self.incidents)
         self.ledger = Ledger(db)
         """The known-good ledger."""
+        self.release_configs = ReleaseConfigs(db)
+        """The config files each known-good release ran with."""
         self.backups = BackupCatalog(db)
         self.breakers = Breakers(db)
         self.overrides = Overrides(db)

@@ -18,6 +18,8 @@ from daemon.rollback.base import (
 )
 from daemon.rollback.commands import run_argv
 from daemon.rollback.receipts import command_effect, run_recorded
+from daemon.rollback.release_config import STEP as CONFIG_STEP
+from daemon.rollback.release_config import ReleaseConfig
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
 # `git stash` writes a commit: an identity of its own, whatever the service user's git config.
@@ -36,10 +38,22 @@ class GitServiceExecutor:
             StepSpec("git_checkout", idempotent=True, timeout=60, component=self.component),
             StepSpec("install_dependencies", idempotent=True, timeout=t,
                      component=self.component),
+            # The release's recorded config files (daemon/rollback/release_config.py), put back
+            # before the restart reads them; each file is replaced atomically, so it may rerun.
+            *((StepSpec(CONFIG_STEP, idempotent=True, timeout=60, component=self.component),)
+              if settings.recorded_files else ()),
             # Not idempotent: a restart cut off halfway leaves the service in an unknown state,
             # so an interrupted one waits for a person instead of running again.
             StepSpec("restart_service", idempotent=False, timeout=t, component=self.component),
         )
+
+        self.release_config: ReleaseConfig | None = None
+        """Attached by the monitor (it holds the journal) when the deployment lists files."""
+
+    def _config(self) -> ReleaseConfig:
+        if self.release_config is None:
+            raise StepFailed("the release's recorded config is not attached to the git executor")
+        return self.release_config
 
     def capabilities(self) -> Capabilities:
         return {Capability.DEPLOYMENT_ROLLBACK: self.steps}
@@ -83,7 +97,9 @@ class GitServiceExecutor:
         version = ctx.target_of(Component.DEPLOYMENT)
         if not await self.version_exists(version):
             raise StepFailed(f"rollback target {version[:12]} is not in the repository")
-        return f"commit {version[:12]} exists"
+        config = f"; {await self._config().check(ctx)}" if CONFIG_STEP in ctx.plan.step_names \
+            else ""
+        return f"commit {version[:12]} exists{config}"
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         if name == "git_checkout":
@@ -91,6 +107,8 @@ class GitServiceExecutor:
             return await self._checkout(ctx.plan.target_version) + kept
         if name == "install_dependencies":
             return await self._install(ctx, ctx.plan.current_version, ctx.plan.target_version)
+        if name == CONFIG_STEP:
+            return await self._config().restore(ctx)
         if name == "restart_service":
             res = await run_recorded(ctx, name, self.settings.restart,
                                      self.settings.command_timeout)
@@ -115,6 +133,8 @@ class GitServiceExecutor:
             return command_effect(ctx, name, since)
         if name == "restart_service":
             return command_effect(ctx, name, since)
+        if name == CONFIG_STEP:
+            return await self._config().effect(ctx)
         return CHECK_ONLY
 
     async def _keep_local_changes(self, ctx: StepContext) -> str:
