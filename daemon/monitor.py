@@ -39,7 +39,7 @@ from policies.classify import (
 from policies.debounce import ProbeHealth, debounce
 from policies.decision import History
 from policies.latency import LatencyState, explain, track
-from policies.ledger import LedgerEntry, observe, redeployed_bad
+from policies.ledger import LedgerEntry, observe, redeployed_bad, rollback_target
 from policies.plans import Capabilities, Component
 from policies.schema import SchemaFacts
 from policies.settings import PolicySettings
@@ -191,8 +191,27 @@ class TargetMonitor:
             last = self.health[probe].last
             first = Change(ChangeKind.PROBE, f"{probe} failed first, at {at:%H:%M:%S} UTC"
                            + (f": {last.detail}" if last else ""), "the probes' onsets")
-        return await suspects(self.config, self.journal.ledger.entries(self.name), version,
-                              first)
+        ledger = self.journal.ledger.entries(self.name)
+        return await suspects(self.config, ledger, version, first) \
+            + await self._config_changes(ledger, version)
+
+    async def _config_changes(self, ledger: list[LedgerEntry], version: str | None
+                              ) -> list[dict[str, str]]:
+        """The recorded config files' keys that differ now from the known-good release's
+        record (names only). Never raises: nothing here may keep an incident from opening."""
+        good = rollback_target(ledger, version)
+        if self.release_config is None or good is None:
+            return []
+        try:
+            found = await asyncio.wait_for(self.release_config.differences(good.version), 10)
+        except Exception as exc:  # noqa: BLE001 - a note instead, never a value
+            return [Change(ChangeKind.NOTE, f"recorded config not compared: "
+                           f"{type(exc).__name__}", "what changed").to_dict()]
+        how = f"compared with the config recorded with known-good {good.version[:12]}; " \
+            "values not shown"
+        verb = {"changed": "changed in", "removed": "removed from", "added": "added in"}
+        return [Change(ChangeKind.ENV, f"{name} {verb[what]} {path}", how).to_dict()
+                for path, name, what in found]
 
     def _seen(self, kinds: tuple[str, ...]) -> str | None:
         for p, h in self.health.items():

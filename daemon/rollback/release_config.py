@@ -25,6 +25,7 @@ from daemon.rollback.base import Effect, StepContext, StepFailed, StepHeld, abse
 from daemon.rollback.release_files import (
     Unrestorable,
     capture,
+    name_changes,
     names_changed,
     render,
     sha256,
@@ -74,6 +75,17 @@ class ReleaseConfig:
         sealed = sum(1 for f in files for p in f["parts"] if p[0] == "s")
         return (f"{len(files)} config file(s) recorded with {version[:12]}, {sealed} secret "
                 f"value(s) {'sealed' if self.settings.config_secrets == 'encrypt' else 'fingerprinted'}")
+
+    async def differences(self, version: str) -> list[tuple[Path, str, str]]:
+        """(file, name, changed | removed | added) of the current files against the config
+        recorded with `version`: what changed since, names only (the incident's suspects)."""
+        records = self.store.files(self.target, version) or []  # the journal: on the loop
+
+        def compare() -> list[tuple[Path, str, str]]:
+            return [(Path(r["path"]), name, how) for r in records
+                    for name, how in name_changes(r, self.sealer, _read(Path(r["path"])))]
+
+        return await asyncio.to_thread(compare)
 
     # -- the rollback's step --------------------------------------------------------------------
 

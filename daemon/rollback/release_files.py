@@ -115,17 +115,31 @@ def render(record: dict[str, Any], sealer: Sealer, current: str | None) -> bytes
     return "".join(out).encode("utf-8", errors="surrogateescape")
 
 
-def names_changed(record: dict[str, Any], sealer: Sealer, current: str | None) -> list[str]:
-    """What restoring the record changes back, by name only: "NAME" (value changed back),
-    "NAME (put back)", "NAME (removed: added since)"; a missing file: "(file removed)"."""
+CHANGED, REMOVED, ADDED = "changed", "removed", "added"
+"""How a name differs now from the record: its value changed, it was removed or added since."""
+
+
+def name_changes(record: dict[str, Any], sealer: Sealer, current: str | None
+                 ) -> list[tuple[str, str]]:
+    """(name, CHANGED | REMOVED | ADDED) of the current file against the record; names only.
+    A whole file that came or went is one entry named "(file)"."""
     if record["missing"]:
-        return [] if current is None else ["(file removed: it did not exist then)"]
+        return [] if current is None else [("(file)", ADDED)]
     if current is None:
-        return ["(file put back)"]
+        return [("(file)", REMOVED)]
     now = {n: sealer.fingerprint(n, v) for n, v in
            values(record["kind"], Path(record["path"]).name, current).items()}
     then: dict[str, str] = record["names"]
-    out = [n for n in then if n in now and now[n] != then[n]]
-    out += [f"{n} (put back)" for n in then if n not in now]
-    out += [f"{n} (removed: added since)" for n in now if n not in then]
+    out = [(n, CHANGED) for n in then if n in now and now[n] != then[n]]
+    out += [(n, REMOVED) for n in then if n not in now]
+    out += [(n, ADDED) for n in now if n not in then]
     return out
+
+
+_BACK = {CHANGED: "{}", REMOVED: "{} (put back)", ADDED: "{} (removed: added since)"}
+
+
+def names_changed(record: dict[str, Any], sealer: Sealer, current: str | None) -> list[str]:
+    """What restoring the record changes back, by name only: "NAME" (value changed back),
+    "NAME (put back)", "NAME (removed: added since)"."""
+    return [_BACK[how].format(name) for name, how in name_changes(record, sealer, current)]

@@ -136,6 +136,13 @@ def test_env_and_config_files_go_back_with_the_code(workspace: Workspace, smtp: 
     mails = [mail_text(m) for _, m in smtp.messages]
     done = next(m for m in mails if "resolved" in m.splitlines()[0])
     assert "Config put back with the code" in done and "API_TOKEN" in done
+    # The first mail's suspects name the keys that differ from the recorded config.
+    how = f"compared with the config recorded with known-good {good[:12]}; values not shown"
+    for line in (f"[env] FEATURE_MODE changed in {env} ({how})",
+                 f"[env] API_TOKEN changed in {env} ({how})",
+                 f"[env] NEW_FLAG added in {env} ({how})",
+                 f"[env] db_password changed in {toml} ({how})"):
+        assert line in mails[0], mails[0]
     seen = "\n".join([*mails, report, json.dumps(show), d.log_text()])
     for value in secret_values(ws):
         assert value not in seen, value
