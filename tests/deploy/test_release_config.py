@@ -181,3 +181,45 @@ def test_fingerprint_only_holds_until_the_value_is_back(workspace: Workspace, sm
                 if s["name"] == "restore_config")
     assert step["detail"] == (f"config of {good[:12]}: {ws.env_file} put back (keys changed "
                               "back: FEATURE_MODE, NEW_FLAG (removed: added since))")
+
+
+@pytest.mark.parametrize("point", ["ROLLBACKD_CRASH_AT_STEP", "ROLLBACKD_CRASH_AFTER_STEP"])
+def test_kill9_in_restore_config_is_checked_by_the_files_hashes(
+        workspace: Workspace, smtp: SmtpSink, start_daemon: Any, point: str) -> None:
+    """kill -9 right as restore_config is journaled running (nothing written: its effect is
+    absent, held, approved, run) or right after it wrote the files (their hashes are the
+    recorded ones: done, and the plan goes on by itself to the restart)."""
+    ws = workspace
+    write_v1(ws)
+    ws.start()
+    text = config(ws, smtp).replace("[daemon]\n", "[daemon]\ntest_hooks = true\n")
+    d = start_daemon(text, env={point: "restore_config"})
+    good = ws.head()
+    wait_for(lambda: known_good(d, good) and recorded(d, good), 20, "v1 known-good, recorded")
+    before = {p: p.read_bytes() for p in files(ws)}
+    write_v2(ws)
+    changed = {p: p.read_bytes() for p in files(ws)}
+    ws.deploy_broken()
+    assert d.proc is not None
+    assert d.proc.wait(60) == -9
+    after_crash = {p: p.read_bytes() for p in files(ws)}
+    assert after_crash == (changed if point == "ROLLBACKD_CRASH_AT_STEP" else before)
+
+    d.env.pop(point)
+    d.start()
+    inc = d.result("incidents")[0]
+    if point == "ROLLBACKD_CRASH_AT_STEP":
+        wait_for(lambda: settled(d, "held"), 20, f"held\n{d.log_text()}")
+        d.result("approve", id=inc["id"])
+    wait_for(lambda: settled(d, "resolved"), 60, f"resolved\n{d.log_text()}")
+    assert {p: p.read_bytes() for p in files(ws)} == before
+    assert ws.head() == good
+    steps = d.result("show", id=inc["id"])["steps"]
+    config_steps = [(s["state"], s["detail"]) for s in steps if s["name"] == "restore_config"]
+    if point == "ROLLBACKD_CRASH_AFTER_STEP":
+        assert len(config_steps) == 1 and config_steps[0][0] == "done"
+        assert config_steps[0][1].startswith("found done after restart")
+        assert "every recorded config file (3) has its recorded content" in config_steps[0][1]
+    else:
+        assert [s for s, _ in config_steps] == ["interrupted", "done"]
+    assert [s["name"] for s in steps if s["state"] == "done"].count("restart_service") == 1
