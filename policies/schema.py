@@ -69,7 +69,10 @@ class SchemaFacts:
     migrations: tuple[Migration, ...] = ()
     """Oldest first; empty with `unreadable` set when the chain could not be read."""
     rows: Mapping[str, int | None] = field(default_factory=dict)
-    """Rows now in each table the breaking operations name (None: could not be counted)."""
+    """Rows in each table the breaking operations name (None: could not be counted)."""
+    counted_in: Mapping[str, str] = field(default_factory=dict)
+    """Where a count was taken when not in the live database (a dropped table's rows are
+    counted in the newest backup that still has it), e.g. "backup #3 of 10:45"."""
     unreadable: str | None = None
     """Why the migrations could not be read: then nothing is judged (see judge)."""
 
@@ -157,8 +160,10 @@ def judge(facts: SchemaFacts) -> SchemaJudgement:
             what = "its values in" if op.column else "its"
             count = "an uncounted number of" if rows is None else str(rows)
             verb = "dropped" if op.kind in DROPS else "filled by the new code"
+            where = facts.counted_in.get(op.table)
             held.append(f"{m.name}: {op.text}; a downgrade brings back the structure only: "
-                        f"{what} {count} row(s) {verb} are lost")
+                        f"{what} {count} row(s) {verb} are lost"
+                        + (f" (counted in {where})" if where and rows is not None else ""))
             at_stake.append(rows)
         else:
             held.append(f"{m.name}: {op.text} cannot be judged (raw SQL or a change the old "

@@ -81,15 +81,17 @@ class Sealer:
         self._fernet = Fernet(key)
         self._fp_key = hmac.new(key, b"rollbackd config fingerprint", hashlib.sha256).digest()
 
+    # surrogateescape: a file that is not UTF-8 keeps its bytes through the record.
     def seal(self, value: str) -> str:
-        return self._fernet.encrypt(value.encode()).decode()
+        return self._fernet.encrypt(value.encode(errors="surrogateescape")).decode()
 
     def open(self, token: str) -> str | None:
         """The value, or None when this key did not seal it (the key was replaced)."""
         try:
-            return self._fernet.decrypt(token.encode()).decode()
+            return self._fernet.decrypt(token.encode()).decode(errors="surrogateescape")
         except InvalidToken:
             return None
 
     def fingerprint(self, name: str, value: str) -> str:
-        return hmac.new(self._fp_key, f"{name}\0{value}".encode(), hashlib.sha256).hexdigest()[:32]
+        data = f"{name}\0{value}".encode(errors="surrogateescape")
+        return hmac.new(self._fp_key, data, hashlib.sha256).hexdigest()[:32]

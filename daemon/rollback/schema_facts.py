@@ -25,7 +25,10 @@ MOST_MIGRATIONS = 50
 class CountsRows(Protocol):
     """A database executor that can count the rows of named tables (None: cannot, or none)."""
 
-    async def count_rows(self, tables: Sequence[str]) -> dict[str, int | None]: ...
+    async def count_rows(self, tables: Sequence[str]
+                         ) -> dict[str, tuple[int | None, str | None]]:
+        """Per table: (rows, where counted when not the live database)."""
+        ...
 
 
 def _ops(fn: ast.FunctionDef | None) -> tuple[MigrationOp, ...]:
@@ -168,10 +171,11 @@ async def gather(repo: Path, commit: str, good: str, current: str,
     tables = sorted({op.new_name if op.kind is OpKind.RENAME_TABLE and op.new_name else op.table
                      for m in chain for op in m.upgrade
                      if op.kind in DROPS | RENAMES or op.kind is OpKind.ADD_COLUMN})
-    rows: Mapping[str, int | None] = {}
+    counted: Mapping[str, tuple[int | None, str | None]] = {}
     if tables and isinstance(database, CountsRows):
         try:
-            rows = await database.count_rows(tables)
+            counted = await database.count_rows(tables)
         except Exception as exc:  # uncounted: judged as rows at stake
             log.warning("schema status=rows-uncounted reason=%r", f"{type(exc).__name__}")
-    return SchemaFacts(good, current, chain, rows)
+    return SchemaFacts(good, current, chain, {t: n for t, (n, _) in counted.items()},
+                       {t: w for t, (_, w) in counted.items() if w})

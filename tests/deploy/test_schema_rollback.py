@@ -58,6 +58,20 @@ def downgrade() -> None:
     op.add_column("users", sa.Column("national_id_encrypted", sa.Text, nullable=True))
 '''
 
+DROP_TABLE = HEADER.format(doc="Drop the grades table.") + '''
+def upgrade() -> None:
+    op.drop_index("ix_grades_user_id", table_name="grades")
+    op.drop_table("grades")
+
+
+def downgrade() -> None:
+    op.create_table("grades", sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("user_id", sa.Integer, nullable=False),
+                    sa.Column("course", sa.String(255), nullable=False),
+                    sa.Column("grade", sa.String(16), nullable=False),
+                    sa.Column("created_at", sa.DateTime, nullable=False))
+'''
+
 EXPAND = HEADER.format(doc="Add users.nickname and the notes table.") + '''
 def upgrade() -> None:
     op.add_column("users", sa.Column("nickname", sa.String(40), nullable=True))
@@ -216,3 +230,21 @@ def test_expand_only_migration_sends_the_code_back_alone(
     # The old code runs on the new schema, which stays: nothing was lost or undone.
     assert (ws.head(), revision(ws)) == (good, "0004")
     assert "nickname" in columns(ws, "users")
+
+
+def test_dropped_table_rows_are_counted_in_the_newest_backup_that_has_it(
+        workspace: Workspace, smtp: SmtpSink, start_daemon: Any) -> None:
+    ws = workspace
+    ws.add_grades(7)
+    d, good = start(ws, smtp, start_daemon)
+    # The scheduler backs the database up at start: 7 grades in it.
+    backup = wait_for(lambda: [b for b in d.result("backups", target="grading")
+                               if b["kind"] == "database" and b["verified"]], 20, "a backup")[-1]
+    bad = deploy(ws, DROP_TABLE)
+
+    inc = wait_for(lambda: settled(d, "held"), 40, f"held\n{d.log_text()}")
+    reason = d.result("show", id=inc["id"])["reason"]
+    assert ("0004_change.py: drop_table grades; a downgrade brings back the structure only: its "
+            f"7 row(s) dropped are lost (counted in backup #{backup['id']} of ") in reason
+    assert "rows at stake: 7" in reason
+    assert (ws.head(), revision(ws)) == (bad, "0004") and good != bad
