@@ -13,8 +13,10 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 CREDENTIAL = "config-key"
 """The key's name among systemd credentials ($CREDENTIALS_DIRECTORY/config-key)."""
@@ -48,6 +50,8 @@ def load(state_dir: Path) -> bytes:
         key = path.read_bytes().strip()
     except OSError as exc:
         raise ConfigKeyError(f"{path}: cannot read the config key: {exc.strerror}") from None
+    from cryptography.fernet import Fernet  # on first use: an idle daemon loads no crypto
+
     try:
         Fernet(key)
     except ValueError:
@@ -63,6 +67,8 @@ def _generate(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    from cryptography.fernet import Fernet
+
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(Fernet.generate_key() + b"\n")
@@ -78,7 +84,9 @@ class Sealer:
     """Seals and opens secret values and fingerprints any value, under one config key."""
 
     def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+        from cryptography.fernet import Fernet
+
+        self._fernet: Fernet = Fernet(key)
         self._fp_key = hmac.new(key, b"rollbackd config fingerprint", hashlib.sha256).digest()
 
     # surrogateescape: a file that is not UTF-8 keeps its bytes through the record.
@@ -87,6 +95,8 @@ class Sealer:
 
     def open(self, token: str) -> str | None:
         """The value, or None when this key did not seal it (the key was replaced)."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token.encode()).decode(errors="surrogateescape")
         except InvalidToken:
