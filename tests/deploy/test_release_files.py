@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.rollback.config_key import Sealer, load
-from daemon.rollback.release_files import Unrestorable, capture, names_changed, render
+from rollbackd.daemon.rollback.config_key import Sealer, load
+from rollbackd.daemon.rollback.release_files import Unrestorable, capture, names_changed, render
 
 
 def secret(name: str) -> bool:

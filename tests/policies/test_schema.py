@@ -1,4 +1,4 @@
-"""policies/schema.py: may the known-good code go back onto the schema the migrations left?"""
+"""rollbackd/policies/schema.py: may the known-good code go back onto the schema the migrations left?"""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daemon.rollback.schema_facts import parse
-from policies.classify import IncidentClass
-from policies.decision import Action, decide
-from policies.decision import History as DecisionHistory
-from policies.ledger import LedgerEntry
-from policies.plans import Capability, Component, StepSpec
-from policies.schema import Migration, MigrationOp, OpKind, SchemaFacts, Verdict, judge
-from policies.settings import PolicySettings
-from policies.targets import Facts
+from rollbackd.daemon.rollback.schema_facts import parse
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.decision import Action, decide
+from rollbackd.policies.decision import History as DecisionHistory
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.plans import Capability, Component, StepSpec
+from rollbackd.policies.schema import Migration, MigrationOp, OpKind, SchemaFacts, Verdict, judge
+from rollbackd.policies.settings import PolicySettings
+from rollbackd.policies.targets import Facts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
