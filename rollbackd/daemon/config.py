@@ -192,6 +192,37 @@ class GitDeployment(Frozen):
     test_first: GitTestFirst | None = None
     """perf_degraded: start the known-good commit beside the live one and swap only when it
     answered faster (docs/deployment-backends.md); unset: a plain rollback."""
+    env_files: list[ConfigPath] = []
+    """The app's KEY=VALUE environment files: recorded with each release as it earns
+    known-good and put back, byte for byte, with its code on a rollback (before the restart)."""
+    config_files: list[ConfigPath] = []
+    """Other config files recorded and put back the same way; their `name = value` and
+    `name: value` lines are judged by secret_names like an env file's keys."""
+    secret_files: list[ConfigPath] = []
+    """Files whose whole content is secret (a credentials file), recorded and put back too."""
+    secret_names: str = r"(?i)SECRET|PASSW|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH|DSN|CERT|SALT|URL$"
+    """Regular expression (Python, searched) for names whose values are secret; their values are
+    kept as config_secrets says, every other value as written."""
+    config_secrets: Literal["encrypt", "fingerprint"] = "encrypt"
+    """How secret values are kept in the journal: "encrypt" (Fernet, with the key in the
+    credential `config-key` or state_dir/config.key, made on first start) so a rollback can put
+    them back; "fingerprint" keeps only a keyed hash, and a rollback that would need a value the
+    file no longer holds is held for a person."""
+
+    @field_validator("secret_names")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    @property
+    def recorded_files(self) -> list[tuple[Path, str]]:
+        """(file, kind) of every file a release carries: env, config, secret."""
+        return [*((p, "env") for p in self.env_files), *((p, "config") for p in self.config_files),
+                *((p, "secret") for p in self.secret_files)]
 
 
 # [targets.<name>.deployment], tagged by `kind` (git when left out).

@@ -27,6 +27,8 @@ from rollbackd.daemon.journal.store import Journal
 from rollbackd.daemon.metrics import Metrics
 from rollbackd.daemon.rollback.base import AttachesJournal, Executor, TellsLocalChanges
 from rollbackd.daemon.rollback.registry import build_executors
+from rollbackd.daemon.rollback.release_config import attach as attach_config
+from rollbackd.daemon.rollback.schema_facts import gather
 from rollbackd.daemon.runner import Runner
 from rollbackd.policies.classify import (
     SESSION_KINDS,
@@ -40,10 +42,11 @@ from rollbackd.policies.classify import (
 from rollbackd.policies.debounce import ProbeHealth, debounce
 from rollbackd.policies.decision import History
 from rollbackd.policies.latency import LatencyState, explain, track
-from rollbackd.policies.ledger import LedgerEntry, observe, redeployed_bad
+from rollbackd.policies.ledger import LedgerEntry, observe, redeployed_bad, rollback_target
 from rollbackd.policies.plans import Capabilities, Component
+from rollbackd.policies.schema import SchemaFacts
 from rollbackd.policies.settings import PolicySettings
-from rollbackd.policies.targets import Facts
+from rollbackd.policies.targets import Facts, deployment_target
 from rollbackd.probes.base import Probe, ProbeSettings
 from rollbackd.probes.login import SAYS
 from rollbackd.probes.observation import Observation, Status, Symptom
@@ -56,6 +59,8 @@ REVISION_KINDS = tuple(sorted(kinds_that(Tells.REVISION)))
 KEY_KINDS = tuple(sorted(kinds_that(Tells.KEY_FINGERPRINT)))
 # A journey's failure detail starts with the step it names: step 'create a project': ...
 STEP_NAME = re.compile(r"""^step (["'])(.*?)\1: """)
+SCHEMA_TIMEOUT = 10.0
+"""Seconds reading the migrations and counting their rows may take before a decision."""
 
 async def run_probe(probe: Probe, timeout: float) -> Observation:
     """The scheduler owns the timeout; whatever escapes a probe becomes an error observation."""
@@ -109,6 +114,9 @@ class TargetMonitor:
                                          for p, s in self.settings.items()}
         self.health: dict[str, ProbeHealth] = {p: ProbeHealth() for p in self.probes}
         self.components: dict[Component, Executor] = build_executors(config, name)
+        self.release_config = attach_config(self.components, name, config.deployment,
+                                            journal.release_configs, journal.path.parent)
+        """The config files each release carries (deployment.env_files and the like)."""
         self.runner = Runner(name, journal, self.components, outbox, metrics, policy,
                              self.verify, self.probe_evidence, reports_dir, fault_hook)
         users = self.components.get(Component.USERS)
@@ -194,8 +202,27 @@ class TargetMonitor:
             last = self.health[probe].last
             first = Change(ChangeKind.PROBE, f"{probe} failed first, at {at:%H:%M:%S} UTC"
                            + (f": {last.detail}" if last else ""), "the probes' onsets")
-        return await suspects(self.config, self.journal.ledger.entries(self.name), version,
-                              first)
+        ledger = self.journal.ledger.entries(self.name)
+        return await suspects(self.config, ledger, version, first) \
+            + await self._config_changes(ledger, version)
+
+    async def _config_changes(self, ledger: list[LedgerEntry], version: str | None
+                              ) -> list[dict[str, str]]:
+        """The recorded config files' keys that differ now from the known-good release's
+        record (names only). Never raises: nothing here may keep an incident from opening."""
+        good = rollback_target(ledger, version)
+        if self.release_config is None or good is None:
+            return []
+        try:
+            found = await asyncio.wait_for(self.release_config.differences(good.version), 10)
+        except Exception as exc:  # noqa: BLE001 - a note instead, never a value
+            return [Change(ChangeKind.NOTE, f"recorded config not compared: "
+                           f"{type(exc).__name__}", "what changed").to_dict()]
+        how = f"compared with the config recorded with known-good {good.version[:12]}; " \
+            "values not shown"
+        verb = {"changed": "changed in", "removed": "removed from", "added": "added in"}
+        return [Change(ChangeKind.ENV, f"{name} {verb[what]} {path}", how).to_dict()
+                for path, name, what in found]
 
     def _seen(self, kinds: tuple[str, ...]) -> str | None:
         for p, h in self.health.items():
@@ -367,8 +394,23 @@ class TargetMonitor:
             self.journal.ledger.save(self.name, updated)
             if updated.known_good and not entry.known_good:
                 log.info("target=%s version=%s status=known-good", self.name, version[:12])
+                await self._record_config(version)
         self._report_bad_redeploy(list(entries.values()), version)
         return version
+
+    async def _record_config(self, version: str) -> None:
+        """The config the release ran with as it earned known-good: what a rollback to it puts
+        back. Never raises: a release without its config still rolls back its code."""
+        if self.release_config is None:
+            return
+        try:
+            said = await self.release_config.record(version)
+        except Exception as exc:  # noqa: BLE001 - logged without any value, never raised
+            log.error("target=%s version=%s status=config-not-recorded reason=%r", self.name,
+                      version[:12], f"{type(exc).__name__}: {exc}")
+            return
+        log.info("target=%s version=%s status=config-recorded detail=%r", self.name,
+                 version[:12], said)
 
     def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
         if version != self._warned_bad:
@@ -443,7 +485,7 @@ class TargetMonitor:
         # The backup a restore would use carries the writes made since it (what it would lose).
         backups = await with_losses(self.components,
                                     self.journal.backups.entries(self.name, "database"), onset)
-        return Facts(
+        found = Facts(
             current_version=version,
             current_revision=self._seen(REVISION_KINDS),
             current_key=self._seen(KEY_KINDS),
@@ -455,6 +497,25 @@ class TargetMonitor:
             capabilities=self.capabilities(),
             onset=onset,
         )
+        return dataclasses.replace(found, schema=await self._schema_facts(found))
+
+    async def _schema_facts(self, f: Facts) -> SchemaFacts | None:
+        """What the migrations since the rollback target's revision did (git deployments with
+        Alembic scripts in the repository): the decision judges whether the old code can run on
+        the schema they left (rollbackd/policies/schema.py)."""
+        dep, good = self.config.deployment, deployment_target(f)
+        if dep is None or dep.kind != "git" or good is None or f.current_version is None:
+            return None
+        rev, now = good.alembic_revision, f.current_revision
+        if not rev or not now or rev == now:
+            return None
+        try:
+            return await asyncio.wait_for(gather(
+                dep.repo, f.current_version, rev, now, self.components.get(Component.DATABASE)),
+                SCHEMA_TIMEOUT)
+        except TimeoutError:
+            return SchemaFacts(rev, now, unreadable=f"reading the migrations took over "
+                               f"{SCHEMA_TIMEOUT:g}s")
 
     def history(self) -> History:
         now, mono = now_utc(), time.monotonic()  # wall times for the policy, ages kept exact

@@ -261,7 +261,9 @@ class Runner:
             self.outbox.send(notices.lockdown_done(self.target, incident_id, details))
             return
         self.metrics.recovered(self.target, plan.incident_class, inc.onset_at or inc.detected_at)
-        self.outbox.send(notices.resolved(self.target, inc, plan, now, marked_bad))
+        config = next((s.detail for s in self.journal.steps.of(incident_id)
+                       if s.name == "restore_config" and s.state == "done"), None)
+        self.outbox.send(notices.resolved(self.target, inc, plan, now, marked_bad, config))
 
     def _trigger(self, incident_id: int) -> Trigger:
         # The desk journals a "drill" event on an incident opened while a drill breaks the

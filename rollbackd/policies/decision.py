@@ -21,6 +21,7 @@ from rollbackd.policies.plans import (
     build_plan,
     tell_users,
 )
+from rollbackd.policies.schema import Verdict, judge
 from rollbackd.policies.settings import PolicySettings
 from rollbackd.policies.targets import (
     Facts,
@@ -39,7 +40,7 @@ class Action(StrEnum):
     AWAIT_APPROVAL = "await_approval"  # destructive: wait for `rollbackctl approve`
     DRY_RUN = "dry_run"  # dry run or shadow: record the plan, run nothing
     ESCALATE = "escalate"  # tell people; act no more
-    HOLD = "hold"  # flapping: hold the target for a person
+    HOLD = "hold"  # flapping, or code that cannot go back onto the schema: a person decides
     SUPPRESS = "suppress"  # paused or in maintenance: observe only, open nothing
     IGNORE = "ignore"  # the class is disabled for this target
 
@@ -98,6 +99,12 @@ def short(version: str) -> str:
     return version[:7] if len(version) == 40 else version
 
 
+class Held(str):
+    """No plan, and not an escalation: the target is held for a person with this reason."""
+
+    __slots__ = ()
+
+
 def _steps(f: Facts, cap: Capability) -> tuple[StepSpec, ...]:
     return tuple(f.capabilities.get(cap, ()))
 
@@ -118,6 +125,13 @@ def _deployment_actions(
     phrase = f"rolling back to {short(target.version)} (known-good since {_fmt(target.known_good_at)})"
     rev = target.alembic_revision
     if rev and f.current_revision and rev != f.current_revision:
+        schema = f.schema
+        seen = judge(schema) if schema is not None and (schema.from_revision, schema.to_revision) \
+            == (rev, f.current_revision) else None
+        if seen is not None and seen.verdict is Verdict.NO_DOWNGRADE:
+            return actions, targets, f"{phrase}; {seen.reason}"
+        if seen is not None and seen.verdict is Verdict.HOLD:
+            return Held(seen.reason)
         if not can(f, Capability.DATABASE_DOWNGRADE):
             return (f"schema is at {f.current_revision} but {short(target.version)} ran on {rev} "
                     "and no downgrade is configured")
@@ -125,12 +139,15 @@ def _deployment_actions(
         actions.insert(0, (Capability.DATABASE_DOWNGRADE, _steps(f, Capability.DATABASE_DOWNGRADE)))
         targets["revision"] = rev
         phrase += f", schema downgraded {f.current_revision} -> {rev} first"
+        if seen is not None and seen.verdict is Verdict.DOWNGRADE:
+            phrase += f" ({seen.reason})"
     return actions, targets, phrase
 
 
 def _release_rollback(
     f: Facts, cls: IncidentClass
-) -> tuple[list[tuple[Capability, tuple[StepSpec, ...]]], dict[Component | str, str], str] | None:
+) -> tuple[list[tuple[Capability, tuple[StepSpec, ...]]], dict[Component | str, str], str] \
+        | Held | None:
     """A release is its code and its schema: when the migration came with a deploy (the
     current version is not known-good), schema and code go back together, schema first. A
     downgrade alone would leave the new code, whose next `alembic upgrade head` breaks again.
@@ -139,6 +156,8 @@ def _release_rollback(
     if cur is None or cur.known_good or not can(f, Capability.DATABASE_DOWNGRADE):
         return None
     found = _deployment_actions(f, cls)
+    if isinstance(found, Held):
+        return found
     if isinstance(found, str) or "revision" not in found[1]:
         return None
     actions, targets, phrase = found
@@ -192,6 +211,8 @@ def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
         rev = downgrade_revision(f)
         backup = restore_backup(f)
         release = _release_rollback(f, cls) if rev else None
+        if isinstance(release, Held):
+            return release
         if release is not None:
             actions, targets, phrase = release
         elif rev and can(f, Capability.DATABASE_DOWNGRADE):
@@ -235,6 +256,8 @@ def _plan(kind: PlanKind, cls: IncidentClass, f: Facts,
                 actions += dep[0]
                 targets.update(dep[1])
                 phrase += f", then {dep[2]}"
+            elif isinstance(dep, Held):
+                phrase += f"; the code is not rolled back: {dep}"
     elif kind is PlanKind.KEY_RESTORE:
         kb = key_backup(f)
         if kb is None:
@@ -291,6 +314,8 @@ def decide(
             or cls is IncidentClass.DEPENDENCY_DOWN:  # never blame a deployment, whatever the config
         kind = PlanKind.ESCALATE
     found = _plan(kind, cls, facts, policy)
+    if isinstance(found, Held):
+        return verdict(Action.HOLD, found)
     if isinstance(found, str):
         return verdict(Action.ESCALATE, found + ": escalating")
     plan, phrase = found

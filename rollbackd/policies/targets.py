@@ -7,6 +7,7 @@ from datetime import datetime
 
 from rollbackd.policies.ledger import LedgerEntry, rollback_target
 from rollbackd.policies.plans import Capabilities, Capability, Component
+from rollbackd.policies.schema import SchemaFacts
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Facts:
     database, the only data store an integrity probe watched before Redis was judged."""
     capabilities: Capabilities = field(default_factory=dict)
     onset: datetime | None = None
+    schema: SchemaFacts | None = None
+    """The migrations between the rollback target's schema revision and the current one, and
+    the rows they put at stake (rollbackd/policies/schema.py); None: not read (no migration ran since, or
+    the deployment cannot tell)."""
 
 
 def deployment_target(f: Facts) -> LedgerEntry | None:

@@ -36,6 +36,9 @@ def fill(path: Path) -> None:
         j.mail.sent(1)
         j.ledger.save("t0", LedgerEntry("aaa", T0, T0, T0 + timedelta(seconds=30), None, "0002"))
         j.ledger.mark_bad("t0", "bbb", "broke login")
+        j.release_configs.save("t0", "aaa", [{"path": "/etc/app.env", "kind": "env",
+                                              "missing": False, "sha256": "0" * 64,
+                                              "parts": [["t", "A=1\n"]], "names": {"A": "f"}}])
         j.breakers.save("t0", "deployment", Breaker(BreakerMode.OPEN, (T0,), T0))
         gone = j.backups.add("t0", "database", "/b/1", 1, "x", 0.1, {}, verified=True)
         j.backups.add("t0", "database", "/b/2", 2**40, "y", 0.2, {"alembic_revision": "3"},
@@ -66,9 +69,10 @@ def test_every_table_is_copied_with_its_ids_and_the_chain_verifies(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
         assert len(tables) >= 11
         for table in tables:
-            order = "id" if table not in ("ledger", "breakers", "escalations") else \
+            order = "id" if table not in ("ledger", "breakers", "escalations",
+                                          "release_config") else \
                 {"ledger": "target, version", "breakers": "target, plan_kind",
-                 "escalations": "incident_id"}[table]
+                 "escalations": "incident_id", "release_config": "target, version"}[table]
             cols = [r[1] for r in lite.execute(f"PRAGMA table_info({table})")]
             want = rows_of(lite, f"(SELECT {', '.join(cols)} FROM {table})", order)
             got = rows_of(pg, f"(SELECT {', '.join(cols)} FROM {table}) t", order)

@@ -137,7 +137,8 @@ def acting(target: str, inc: Incident, plan: Plan, steps: Sequence[str],
 
 
 def resolved(target: str, inc: Incident, plan: Plan, verified_at: datetime,
-             marked_bad: str | None) -> Notice:
+             marked_bad: str | None, config: str | None = None) -> Notice:
+    """`config`: what the restore_config step put back (file paths and key names only)."""
     to = ", ".join(f"{k} {v[:12]}" for k, v in plan.targets.items()) or "its target state"
     timings = "".join(
         f"  {label}: {at:%H:%M:%S} UTC"
@@ -148,6 +149,7 @@ def resolved(target: str, inc: Incident, plan: Plan, verified_at: datetime,
                           ("rolled back", inc.rolled_back_at), ("verified", verified_at))
         if at is not None)
     body = (f"{target} is healthy again ({plan.kind} to {to}).\n\nTimings:\n{timings}\n"
+            + (f"Config put back with the code: {config}.\n" if config else "")
             + (f"{marked_bad[:12]} is marked bad.\n" if marked_bad else "")
             + f"`rollbackctl show {inc.id} --report` has the incident report.\n")
     return Notice(NoticeKind.RESOLVED, _subject(target, f"resolved by {plan.kind}"), body,

@@ -156,8 +156,8 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE audit ADD COLUMN key_id TEXT;
     """,
-    # Users told by rollbackd's own mail (rollbackd/daemon/rollback/user_notices.py): one row per user of
-    # an incident's notice, marked sent only once the SMTP server accepted it.
+    # Users told by rollbackd's own mail (rollbackd/daemon/rollback/user_notices.py): one row per
+    # user of an incident's notice, marked sent only once the SMTP server accepted it.
     """
     CREATE TABLE user_notices (
         id INTEGER PRIMARY KEY,
@@ -172,6 +172,17 @@ MIGRATIONS: list[str] = [
         UNIQUE (incident_id, address)
     );
     CREATE INDEX user_notices_incident ON user_notices (incident_id, state, id);
+    """,
+    # Releases carry their config: the files each known-good release ran with, secret values
+    # sealed with the config key (rollbackd/daemon/rollback/config_key.py), restored with its code.
+    """
+    CREATE TABLE release_config (
+        target TEXT NOT NULL,
+        version TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        files TEXT NOT NULL,
+        PRIMARY KEY (target, version)
+    );
     """,
 ]
 

@@ -18,6 +18,7 @@ from rollbackd.daemon.journal.incidents import Incidents
 from rollbackd.daemon.journal.ledger import Ledger
 from rollbackd.daemon.journal.mail import Mail
 from rollbackd.daemon.journal.overrides import Overrides
+from rollbackd.daemon.journal.release_config import ReleaseConfigs
 from rollbackd.daemon.journal.schema import AUDIT_KEYED, MIGRATIONS
 from rollbackd.daemon.journal.steps import Steps
 from rollbackd.daemon.journal.user_notices import UserNotices
@@ -33,6 +34,8 @@ class Repositories:
         self.steps = Steps(db, self.incidents)
         self.ledger = Ledger(db)
         """The known-good ledger."""
+        self.release_configs = ReleaseConfigs(db)
+        """The config files each known-good release ran with."""
         self.backups = BackupCatalog(db)
         self.breakers = Breakers(db)
         self.overrides = Overrides(db)

@@ -21,6 +21,8 @@ from rollbackd.daemon.rollback.candidate import Candidates
 from rollbackd.daemon.rollback.commands import run_argv
 from rollbackd.daemon.rollback.latency_trial import trial
 from rollbackd.daemon.rollback.receipts import command_effect, run_recorded
+from rollbackd.daemon.rollback.release_config import STEP as CONFIG_STEP
+from rollbackd.daemon.rollback.release_config import ReleaseConfig
 from rollbackd.policies.plans import Capabilities, Capability, Component, StepSpec
 
 CANDIDATE_STEPS = ("start_candidate", "probe_candidate", "stop_candidate")
@@ -41,6 +43,10 @@ class GitServiceExecutor:
             StepSpec("git_checkout", idempotent=True, timeout=60, component=self.component),
             StepSpec("install_dependencies", idempotent=True, timeout=t,
                      component=self.component),
+            # The release's recorded config files (rollbackd/daemon/rollback/release_config.py), put back
+            # before the restart reads them; each file is replaced atomically, so it may rerun.
+            *((StepSpec(CONFIG_STEP, idempotent=True, timeout=60, component=self.component),)
+              if settings.recorded_files else ()),
             # Not idempotent: a restart cut off halfway leaves the service in an unknown state,
             # so an interrupted one waits for a person instead of running again.
             StepSpec("restart_service", idempotent=False, timeout=t, component=self.component),
@@ -57,6 +63,14 @@ class GitServiceExecutor:
                      component=c),
             *self.steps,
         )
+
+        self.release_config: ReleaseConfig | None = None
+        """Attached by the monitor (it holds the journal) when the deployment lists files."""
+
+    def _config(self) -> ReleaseConfig:
+        if self.release_config is None:
+            raise StepFailed("the release's recorded config is not attached to the git executor")
+        return self.release_config
 
     def capabilities(self) -> Capabilities:
         caps = {Capability.DEPLOYMENT_ROLLBACK: self.steps}
@@ -103,7 +117,9 @@ class GitServiceExecutor:
         version = ctx.target_of(Component.DEPLOYMENT)
         if not await self.version_exists(version):
             raise StepFailed(f"rollback target {version[:12]} is not in the repository")
-        return f"commit {version[:12]} exists"
+        config = f"; {await self._config().check(ctx)}" if CONFIG_STEP in ctx.plan.step_names \
+            else ""
+        return f"commit {version[:12]} exists{config}"
 
     async def run_step(self, name: str, ctx: StepContext) -> str:
         if name == "git_checkout":
@@ -111,6 +127,8 @@ class GitServiceExecutor:
             return await self._checkout(ctx.plan.target_version) + kept
         if name == "install_dependencies":
             return await self._install(ctx, ctx.plan.current_version, ctx.plan.target_version)
+        if name == CONFIG_STEP:
+            return await self._config().restore(ctx)
         if name == "restart_service":
             res = await run_recorded(ctx, name, self.settings.restart,
                                      self.settings.command_timeout)
@@ -142,6 +160,8 @@ class GitServiceExecutor:
             return command_effect(ctx, name, since)
         if name in CANDIDATE_STEPS and self.candidates is not None:
             return await self._candidate_effect(name, ctx)
+        if name == CONFIG_STEP:
+            return await self._config().effect(ctx)
         return CHECK_ONLY
 
     # -- test first: the known-good commit beside the live one -------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +100,35 @@ class SqliteExecutor(StoreWiring):
                 return alembic_revision(conn, self.settings.alembic_table)
         except sqlite3.DatabaseError:
             return None
+
+    async def count_rows(self, tables: Sequence[str]
+                         ) -> dict[str, tuple[int | None, str | None]]:
+        """Rows in each table (None: not found): what a migration that dropped or renamed it
+        puts at stake (rollbackd/daemon/rollback/schema_facts.py). A table the live database no longer
+        has (dropped) is counted in the newest verified backups that still have it."""
+        backups = [b for b in (self._store.catalog("database") if self._store else [])
+                   if b.verified]  # the catalog is the journal's: read here, on the loop
+        backups = sorted(backups, key=lambda b: b.created_at, reverse=True)[:5]
+        return await asyncio.to_thread(self._count_rows, list(tables), backups)
+
+    def _count_rows(self, tables: list[str], backups: list[StoredBackup]
+                    ) -> dict[str, tuple[int | None, str | None]]:
+        with closing(open_live(self.path, 5.0)) as conn:
+            found: dict[str, tuple[int | None, str | None]] = {
+                t: (_count(conn, t), None) for t in tables}
+        for b in backups:
+            missing = [t for t, (n, _) in found.items() if n is None]
+            if not missing:
+                break
+            try:
+                with closing(open_copy(b.path)) as conn:
+                    for t in missing:
+                        n = _count(conn, t)
+                        if n is not None:
+                            found[t] = (n, f"backup #{b.id} of {b.created_at:%Y-%m-%d %H:%M} UTC")
+            except sqlite3.DatabaseError:
+                continue
+        return found
 
     async def evidence(self) -> dict[str, Any]:
         return await asyncio.to_thread(self._evidence)
@@ -351,3 +380,11 @@ class SqliteExecutor(StoreWiring):
             raise StepFailed(f"clearing the encrypted columns failed: {exc}; nothing was "
                              "changed") from None
         return f"set to NULL (undecryptable without the lost key): {describe(cleared)}"
+
+
+def _count(conn: sqlite3.Connection, table: str) -> int | None:
+    try:  # quoted as an identifier: the name comes from a migration script
+        quoted = '"' + table.replace('"', '""') + '"'
+        return int(conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return None
