@@ -170,7 +170,7 @@ def walk(d: DaemonProcess, smtp: SmtpSink, point: str, steps: list[str],
 def held_mail(smtp: SmtpSink, incident_id: int, step_id: int) -> str:
     """The plain text of the held mail about step `step_id` (its Message-ID names the step)."""
     for _, m in smtp.messages:
-        if str(m["Message-ID"]).startswith(f"<rollbackd.{incident_id}.held.{step_id}@"):
+        if str(m["Message-ID"]).startswith(f"<rollbackd.{incident_id}.held-{step_id}@"):
             return "\n".join(str(p.get_payload(decode=True), "utf-8") for p in m.walk()
                              if p.get_content_type() == "text/plain")
     raise AssertionError(f"no held mail of step {step_id}: {smtp.subjects}")
@@ -192,6 +192,8 @@ def assert_survived(d: DaemonProcess, smtp: SmtpSink, w: Walk, steps: list[str],
     for name in steps:
         expected = Counter({"done": 1, "interrupted": w.interrupted(name)})
         assert counts[name] == +expected, (name, counts[name], w.did)
+    # The runner journals the incident resolved, then queues its mail: wait for the mail.
+    wait_for(lambda: mail_events(d, w.incident)[done_mail], 20, f"the {done_mail} mail queued")
     assert_no_mail_lost(d, smtp)
     # One mail that the plan acts: "opened", or "started" when a held mail came first.
     mails = mail_events(d, w.incident)
