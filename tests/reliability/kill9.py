@@ -201,6 +201,9 @@ def assert_survived(d: DaemonProcess, smtp: SmtpSink, w: Walk, steps: list[str],
     assert mails == {acting: 1, "held": w.holds, done_mail: 1, **(also or {})}, (mails, w.did)
     assert integrity_ok(d)
     assert d.stop() == 0
+    # A clean stop sends nothing again (its last flush raced the sender's once).
+    assert_no_mail_lost(d, smtp)
+    assert integrity_ok(d)
     table = os.environ.get("ROLLBACKD_KILL9_TABLE")
     if table:
         with open(table, "a") as f:
