@@ -215,6 +215,8 @@ def assert_survived(d: DaemonProcess, smtp: SmtpSink, w: Walk, steps: list[str],
 
 def data_section(ws: Workspace, tmp_path: Path, markers: dict[str, Path], policy: str,
                  key: str = "") -> str:
+    # The login probe every second: a login hashes its password (0.5-1 s on a loaded 2-CPU
+    # machine), and a run still waiting when the next is due counts as a failure (an overrun).
     password = tmp_path / "probe-password"
     password.write_text(DEMO_USER[1] + "\n")
     return f"""
@@ -232,7 +234,7 @@ kind = "login"
 url = "{ws.url}/api/auth/login"
 email = "{DEMO_USER[0]}"
 password_file = "{password}"
-interval = "500ms"
+interval = "1s"
 timeout = "5s"
 failure_threshold = 3
 

@@ -115,9 +115,13 @@ def data_daemon(ws: Workspace, smtp: SmtpSink, tmp_path: Path, point: str, first
                           targets_extra=data_section(ws, tmp_path, markers, policy, key))
     d = daemon_for(tmp_path, text, point, first).start()
     good = ws.head()
-    wait_for(lambda: known_good(d, good), 30, f"v1 known-good\n{d.log_text()[-3000:]}")
-    for kind in ("database", "key") if key else ("database",):
-        wait_for(lambda k=kind: verified(d, k), 20, f"a verified {kind} backup")
+    try:
+        wait_for(lambda: known_good(d, good), 30, "v1 known-good")
+        for kind in ("database", "key") if key else ("database",):
+            wait_for(lambda k=kind: verified(d, k), 20, f"a verified {kind} backup")
+    except AssertionError as exc:  # the test's own `finally` is not reached: stop it here
+        d.stop()
+        raise AssertionError(f"{exc}\n{d.log_text()[-3000:]}") from None
     return d, markers
 
 
