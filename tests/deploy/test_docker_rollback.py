@@ -14,11 +14,11 @@ import docker
 import httpx
 import pytest
 
-from daemon.rollback.base import Effect, Found, StepContext
-from daemon.rollback.deploy_settings import DockerDeployment
-from daemon.rollback.docker import DockerExecutor
-from policies.classify import IncidentClass
-from policies.plans import Component, Plan, PlanKind
+from rollbackd.daemon.rollback.base import Effect, Found, StepContext
+from rollbackd.daemon.rollback.deploy_settings import DockerDeployment
+from rollbackd.daemon.rollback.docker import DockerExecutor
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Component, Plan, PlanKind
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.deploy.apps import (
     HEALTH,

@@ -34,7 +34,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.deploy.apps import DockerApp, build, daemon_toml
 from tests.fakes.k8s_api import FakeKubernetes

@@ -36,7 +36,7 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.control.conftest import accounts_section, seed
 from tests.control.conftest import login as login_as
