@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import subprocess
@@ -236,3 +237,18 @@ def test_retry_delay_grows_from_2_s_to_5_min_with_jitter() -> None:
     assert max(_retry_delay(1) for _ in range(20)) <= 3
     assert lows[-1] >= 300  # capped at 5 min
     assert all(b >= a - 1 for a, b in zip(lows, lows[1:], strict=False))  # never shrinks
+
+
+async def test_two_flushes_at_once_send_each_mail_once(
+    journal: Journal, port: int, smtp_later: tuple[Controller, Sink]
+) -> None:
+    """The background sender and the shutdown's last flush can run together: the second waits
+    for the first, then finds nothing due (kill -9 walk: a "resolved" mail went out twice)."""
+    controller, sink = smtp_later
+    controller.start()
+    outbox = Outbox(journal, make_config(port))
+    inc = journal.incidents.open("web", "app_down", "down", None, {})
+    outbox.send(notice(inc, "resolved", "s", "b"))
+    # The first flush waits inside the SMTP transaction while the second one starts.
+    assert sorted(await asyncio.gather(outbox.flush(), outbox.flush())) == [0, 1]
+    assert sink.ids == [f"<rollbackd.{inc}.resolved@{outbox.host}>"]

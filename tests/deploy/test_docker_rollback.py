@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,11 @@ import docker
 import httpx
 import pytest
 
+from rollbackd.daemon.rollback.base import Effect, Found, StepContext
+from rollbackd.daemon.rollback.deploy_settings import DockerDeployment
+from rollbackd.daemon.rollback.docker import DockerExecutor
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Component, Plan, PlanKind
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.deploy.apps import (
     HEALTH,
@@ -219,3 +226,29 @@ def test_failed_verification_after_the_rollback_ends_in_one_escalation(
     assert "503" in show["steps"][-1]["detail"]
     time.sleep(3)
     assert len(incidents(d)) == 1 and app.image_id() == good
+
+
+def test_the_stop_steps_check_tells_a_crash_before_it_from_a_stop_it_made(
+    app: DockerApp, images: dict[str, str],
+) -> None:
+    """After a restart, stop_failed_container's effect check: the failed container exited by
+    itself before the step began -> absent (the step stopped nothing); stopped since the step
+    began and not yet kept under a .failed. name -> unknown (the step may be half done); kept
+    stopped as .failed. -> done."""
+    good = app.deploy(images["v1"])
+    before = datetime.now(UTC)
+    bad = app.deploy(images["v2"])
+    wait_for(lambda: app.container().status == "exited", 10, "v2 to exit")
+    after = datetime.now(UTC)
+    ex = DockerExecutor(DockerDeployment(container=app.name, docker_host=f"unix://{DOCKER_SOCKET}"))
+    ctx = StepContext(1, "web", Plan(PlanKind.DEPLOYMENT_ROLLBACK, IncidentClass.APP_DOWN, (),
+                                     {Component.DEPLOYMENT: good}, {Component.DEPLOYMENT: bad}))
+
+    def check(since: datetime) -> Effect:
+        return asyncio.run(ex.effect("stop_failed_container", ctx, since))
+
+    crashed, stopped = check(after), check(before)
+    assert crashed.found is Found.ABSENT and "exited by itself" in crashed.what
+    assert stopped.found is Found.UNKNOWN and "is stopped but was not kept" in stopped.what
+    app.container().rename(f"{app.name}.failed.20260101T000000Z")
+    assert check(before).found is Found.DONE

@@ -27,22 +27,16 @@ ROLLBACKD_KILL9_TABLE=<file> appends what each restart did, one JSON line per pl
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from rollbackd.daemon.control.ctl import Unreachable
-from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.control.conftest import accounts_section, seed
 from tests.control.conftest import login as login_as
@@ -53,173 +47,22 @@ from tests.recovery.support import (
     db_path,
     integrity,
     login,
-    migrate_argv,
     revision,
-    service_argv,
     use_wal,
     wait_healthy,
 )
-from tests.reliability.support import (
-    assert_no_mail_lost,
-    counted,
-    integrity_ok,
-    journal_rows,
-    runs,
-    step_counts,
-    toml_argv,
-    unsent,
-    wait_exit,
+from tests.reliability.kill9 import (
+    CHECKLIST,
+    approve,
+    assert_survived,
+    both_points,
+    daemon_for,
+    data_section,
+    walk,
 )
+from tests.reliability.support import counted, journal_rows, runs, toml_argv, unsent
 
 pytestmark = pytest.mark.e2e
-
-POINTS = {"at": "ROLLBACKD_CRASH_AT_STEP", "after": "ROLLBACKD_CRASH_AFTER_STEP"}
-SIGKILLED = -9
-CHECKLIST = ["capture_evidence", "notify", "backup_current", "record_incident", "verify_target"]
-both_points = pytest.mark.parametrize("point", list(POINTS))
-
-
-def daemon_for(tmp_path: Path, text: str, point: str, first: str) -> DaemonProcess:
-    from rollbackd.daemon.config import load_config
-
-    config = tmp_path / "rollbackd.toml"
-    config.write_text(text)
-    cfg = load_config(config)
-    d = DaemonProcess(config, cfg.daemon.socket, cfg.daemon.state_dir, tmp_path / "daemon.log")
-    crash_next(d, point, first)
-    return d
-
-
-def crash_next(d: DaemonProcess, point: str, step: str | None) -> None:
-    """The next start dies at `step` (None: it does not die)."""
-    for var in POINTS.values():
-        d.env.pop(var, None)
-    if step is not None:
-        d.env[POINTS[point]] = step
-
-
-def restart(d: DaemonProcess) -> None:
-    """Start the daemon; a plan that goes on by itself may kill it again before it answers."""
-    with open(d.log, "ab") as log:
-        d.proc = subprocess.Popen(
-            [sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(d.config)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **d.env})
-    proc = d.proc
-
-    def up_or_killed() -> bool:
-        if proc.poll() is not None:
-            assert proc.returncode == SIGKILLED, f"exited {proc.returncode}\n{d.log_text()}"
-            return True
-        try:
-            return bool(d.ctl("status")["ok"])
-        except Exception:  # noqa: BLE001 - still starting
-            return False
-
-    wait_for(up_or_killed, 20, f"daemon ready\n{d.log_text()[-3000:]}")
-
-
-def last_step(d: DaemonProcess) -> tuple[int, str, str]:
-    row = journal_rows(d, "SELECT id, name, state FROM steps ORDER BY id DESC LIMIT 1")[0]
-    return row["id"], row["name"], row["state"]
-
-
-def incident_row(d: DaemonProcess) -> dict[str, object]:
-    return dict(journal_rows(d, "SELECT id, state, held_reason FROM incidents "
-                                "WHERE plan_kind IS NOT NULL ORDER BY id DESC LIMIT 1")[0])
-
-
-def events(d: DaemonProcess, incident_id: int, event: str) -> int:
-    return len(journal_rows(d, "SELECT 1 FROM timeline WHERE incident_id = ? AND event = ?",
-                            incident_id, event))
-
-
-def approve(d: DaemonProcess, incident_id: int) -> None:
-    """A person resumes the held incident. The plan may kill the daemon before the reply."""
-    try:
-        reply = d.ctl("approve", id=incident_id)
-    except (Unreachable, OSError, ValueError):
-        return
-    assert reply["ok"] or d.proc is None or d.proc.poll() is not None, reply
-
-
-@dataclass
-class Walk:
-    point: str
-    incident: int = 0
-    holds: int = 0
-    did: list[tuple[str, str]] = field(default_factory=list)
-    """(step, what the restart after the crash in it did)."""
-
-    def interrupted(self, step: str) -> int:
-        return sum(1 for s, what in self.did if s == step and "found done" not in what)
-
-
-def walk(d: DaemonProcess, smtp: SmtpSink, point: str, steps: list[str],
-         trigger: Callable[[], object]) -> Walk:
-    """Trigger the fault, then walk the chain of crashes at `point` of each of `steps`."""
-    w = Walk(point)
-    trigger()
-    assert wait_exit(d, 60, f"the kill {point} {steps[0]}") == SIGKILLED
-    for i, crashed in enumerate(steps):
-        step_id, name, state = last_step(d)
-        assert (name, state) == (crashed, "running")  # the daemon died inside it
-        inc = incident_row(d)
-        w.incident = w.incident or int(inc["id"])  # type: ignore[call-overload]
-        assert inc["id"] == w.incident  # the same incident: no second one opened beside it
-        following = steps[i + 1] if i + 1 < len(steps) else None
-        crash_next(d, point, following)
-        resumed = events(d, w.incident, "resumed")
-        restart(d)
-        wait_for(lambda r=resumed: incident_row(d)["state"] == "held"  # type: ignore[misc]
-                 or events(d, w.incident, "resumed") > r, 30,
-                 f"recovery after {point} {crashed}\n{d.log_text()[-3000:]}")
-        settled = journal_rows(d, "SELECT state, detail FROM steps WHERE id = ?", step_id)[0]
-        found = re.match(r"(found done)|interrupted; effect (\w+)", settled["detail"])
-        assert found, settled["detail"]
-        what = "found done" if found[1] else f"effect {found[2]}"
-        assert settled["state"] == ("done" if found[1] else "interrupted")
-        if events(d, w.incident, "resumed") > resumed:
-            w.did.append((crashed, f"{what}, went on by itself"))
-        else:
-            w.holds += 1
-            w.did.append((crashed, f"{what}, held, approved"))
-            reason = str(incident_row(d)["held_reason"])
-            assert f"step {crashed} was interrupted" in reason
-            # The person is told, and the mail is out before they act.
-            wait_for(lambda: sum("HELD" in s for s in smtp.subjects) == w.holds
-                     and not unsent(d), 20, f"held mail after {crashed}")
-            approve(d, w.incident)
-        if following:
-            assert wait_exit(d, 60, f"the kill {point} {following}") == SIGKILLED
-    wait_for(lambda: incident_row(d)["state"] == "resolved", 60,
-             f"resolved\n{d.log_text()[-3000:]}")
-    return w
-
-
-def mail_events(d: DaemonProcess, incident_id: int) -> Counter[str]:
-    rows = journal_rows(d, "SELECT message_id FROM outbox WHERE incident_id = ?", incident_id)
-    return Counter(re.sub(r"-\d+$", "", r["message_id"].split(".")[2].split("@")[0])
-                   for r in rows)
-
-
-def assert_survived(d: DaemonProcess, smtp: SmtpSink, w: Walk, steps: list[str],
-                    plan: str, done_mail: str = "resolved") -> None:
-    counts = step_counts(d, w.incident)
-    assert list(counts) == steps  # in plan order, nothing else ran
-    for name in steps:
-        expected = Counter({"done": 1, "interrupted": w.interrupted(name)})
-        assert counts[name] == +expected, (name, counts[name], w.did)
-    assert_no_mail_lost(d, smtp)
-    # One mail that the plan acts: "opened", or "started" when a held mail came first.
-    mails = mail_events(d, w.incident)
-    acting = "started" if mails["started"] else "opened"
-    assert mails == {acting: 1, "held": w.holds, done_mail: 1}
-    assert integrity_ok(d)
-    assert d.stop() == 0
-    table = os.environ.get("ROLLBACKD_KILL9_TABLE")
-    if table:
-        with open(table, "a") as f:
-            f.write(json.dumps({"plan": plan, "point": w.point, "did": w.did}) + "\n")
 
 
 # -- git: deployment_rollback ------------------------------------------------------------------
@@ -260,49 +103,6 @@ def test_git_deployment_rollback_survives_kill9_at_every_step(
 
 # -- SQLite: data_recovery (restore a verified backup), database_rollback (downgrade) ----------
 
-def data_section(ws: Workspace, tmp_path: Path, markers: dict[str, Path], policy: str,
-                 key: str = "") -> str:
-    password = tmp_path / "probe-password"
-    password.write_text(DEMO_USER[1] + "\n")
-    return f"""
-[targets.grading.probes.integrity]
-kind = "sqlite_integrity"
-path = "{db_path(ws)}"
-interval = "500ms"
-timeout = "2s"
-failure_threshold = 1
-full_check_every = "1s"
-required_tables = ["users"]
-
-[targets.grading.probes.login]
-kind = "login"
-url = "{ws.url}/api/auth/login"
-email = "{DEMO_USER[0]}"
-password_file = "{password}"
-interval = "500ms"
-timeout = "5s"
-failure_threshold = 3
-
-[targets.grading.database]
-kind = "sqlite"
-path = "{db_path(ws)}"
-stop = {toml_argv(counted(service_argv(ws, "stop"), markers["stop"]))}
-start = {toml_argv(counted(service_argv(ws, "start"), markers["start"]))}
-migrate = {toml_argv(counted(migrate_argv(), markers["migrate"]))}
-cwd = "{ws.app_dir}"
-env_file = "{ws.env_file}"
-tables = ["users", "grades"]
-command_timeout = "30s"
-
-[targets.grading.backups]
-interval = "1h"
-keep = "7d"
-{key}
-[targets.grading.policy]
-{policy}
-"""
-
-
 def verified(d: DaemonProcess, kind: str) -> bool:
     return bool(journal_rows(d, "SELECT 1 FROM backups WHERE kind = ? AND verified_at IS NOT NULL",
                              kind))
@@ -315,9 +115,13 @@ def data_daemon(ws: Workspace, smtp: SmtpSink, tmp_path: Path, point: str, first
                           targets_extra=data_section(ws, tmp_path, markers, policy, key))
     d = daemon_for(tmp_path, text, point, first).start()
     good = ws.head()
-    wait_for(lambda: known_good(d, good), 30, f"v1 known-good\n{d.log_text()[-3000:]}")
-    for kind in ("database", "key") if key else ("database",):
-        wait_for(lambda k=kind: verified(d, k), 20, f"a verified {kind} backup")
+    try:
+        wait_for(lambda: known_good(d, good), 30, "v1 known-good")
+        for kind in ("database", "key") if key else ("database",):
+            wait_for(lambda k=kind: verified(d, k), 20, f"a verified {kind} backup")
+    except AssertionError as exc:  # the test's own `finally` is not reached: stop it here
+        d.stop()
+        raise AssertionError(f"{exc}\n{d.log_text()[-3000:]}") from None
     return d, markers
 
 

@@ -43,6 +43,7 @@ class Outbox:
         self.journal = journal
         self.config = config
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self.host = socket.getfqdn() or "localhost"
 
     @property
@@ -156,8 +157,14 @@ class Outbox:
         return "sent"
 
     async def flush(self, now: datetime | None = None) -> int:
-        """Send what is due; returns how many were accepted. Failures wait for their retry."""
-        now = now or now_utc()
+        """Send what is due; returns how many were accepted. Failures wait for their retry.
+
+        One flush at a time: the background sender's and the shutdown's last one would both
+        read a due mail before either marked it sent, and send it twice."""
+        async with self._flushing:
+            return await self._flush(now or now_utc())
+
+    async def _flush(self, now: datetime) -> int:
         self._collect_digest(now)
         sent, tried = 0, set()
         while True:

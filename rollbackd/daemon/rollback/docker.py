@@ -42,6 +42,15 @@ def short(version: str | None) -> str:
     return (version or "?").removeprefix("sha256:")[:12]
 
 
+def finished_at(container: dict[str, Any]) -> datetime | None:
+    """When the container last stopped, as the engine says; None if it never did."""
+    try:
+        at = datetime.fromisoformat((container.get("State") or {}).get("FinishedAt") or "")
+    except ValueError:
+        return None
+    return at if at.year > 1 else None  # the engine's zero time: it never stopped
+
+
 def recreate_body(container: dict[str, Any], old_image: dict[str, Any] | None,
                   image: str) -> dict[str, Any]:
     """A create request for `image` with `container`'s own configuration, as `docker run` got it.
@@ -250,7 +259,7 @@ class DockerExecutor:
 
     async def effect(self, name: str, ctx: StepContext, since: datetime) -> Effect:
         if name == "stop_failed_container":
-            return await self._stopped_effect(ctx)
+            return await self._stopped_effect(ctx, since)
         if name == "start_known_good":
             target = ctx.target_of(Component.DEPLOYMENT)
             c = await self._inspect(self.name)
@@ -275,7 +284,7 @@ class DockerExecutor:
             return absent(f"{self.candidate} is still there")
         return CHECK_ONLY
 
-    async def _stopped_effect(self, ctx: StepContext) -> Effect:
+    async def _stopped_effect(self, ctx: StepContext, since: datetime) -> Effect:
         target, failed = ctx.target_of(Component.DEPLOYMENT), ctx.plan.current_version
         c = await self._inspect(self.name)
         if c is not None and c["Image"] == target:
@@ -284,6 +293,13 @@ class DockerExecutor:
         if c is not None and running:
             return absent(f"{self.name} still runs image {short(c['Image'])}")
         if c is not None:
+            ended = finished_at(c)
+            if ended is not None and ended < since:
+                # A crashed container exits by itself: the step never stopped it, and renaming
+                # a stopped container again is what the step does anyway.
+                return absent(f"{self.name} (image {short(c['Image'])}) exited by itself at "
+                              f"{ended:%H:%M:%S} UTC, before the step began, and is not kept "
+                              "under a .failed. name yet")
             return unknown(f"{self.name} (image {short(c['Image'])}) is stopped but was not "
                            "kept under a .failed. name")
         kept = [k for k in await self._named(f"{self.name}.failed.")
