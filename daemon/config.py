@@ -40,7 +40,7 @@ from daemon.rollback.deploy_settings import (
 )
 from daemon.secrets import SecretValue, load_secret
 from policies.settings import PolicySettings
-from probes.base import PositiveDuration
+from probes.base import Duration, PositiveDuration
 from probes.registry import PROBE_KINDS
 
 
@@ -187,6 +187,15 @@ class GitDeployment(Frozen):
     """Uncommitted edits or untracked files in the work tree when a rollback checks out:
     "hold" holds the incident naming the files (a person decides); "stash" keeps them in a
     named `git stash` and checks out. Never carried into the known-good checkout."""
+    pidfile: ConfigPath | None = None
+    """The app's pidfile (its process manager writes it): tells the start period whether the
+    app's process still runs and when it started (a restart begins a start period); unset: a
+    version change alone begins it, and a process that exits is noticed only by the probes."""
+    start_period: Duration = Field(default=30.0, ge=0)
+    """After a deploy or a restart, failed probes do not count toward app_down for this long,
+    unless the process exited (Docker's HEALTHCHECK --start-period, a Kubernetes startup
+    probe). 30s: the default budget of a Kubernetes startup probe (3 x 10s), so an app that
+    takes 20s to listen is not taken for a failed release; "0s" turns it off."""
 
 
 # [targets.<name>.deployment], tagged by `kind` (git when left out).

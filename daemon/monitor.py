@@ -27,6 +27,7 @@ from daemon.metrics import Metrics
 from daemon.rollback.base import Executor, TellsLocalChanges
 from daemon.rollback.registry import build_executors
 from daemon.runner import Runner
+from daemon.start_period import StartWatch
 from policies.classify import (
     SESSION_KINDS,
     IncidentClass,
@@ -133,6 +134,9 @@ class TargetMonitor:
         meanwhile has nothing to add (the queued one will see its observation)."""
         self._account_mailed: dict[str, set[Symptom]] = {}
         """Per login probe, what of its own account's trouble was mailed in this episode."""
+        self.starts = StartWatch(name, getattr(config.deployment, "start_period", 0.0),
+                                 self.executor)
+        """The start period: app_down is held while a deploy or restart is starting."""
 
     @property
     def executor(self) -> Executor | None:
@@ -429,6 +433,8 @@ class TargetMonitor:
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
         version = await self._update_ledger(all_passing(health),
                                             max_age=2.0 if found is None else 0.0)
+        self.starts.saw(version, all_passing(health))
+        found = await self.starts.judge(found)
         return Picture(found, all_passing(health), version)
 
     async def confirm(self) -> tuple[Picture, dict[str, str]]:
@@ -473,6 +479,8 @@ class TargetMonitor:
         seen = {p: a if (a := self._answers.get(p)) is not None and not a.ok
                 else self.health[p].last for p in probes}
         evidence = "; ".join(f"{p} {obs.detail}" for p, obs in seen.items() if obs is not None)
+        if self.starts.note:  # the start period held these failures, or was cut short
+            evidence += f" ({self.starts.note})"
         onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
         return evidence, onset
 

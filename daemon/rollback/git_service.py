@@ -9,6 +9,7 @@ from daemon.config import GitDeployment
 from daemon.rollback.base import (
     CHECK_ONLY,
     Effect,
+    Process,
     StepContext,
     StepFailed,
     StepHeld,
@@ -17,6 +18,7 @@ from daemon.rollback.base import (
     unknown,
 )
 from daemon.rollback.commands import run_argv
+from daemon.rollback.pidfile import pidfile_process
 from daemon.rollback.receipts import command_effect, run_recorded
 from policies.plans import Capabilities, Capability, Component, StepSpec
 
@@ -58,6 +60,11 @@ class GitServiceExecutor:
 
     async def current_version(self) -> str | None:
         return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
+
+    async def process(self) -> Process:
+        if self.settings.pidfile is None:
+            return Process(None, None, "no pidfile configured")
+        return pidfile_process(self.settings.pidfile)
 
     async def version_exists(self, version: str) -> bool:
         res = await run_argv(

@@ -8,10 +8,18 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from daemon.rollback.base import CHECK_ONLY, Effect, StepContext, StepFailed, absent, done
+from daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    Process,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+)
 from daemon.rollback.deploy_settings import KubernetesDeployment
 from policies.plans import Capabilities, Capability, Component, StepSpec
 from probes.k8s_deployment import pod_problems, selector_string
@@ -181,6 +189,27 @@ class KubernetesExecutor:
             log.debug("%s version=unknown reason=%s", self.where, exc)
             return None
         return (dep["metadata"].get("annotations") or {}).get(REVISION)
+
+    async def process(self) -> Process:
+        """Crash-looping or unstartable containers: not running; the newest pod's startTime."""
+        try:
+            pods = await self._pods(await self._deployment())
+        except StepFailed as exc:
+            return Process(None, None, f"{self.where}: {exc}")
+        if not pods:
+            return Process(None, None, f"{self.where} has no pods")
+        newest = max(pods, key=lambda p: (p.get("status") or {}).get("startTime") or "")
+        what = f"pod {newest['metadata']['name']}"
+        problems = pod_problems(pods)
+        if problems:
+            return Process(False, None, "; ".join(problems[:2]))
+        stamp = (newest.get("status") or {}).get("startTime")
+        try:
+            age = (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+                   ).total_seconds() if stamp else None
+        except ValueError:
+            age = None
+        return Process(True, None if age is None else max(0.0, age), what)
 
     async def evidence(self) -> dict[str, Any]:
         try:
