@@ -181,14 +181,14 @@ class TargetMonitor:
         """The suspects: the probe that failed first, and what changed since the known-good
         release (daemon/incidents/changes.py; bounded, never raises)."""
         onsets = [(h.onset, p) for p, h in self.health.items() if h.failing and h.onset]
-        first = None
+        first, onset = None, min(onsets)[0] if onsets else None
         if onsets:
             at, probe = min(onsets)
             last = self.health[probe].last
             first = Change(ChangeKind.PROBE, f"{probe} failed first, at {at:%H:%M:%S} UTC"
                            + (f": {last.detail}" if last else ""), "the probes' onsets")
         return await suspects(self.config, self.journal.ledger.entries(self.name), version,
-                              first)
+                              first, executor=self.executor, onset=onset)
 
     def _seen(self, kinds: tuple[str, ...]) -> str | None:
         for p, h in self.health.items():

@@ -14,10 +14,12 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from daemon.rollback.base import StepFailed
 from daemon.rollback.commands import run_argv
 from policies.ledger import LedgerEntry, rollback_target
 
@@ -42,6 +44,9 @@ class ChangeKind(StrEnum):
     MIGRATION = "migration"
     REQUIREMENT = "requirement"
     ENV = "env"
+    IMAGE = "image"
+    TEMPLATE = "template"
+    LOG = "log"
     PROBE = "probe"
     NOTE = "note"
     """Not a change: why something could not be compared."""
@@ -110,13 +115,15 @@ async def between(src: Sources, good: str, bad: str) -> list[Change]:
 
 async def suspects(config: TargetConfig, ledger: Sequence[LedgerEntry], version: str | None,
                    first_failing: Change | None = None,
-                   timeout: float = TIMEOUT) -> list[dict[str, str]]:
-    """What an incident stores under evidence "changes": the probe that failed first, then the
-    changes from the newest known-good release to `version`. Never raises; bounded by
-    `timeout`, since nothing here may keep an incident from opening."""
+                   timeout: float = TIMEOUT, executor: Any = None,
+                   onset: datetime | None = None) -> list[dict[str, str]]:
+    """What an incident stores under evidence "changes": the probe that failed first, the
+    changes from the newest known-good release to `version` (git, or the deployment
+    `executor`'s images or pod templates), and the log lines new since `onset`. Never raises;
+    bounded by `timeout`, since nothing here may keep an incident from opening."""
     found = [first_failing] if first_failing is not None else []
     try:
-        found += await asyncio.wait_for(_deployment(config, ledger, version), timeout)
+        found += await asyncio.wait_for(_all(config, ledger, version, executor, onset), timeout)
     except TimeoutError:
         found.append(Change(ChangeKind.NOTE, f"the search took over {timeout:g}s and was "
                             "stopped", "what changed"))
@@ -127,15 +134,55 @@ async def suspects(config: TargetConfig, ledger: Sequence[LedgerEntry], version:
     return [c.to_dict() for c in found]
 
 
+async def _all(config: TargetConfig, ledger: Sequence[LedgerEntry], version: str | None,
+               executor: Any, onset: datetime | None) -> list[Change]:
+    found = await _deployment(config, ledger, version, executor)
+    if onset is not None:
+        found += await _logs(config, onset)
+    return found
+
+
+async def _logs(config: TargetConfig, onset: datetime) -> list[Change]:
+    """The log the log_errors probes read: lines new since the onset."""
+    from daemon.incidents.log_news import new_lines, tail
+
+    out = []
+    for probe in config.probes.values():
+        if getattr(probe, "kind", None) != "log_errors":
+            continue
+        path = Path(getattr(probe, "path", ""))
+        try:
+            lines = await asyncio.to_thread(tail, path)
+        except OSError as exc:
+            out.append(Change(ChangeKind.NOTE, f"log {path} could not be read: "
+                              f"{type(exc).__name__}", "the log_errors probe's file"))
+            continue
+        how = (f"{path.name} after {onset.astimezone(UTC):%H:%M:%S} UTC, not among the hour "
+               "before (numbers and ids ignored; secrets masked)")
+        out += [Change(ChangeKind.LOG, line, how) for line in new_lines(lines, onset)]
+    return out
+
+
 async def _deployment(config: TargetConfig, ledger: Sequence[LedgerEntry],
-                      version: str | None) -> list[Change]:
+                      version: str | None, executor: Any = None) -> list[Change]:
     dep = config.deployment
-    if dep is None or dep.kind != "git" or version is None:
+    if dep is None or version is None:
         return []
     good = rollback_target(list(ledger), version)
     if good is None:
         return [Change(ChangeKind.NOTE, f"no known-good release before {version[:12]} to "
                        "compare with", "the known-good ledger")]
+    if dep.kind != "git":
+        from daemon.incidents.release_diff import image_changes, template_changes
+
+        compare = image_changes if dep.kind == "docker" else template_changes
+        compared = Change(ChangeKind.RELEASE, f"known-good {good.version[:19]} -> failing "
+                          f"{version[:19]}", "the known-good ledger")
+        try:
+            found = await compare(executor, good.version, version) if executor else []
+        except StepFailed as exc:  # the engine or the API did not answer: say so, go on
+            found = [Change(ChangeKind.NOTE, f"releases not compared: {exc}", dep.kind)]
+        return [compared, *found]
     env_files = [f for f in (getattr(config.database, "env_file", None),
                              config.key.file if config.key and config.key.env_var else None)
                  if f is not None]

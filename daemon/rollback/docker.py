@@ -210,6 +210,10 @@ class DockerExecutor:
             return None
         return found["Image"] if found else None
 
+    async def image(self, ref: str) -> dict[str, Any] | None:
+        """The engine's inspection of an image (None: not on the engine). Raises StepFailed."""
+        return await self._image(ref)
+
     async def process(self) -> Process:
         try:
             c = await self._inspect(self.name)

@@ -190,6 +190,22 @@ class KubernetesExecutor:
             return None
         return (dep["metadata"].get("annotations") or {}).get(REVISION)
 
+    async def templates(self, good: str, bad: str) -> tuple[dict[str, Any] | None,
+                                                           dict[str, Any] | None]:
+        """The pod templates of two revisions (their ReplicaSets'; the Deployment's own for a
+        revision with none yet), without the pod-template-hash label. Raises StepFailed."""
+        dep = await self._deployment()
+        rss = await self._replica_sets(dep)
+        found = {r: rs_for_revision(rss, r) for r in (good, bad)}
+        current = (dep["metadata"].get("annotations") or {}).get(REVISION)
+        out = []
+        for r in (good, bad):
+            rs = found[r]
+            template = rs["spec"]["template"] if rs else \
+                dep["spec"]["template"] if r == current else None
+            out.append(without_hash(template) if template is not None else None)
+        return out[0], out[1]
+
     async def process(self) -> Process:
         """Crash-looping or unstartable containers: not running; the newest pod's startTime."""
         try:
