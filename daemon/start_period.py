@@ -31,6 +31,8 @@ class StartWatch:
         self.start: Start | None = None
         self.note = ""
         """What the start period said of the app_down found last (for the incident's reason)."""
+        self.holding = ""
+        """While app_down is held: why (for `rollbackctl status`); empty otherwise."""
         self._version: str | None = None
         self._healthy = True
         """The target passed every probe at some moment since the current start."""
@@ -48,6 +50,7 @@ class StartWatch:
             self._version = version
         if passing:
             self._healthy, self._held, self._dead_since = True, None, None
+            self.holding = ""
 
     def _begin(self, start: Start) -> None:
         self.start, self._healthy, self._held, self._dead_since = start, False, None, None
@@ -75,6 +78,8 @@ class StartWatch:
         """app_down held while starting (None), or as found; sets `note`."""
         self.note = ""
         if found is None or found[0] is not IncidentClass.APP_DOWN or self.period <= 0:
+            if found is not None:
+                self.holding = ""
             return found
         now = time.monotonic()
         proc = await self._process(now)
@@ -90,6 +95,7 @@ class StartWatch:
         return self._apply(verdict, found, proc)
 
     def _apply(self, verdict: Verdict, found: Found, proc: Process | None) -> Found:
+        self.holding = verdict.note if verdict.phase is Phase.HOLD else ""
         if verdict.phase is Phase.HOLD:
             if self._held != self.start:
                 self._held = self.start

@@ -82,6 +82,9 @@ def test_a_release_that_takes_20s_to_listen_is_neither_rolled_back_nor_marked_ba
     restart = deploy(ws)
     wait_for(lambda: not healthy(ws), 15, "v1 stopped")
     began = time.monotonic()
+    # `status` says why nothing is done while it starts.
+    said = wait_for(lambda: d.result("status")["targets"][0]["attention"], 15, "attention")
+    assert said[0].startswith("starting: ") and "within the 30s start period" in said[0]
     wait_for(lambda: healthy(ws), 40, "v2 listening")
     assert time.monotonic() - began >= 15  # it really was slow to start
     assert restart.wait(30) == 0
