@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies.start_period import Phase, Start, judge, opens
 
@@ -52,3 +54,16 @@ def test_the_notes_say_what_happened() -> None:
 ])
 def test_opens(current: Start | None, seen: Start, healthy: bool, expected: bool) -> None:
     assert opens(current, seen, healthy) is expected
+
+
+@given(at=st.floats(0, 1e6), age=st.floats(0, 1e5), period=st.floats(0, 600),
+       running=st.sampled_from([True, False, None]), held=st.booleans())
+def test_within_the_period_only_an_exit_acts_and_after_it_only_a_hold_is_named(
+        at: float, age: float, period: float, running: bool | None, held: bool) -> None:
+    now = at + age
+    age = now - at  # as judge sees it (floats round)
+    verdict = judge(Start(at, "release x deployed", release=True), now, period, running, held)
+    if period > 0 and age < period:
+        assert verdict.phase is (Phase.EXITED if running is False else Phase.HOLD)
+    else:
+        assert verdict.phase is (Phase.OVER if held and period > 0 else Phase.NONE)
