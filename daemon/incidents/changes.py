@@ -13,18 +13,22 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from daemon.incidents.change import Change, ChangeKind, lines
+from daemon.incidents.log_news import log_changes
+from daemon.incidents.release_diff import image_changes, template_changes
 from daemon.rollback.base import StepFailed
 from daemon.rollback.commands import run_argv
 from policies.ledger import LedgerEntry, rollback_target
 
 if TYPE_CHECKING:
     from daemon.config import TargetConfig
+
+__all__ = ["Change", "ChangeKind", "Sources", "between", "lines", "suspects", "upgrade_ops"]
 
 log = logging.getLogger("rollbackd.changes")
 
@@ -35,43 +39,6 @@ GIT_TIMEOUT = 5.0
 MOST_COMMITS = 20
 MOST_FILES = 30
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-class ChangeKind(StrEnum):
-    RELEASE = "release"
-    COMMIT = "commit"
-    FILE = "file"
-    MIGRATION = "migration"
-    REQUIREMENT = "requirement"
-    ENV = "env"
-    IMAGE = "image"
-    TEMPLATE = "template"
-    LOG = "log"
-    PROBE = "probe"
-    NOTE = "note"
-    """Not a change: why something could not be compared."""
-
-
-@dataclass(frozen=True)
-class Change:
-    kind: ChangeKind
-    text: str
-    how_found: str
-
-    def line(self) -> str:
-        return f"[{self.kind}] {self.text} ({self.how_found})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
-
-
-def lines(evidence: Any) -> list[str]:
-    """The mail's lines for the changes stored in an incident's evidence under "changes"."""
-    stored = evidence.get("changes") if isinstance(evidence, dict) else None
-    if not isinstance(stored, list):
-        return []
-    return [f"[{c.get('kind')}] {c.get('text')} ({c.get('how_found')})"
-            for c in stored if isinstance(c, dict)]
 
 
 @dataclass(frozen=True)
@@ -138,29 +105,8 @@ async def _all(config: TargetConfig, ledger: Sequence[LedgerEntry], version: str
                executor: Any, onset: datetime | None) -> list[Change]:
     found = await _deployment(config, ledger, version, executor)
     if onset is not None:
-        found += await _logs(config, onset)
+        found += await log_changes(config, onset)
     return found
-
-
-async def _logs(config: TargetConfig, onset: datetime) -> list[Change]:
-    """The log the log_errors probes read: lines new since the onset."""
-    from daemon.incidents.log_news import new_lines, tail
-
-    out = []
-    for probe in config.probes.values():
-        if getattr(probe, "kind", None) != "log_errors":
-            continue
-        path = Path(getattr(probe, "path", ""))
-        try:
-            lines = await asyncio.to_thread(tail, path)
-        except OSError as exc:
-            out.append(Change(ChangeKind.NOTE, f"log {path} could not be read: "
-                              f"{type(exc).__name__}", "the log_errors probe's file"))
-            continue
-        how = (f"{path.name} after {onset.astimezone(UTC):%H:%M:%S} UTC, not among the hour "
-               "before (numbers and ids ignored; secrets masked)")
-        out += [Change(ChangeKind.LOG, line, how) for line in new_lines(lines, onset)]
-    return out
 
 
 async def _deployment(config: TargetConfig, ledger: Sequence[LedgerEntry],
@@ -173,8 +119,6 @@ async def _deployment(config: TargetConfig, ledger: Sequence[LedgerEntry],
         return [Change(ChangeKind.NOTE, f"no known-good release before {version[:12]} to "
                        "compare with", "the known-good ledger")]
     if dep.kind != "git":
-        from daemon.incidents.release_diff import image_changes, template_changes
-
         compare = image_changes if dep.kind == "docker" else template_changes
         compared = Change(ChangeKind.RELEASE, f"known-good {good.version[:19]} -> failing "
                           f"{version[:19]}", "the known-good ledger")

@@ -3,10 +3,14 @@ before, normalized so that numbers and ids do not make every line new; secrets m
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from daemon.incidents.change import Change, ChangeKind
 
 MAX_TAIL = 8 << 20
 """Bytes read from the end of the log at most (an hour and a bit of a busy app)."""
@@ -103,3 +107,22 @@ def new_lines(lines: Iterable[str], onset: datetime, most: int = MOST_LINES) -> 
         text = " ".join(mask(line).split())
         shown.append(text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "...")
     return shown
+
+
+async def log_changes(config: Any, onset: datetime) -> list[Change]:
+    """The log the log_errors probes read: lines new since the onset."""
+    out = []
+    for probe in config.probes.values():
+        if getattr(probe, "kind", None) != "log_errors":
+            continue
+        path = Path(getattr(probe, "path", ""))
+        try:
+            lines = await asyncio.to_thread(tail, path)
+        except OSError as exc:
+            out.append(Change(ChangeKind.NOTE, f"log {path} could not be read: "
+                              f"{type(exc).__name__}", "the log_errors probe's file"))
+            continue
+        how = (f"{path.name} after {onset.astimezone(UTC):%H:%M:%S} UTC, not among the hour "
+               "before (numbers and ids ignored; secrets masked)")
+        out += [Change(ChangeKind.LOG, line, how) for line in new_lines(lines, onset)]
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.incidents.changes import Change, ChangeKind
+from daemon.incidents.change import Change, ChangeKind
 
 # Template fields whose values are shown; any other field is named as changed, without values
 # (an env value, an argument or an annotation may carry a secret).
