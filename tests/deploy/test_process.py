@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.rollback.deploy_settings import DockerDeployment, KubernetesDeployment
-from daemon.rollback.docker import DockerExecutor, engine_time
-from daemon.rollback.kubernetes import KubernetesExecutor
-from daemon.rollback.pidfile import pidfile_process
+from rollbackd.daemon.rollback.deploy_settings import DockerDeployment, KubernetesDeployment
+from rollbackd.daemon.rollback.docker import DockerExecutor, engine_time
+from rollbackd.daemon.rollback.kubernetes import KubernetesExecutor
+from rollbackd.daemon.rollback.pidfile import pidfile_process
 from tests.deploy.apps import build
 from tests.fakes.k8s_api import FakeKubernetes
 from tests.infra.services import DOCKER_SOCKET, ContainerRunner

@@ -11,14 +11,14 @@ from typing import Any
 import docker as docker_sdk
 import pytest
 
-from daemon.config import parse_config
-from daemon.incidents.changes import suspects
-from daemon.incidents.log_news import new_lines, normalize
-from daemon.incidents.release_diff import image_changes, template_changes
-from daemon.rollback.deploy_settings import DockerDeployment, KubernetesDeployment
-from daemon.rollback.docker import DockerExecutor
-from daemon.rollback.kubernetes import KubernetesExecutor
-from policies.ledger import LedgerEntry
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.incidents.changes import suspects
+from rollbackd.daemon.incidents.log_news import new_lines, normalize
+from rollbackd.daemon.incidents.release_diff import image_changes, template_changes
+from rollbackd.daemon.rollback.deploy_settings import DockerDeployment, KubernetesDeployment
+from rollbackd.daemon.rollback.docker import DockerExecutor
+from rollbackd.daemon.rollback.kubernetes import KubernetesExecutor
+from rollbackd.policies.ledger import LedgerEntry
 from tests.deploy.apps import build
 from tests.fakes.k8s_api import FakeKubernetes
 from tests.infra.services import DOCKER_SOCKET
@@ -153,6 +153,6 @@ url = "http://127.0.0.1:9/health"
                  ["containers[app].resources.limits.memory: 1Gi -> 256Mi"], id="memory-limit"),
 ])
 def test_template_diff(old: dict[str, Any], new: dict[str, Any], expected: list[str]) -> None:
-    from daemon.incidents.release_diff import template_diff
+    from rollbackd.daemon.incidents.release_diff import template_diff
 
     assert template_diff(old, new) == expected

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.start_period import Phase, Start, judge, opens
+from rollbackd.policies.start_period import Phase, Start, judge, opens
 
 DEPLOY = Start(100.0, "release 1a2b3c4 deployed", release=True)
 RESTART = Start(100.0, "the restart of pid 42")
