@@ -42,7 +42,7 @@ from rollbackd.daemon.rollback.deploy_settings import (
 from rollbackd.daemon.rollback.notice_settings import UserNoticeSettings
 from rollbackd.daemon.secrets import SecretValue, load_secret
 from rollbackd.policies.settings import PolicySettings
-from rollbackd.probes.base import PositiveDuration
+from rollbackd.probes.base import Duration, PositiveDuration
 from rollbackd.probes.registry import PROBE_KINDS
 
 
@@ -192,6 +192,15 @@ class GitDeployment(Frozen):
     test_first: GitTestFirst | None = None
     """perf_degraded: start the known-good commit beside the live one and swap only when it
     answered faster (docs/deployment-backends.md); unset: a plain rollback."""
+    pidfile: ConfigPath | None = None
+    """The app's pidfile (its process manager writes it): tells the start period whether the
+    app's process still runs and when it started (a restart begins a start period); unset: a
+    version change alone begins it, and a process that exits is noticed only by the probes."""
+    start_period: Duration = Field(default=30.0, ge=0)
+    """After a deploy or a restart, failed probes do not count toward app_down for this long,
+    unless the process exited (Docker's HEALTHCHECK --start-period, a Kubernetes startup
+    probe). 30s: the default budget of a Kubernetes startup probe (3 x 10s), so an app that
+    takes 20s to listen is not taken for a failed release; "0s" turns it off."""
     env_files: list[ConfigPath] = []
     """The app's KEY=VALUE environment files: recorded with each release as it earns
     known-good and put back, byte for byte, with its code on a rollback (before the restart)."""

@@ -30,6 +30,7 @@ from rollbackd.daemon.rollback.registry import build_executors
 from rollbackd.daemon.rollback.release_config import attach as attach_config
 from rollbackd.daemon.rollback.schema_facts import gather
 from rollbackd.daemon.runner import Runner
+from rollbackd.daemon.start_period import StartWatch
 from rollbackd.policies.classify import (
     SESSION_KINDS,
     IncidentClass,
@@ -152,6 +153,9 @@ class TargetMonitor:
         self._account_mailed: dict[str, set[Symptom]] = {}
         self._journey_mailed: dict[str, set[str]] = {}
         """Per login probe, what of its own account's trouble was mailed in this episode."""
+        self.starts = StartWatch(name, getattr(config.deployment, "start_period", 0.0),
+                                 self.executor)
+        """The start period: app_down is held while a deploy or restart is starting."""
 
     @property
     def executor(self) -> Executor | None:
@@ -196,14 +200,15 @@ class TargetMonitor:
         """The suspects: the probe that failed first, and what changed since the known-good
         release (rollbackd/daemon/incidents/changes.py; bounded, never raises)."""
         onsets = [(h.onset, p) for p, h in self.health.items() if h.failing and h.onset]
-        first = None
+        first, onset = None, min(onsets)[0] if onsets else None
         if onsets:
             at, probe = min(onsets)
             last = self.health[probe].last
             first = Change(ChangeKind.PROBE, f"{probe} failed first, at {at:%H:%M:%S} UTC"
                            + (f": {last.detail}" if last else ""), "the probes' onsets")
         ledger = self.journal.ledger.entries(self.name)
-        return await suspects(self.config, ledger, version, first) \
+        return await suspects(self.config, ledger, version, first, executor=self.executor,
+                              onset=onset) \
             + await self._config_changes(ledger, version)
 
     async def _config_changes(self, ledger: list[LedgerEntry], version: str | None
@@ -532,6 +537,8 @@ class TargetMonitor:
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
         version = await self._update_ledger(self._stability(health),
                                             max_age=2.0 if found is None else 0.0)
+        self.starts.saw(version, all_passing(health))
+        found = await self.starts.judge(found)
         return Picture(found, all_passing(health), version)
 
     def _stability(self, health: TargetHealth) -> bool | None:
@@ -588,6 +595,8 @@ class TargetMonitor:
         seen = {p: a if (a := self._answers.get(p)) is not None and not a.ok
                 else self.health[p].last for p in probes}
         evidence = "; ".join(f"{p} {obs.detail}" for p, obs in seen.items() if obs is not None)
+        if self.starts.note:  # the start period held these failures, or was cut short
+            evidence += f" ({self.starts.note})"
         onset = min((o for p in probes if (o := self.health[p].onset)), default=None)
         return evidence, onset
 

@@ -99,6 +99,11 @@ def test_crashing_image_is_replaced_by_the_known_good_one_with_the_same_configur
     assert dep["image"] == bad and dep["state"] == "exited" and dep["exit_code"] == 1
     assert "FATAL: settings module grading_settings is missing" in dep["logs"]
     assert dep["env_keys"] == ["PORT"] and str(app.port) not in str(dep["env_keys"])
+    # What changed: the images as the engine has them (the monitor's what_changed).
+    images_seen = [c["text"] for c in show["evidence"]["changes"] if c["kind"] == "image"]
+    assert len(images_seen) == 1 and images_seen[0].startswith(
+        "rollbackd-test/deploy-app:v1 (id ") and " -> rollbackd-test/deploy-app:v2 (id " in \
+        images_seen[0], show["evidence"]["changes"]
 
     # The known-good image runs under the same name with the same configuration ...
     assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"

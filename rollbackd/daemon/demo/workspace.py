@@ -271,6 +271,7 @@ cooldown = "10s"
 kind = "git"
 repo = "{self.app_dir}"
 restart = [{argv}]
+pidfile = "{self.pidfile}"
 command_timeout = "30s"
 
 [targets.grading.probes.health]

@@ -13,16 +13,22 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from rollbackd.daemon.incidents.change import Change, ChangeKind, lines
+from rollbackd.daemon.incidents.log_news import log_changes
+from rollbackd.daemon.incidents.release_diff import image_changes, template_changes
+from rollbackd.daemon.rollback.base import StepFailed
 from rollbackd.daemon.rollback.commands import run_argv
 from rollbackd.policies.ledger import LedgerEntry, rollback_target
 
 if TYPE_CHECKING:
     from rollbackd.daemon.config import TargetConfig
+
+__all__ = ["Change", "ChangeKind", "Sources", "between", "lines", "suspects", "upgrade_ops"]
 
 log = logging.getLogger("rollbackd.changes")
 
@@ -33,40 +39,6 @@ GIT_TIMEOUT = 5.0
 MOST_COMMITS = 20
 MOST_FILES = 30
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-class ChangeKind(StrEnum):
-    RELEASE = "release"
-    COMMIT = "commit"
-    FILE = "file"
-    MIGRATION = "migration"
-    REQUIREMENT = "requirement"
-    ENV = "env"
-    PROBE = "probe"
-    NOTE = "note"
-    """Not a change: why something could not be compared."""
-
-
-@dataclass(frozen=True)
-class Change:
-    kind: ChangeKind
-    text: str
-    how_found: str
-
-    def line(self) -> str:
-        return f"[{self.kind}] {self.text} ({self.how_found})"
-
-    def to_dict(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
-
-
-def lines(evidence: Any) -> list[str]:
-    """The mail's lines for the changes stored in an incident's evidence under "changes"."""
-    stored = evidence.get("changes") if isinstance(evidence, dict) else None
-    if not isinstance(stored, list):
-        return []
-    return [f"[{c.get('kind')}] {c.get('text')} ({c.get('how_found')})"
-            for c in stored if isinstance(c, dict)]
 
 
 @dataclass(frozen=True)
@@ -110,13 +82,15 @@ async def between(src: Sources, good: str, bad: str) -> list[Change]:
 
 async def suspects(config: TargetConfig, ledger: Sequence[LedgerEntry], version: str | None,
                    first_failing: Change | None = None,
-                   timeout: float = TIMEOUT) -> list[dict[str, str]]:
-    """What an incident stores under evidence "changes": the probe that failed first, then the
-    changes from the newest known-good release to `version`. Never raises; bounded by
-    `timeout`, since nothing here may keep an incident from opening."""
+                   timeout: float = TIMEOUT, executor: Any = None,
+                   onset: datetime | None = None) -> list[dict[str, str]]:
+    """What an incident stores under evidence "changes": the probe that failed first, the
+    changes from the newest known-good release to `version` (git, or the deployment
+    `executor`'s images or pod templates), and the log lines new since `onset`. Never raises;
+    bounded by `timeout`, since nothing here may keep an incident from opening."""
     found = [first_failing] if first_failing is not None else []
     try:
-        found += await asyncio.wait_for(_deployment(config, ledger, version), timeout)
+        found += await asyncio.wait_for(_all(config, ledger, version, executor, onset), timeout)
     except TimeoutError:
         found.append(Change(ChangeKind.NOTE, f"the search took over {timeout:g}s and was "
                             "stopped", "what changed"))
@@ -127,15 +101,32 @@ async def suspects(config: TargetConfig, ledger: Sequence[LedgerEntry], version:
     return [c.to_dict() for c in found]
 
 
+async def _all(config: TargetConfig, ledger: Sequence[LedgerEntry], version: str | None,
+               executor: Any, onset: datetime | None) -> list[Change]:
+    found = await _deployment(config, ledger, version, executor)
+    if onset is not None:
+        found += await log_changes(config, onset)
+    return found
+
+
 async def _deployment(config: TargetConfig, ledger: Sequence[LedgerEntry],
-                      version: str | None) -> list[Change]:
+                      version: str | None, executor: Any = None) -> list[Change]:
     dep = config.deployment
-    if dep is None or dep.kind != "git" or version is None:
+    if dep is None or version is None:
         return []
     good = rollback_target(list(ledger), version)
     if good is None:
         return [Change(ChangeKind.NOTE, f"no known-good release before {version[:12]} to "
                        "compare with", "the known-good ledger")]
+    if dep.kind != "git":
+        compare = image_changes if dep.kind == "docker" else template_changes
+        compared = Change(ChangeKind.RELEASE, f"known-good {good.version[:19]} -> failing "
+                          f"{version[:19]}", "the known-good ledger")
+        try:
+            found = await compare(executor, good.version, version) if executor else []
+        except StepFailed as exc:  # the engine or the API did not answer: say so, go on
+            found = [Change(ChangeKind.NOTE, f"releases not compared: {exc}", dep.kind)]
+        return [compared, *found]
     env_files = [f for f in (getattr(config.database, "env_file", None),
                              config.key.file if config.key and config.key.env_var else None)
                  if f is not None]

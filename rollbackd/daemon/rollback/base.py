@@ -97,6 +97,27 @@ class AttachesJournal(Protocol):
                        owner: Callable[[], bool] | None = None) -> None: ...
 
 
+@dataclass(frozen=True)
+class Process:
+    """What a deployment backend can tell of the app's process: the start period's clock."""
+
+    running: bool | None
+    """False: exited, or the container stopped or crash-looping; None: cannot tell."""
+    started_ago: float | None
+    """Seconds since the process (container, newest pod) started; None: cannot tell."""
+    what: str
+    """Which process, in words: "pid 4242", "container grading", "pod grading-7c9f-x2"."""
+
+
+@runtime_checkable
+class TellsProcess(Protocol):
+    """An executor that can tell whether the app's process runs and since when."""
+
+    async def process(self) -> Process:
+        """Never raises: what cannot be read is None."""
+        ...
+
+
 class Executor(Protocol):
     component: ClassVar[Component]
     backend: ClassVar[str]

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from rollbackd.probes.base import PositiveDuration
+from rollbackd.probes.base import Duration, PositiveDuration
 
 DEPLOYMENT_KINDS = ("git", "docker", "kubernetes")
 
@@ -91,6 +91,11 @@ class DockerDeployment(_Frozen):
     """How long the candidate gets to give them."""
     probe_max_latency: PositiveDuration | None = None
     """A slower answer does not count as good: a slow version is replaced only by a fast one."""
+    start_period: Duration = Field(default=30.0, ge=0)
+    """After a deploy or a restart (the container's StartedAt), failed probes do not count
+    toward app_down for this long, unless the container stopped. 30s: the default budget of a
+    Kubernetes startup probe (3 x 10s), so an app that takes 20s to listen is not taken for a
+    failed release; "0s" turns it off."""
 
     @model_validator(mode="after")
     def _test_first_needs_a_port(self) -> DockerDeployment:
@@ -128,3 +133,8 @@ class KubernetesDeployment(_Frozen):
     on deployments."""
     preview_timeout: PositiveDuration = 120.0
     """How long the preview gets to become available (its progressDeadlineSeconds too)."""
+    start_period: Duration = Field(default=30.0, ge=0)
+    """After a deploy (a new revision) or a restart (the newest pod's startTime), failed
+    probes do not count toward app_down for this long, unless a container crash-loops or
+    cannot start. 30s: the default budget of a startup probe (3 x 10s), so an app that takes
+    20s to listen is not taken for a failed release; "0s" turns it off."""

@@ -14,6 +14,7 @@ import httpx
 from rollbackd.daemon.rollback.base import (
     CHECK_ONLY,
     Effect,
+    Process,
     StepContext,
     StepFailed,
     absent,
@@ -36,6 +37,17 @@ CONFIG_KEYS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", 
 IMAGE_DEFAULTS = ("Cmd", "Entrypoint", "WorkingDir", "User", "Healthcheck", "StopSignal",
                   "ExposedPorts", "Volumes", "OnBuild", "Shell", "ArgsEscaped")
 BUILTIN_NETWORKS = ("host", "none", "bridge", "default", "")
+
+
+def engine_time(stamp: str | None) -> datetime | None:
+    """The engine's RFC 3339 time with nanoseconds ("2026-12-07T20:11:22.123456789Z")."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac or '0')[:6]}+00:00")
+    except ValueError:
+        return None
 
 
 def short(version: str | None) -> str:
@@ -206,6 +218,25 @@ class DockerExecutor:
             log.debug("container=%s version=unknown reason=%s", self.name, exc)
             return None
         return found["Image"] if found else None
+
+    async def image(self, ref: str) -> dict[str, Any] | None:
+        """The engine's inspection of an image (None: not on the engine). Raises StepFailed."""
+        return await self._image(ref)
+
+    async def process(self) -> Process:
+        try:
+            c = await self._inspect(self.name)
+        except StepFailed as exc:
+            return Process(None, None, f"container {self.name}: {exc}")
+        if c is None:
+            return Process(False, None, f"no container named {self.name}")
+        state = c.get("State") or {}
+        what = f"container {self.name} ({c['Id'][:12]})"
+        if not state.get("Running") or state.get("Restarting"):
+            return Process(False, None, f"{what} is {state.get('Status', 'not running')}")
+        started = engine_time(state.get("StartedAt"))
+        age = (datetime.now(UTC) - started).total_seconds() if started else None
+        return Process(True, None if age is None else max(0.0, age), what)
 
     async def evidence(self) -> dict[str, Any]:
         try:

@@ -10,6 +10,7 @@ from rollbackd.daemon.config import GitDeployment
 from rollbackd.daemon.rollback.base import (
     CHECK_ONLY,
     Effect,
+    Process,
     StepContext,
     StepFailed,
     StepHeld,
@@ -20,6 +21,7 @@ from rollbackd.daemon.rollback.base import (
 from rollbackd.daemon.rollback.candidate import Candidates
 from rollbackd.daemon.rollback.commands import run_argv
 from rollbackd.daemon.rollback.latency_trial import trial
+from rollbackd.daemon.rollback.pidfile import pidfile_process
 from rollbackd.daemon.rollback.receipts import command_effect, run_recorded
 from rollbackd.daemon.rollback.release_config import STEP as CONFIG_STEP
 from rollbackd.daemon.rollback.release_config import ReleaseConfig
@@ -92,6 +94,11 @@ class GitServiceExecutor:
 
     async def current_version(self) -> str | None:
         return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
+
+    async def process(self) -> Process:
+        if self.settings.pidfile is None:
+            return Process(None, None, "no pidfile configured")
+        return pidfile_process(self.settings.pidfile)
 
     async def version_exists(self, version: str) -> bool:
         res = await run_argv(

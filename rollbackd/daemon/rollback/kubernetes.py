@@ -8,10 +8,18 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from rollbackd.daemon.rollback.base import CHECK_ONLY, Effect, StepContext, StepFailed, absent, done
+from rollbackd.daemon.rollback.base import (
+    CHECK_ONLY,
+    Effect,
+    Process,
+    StepContext,
+    StepFailed,
+    absent,
+    done,
+)
 from rollbackd.daemon.rollback.deploy_settings import KubernetesDeployment
 from rollbackd.daemon.rollback.k8s_preview import MANAGED_BY, PREVIEW_OF, preview_body, preview_name
 from rollbackd.policies.plans import Capabilities, Capability, Component, StepSpec
@@ -193,6 +201,43 @@ class KubernetesExecutor:
             log.debug("%s version=unknown reason=%s", self.where, exc)
             return None
         return (dep["metadata"].get("annotations") or {}).get(REVISION)
+
+    async def templates(self, good: str, bad: str) -> tuple[dict[str, Any] | None,
+                                                           dict[str, Any] | None]:
+        """The pod templates of two revisions (their ReplicaSets'; the Deployment's own for a
+        revision with none yet), without the pod-template-hash label. Raises StepFailed."""
+        dep = await self._deployment()
+        rss = await self._replica_sets(dep)
+        found = {r: rs_for_revision(rss, r) for r in (good, bad)}
+        current = (dep["metadata"].get("annotations") or {}).get(REVISION)
+        out = []
+        for r in (good, bad):
+            rs = found[r]
+            template = rs["spec"]["template"] if rs else \
+                dep["spec"]["template"] if r == current else None
+            out.append(without_hash(template) if template is not None else None)
+        return out[0], out[1]
+
+    async def process(self) -> Process:
+        """Crash-looping or unstartable containers: not running; the newest pod's startTime."""
+        try:
+            pods = await self._pods(await self._deployment())
+        except StepFailed as exc:
+            return Process(None, None, f"{self.where}: {exc}")
+        if not pods:
+            return Process(None, None, f"{self.where} has no pods")
+        newest = max(pods, key=lambda p: (p.get("status") or {}).get("startTime") or "")
+        what = f"pod {newest['metadata']['name']}"
+        problems = pod_problems(pods)
+        if problems:
+            return Process(False, None, "; ".join(problems[:2]))
+        stamp = (newest.get("status") or {}).get("startTime")
+        try:
+            age = (datetime.now(UTC) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+                   ).total_seconds() if stamp else None
+        except ValueError:
+            age = None
+        return Process(True, None if age is None else max(0.0, age), what)
 
     async def evidence(self) -> dict[str, Any]:
         try:

@@ -38,7 +38,8 @@ async def _status(d: DaemonFace, args: dict[str, Any], peer: Peer) -> Any:
             "state": inc.state if inc else ("rolling back" if m.busy else "ok"),
             "attention": [f"{p}: {says}" for p, says in m.probe_account().items()] + [
                 f"{p}: user journey fails at {step!r}" for p, step in m.journey_steps().items()] + [
-                f"{k} backup failed: {f.reason}" for k, f in failed_backups(d, name, m).items()],
+                f"{k} backup failed: {f.reason}" for k, f in failed_backups(d, name, m).items()]
+            + ([m.starts.holding] if m.starts.holding else []),
             **({"owner": owners.get(name, {}).get("owner")} if d.cluster else {}),
         })
     return {
