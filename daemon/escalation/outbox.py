@@ -15,11 +15,10 @@ from tenacity import wait_exponential, wait_random
 
 from daemon.clock import now_utc
 from daemon.config import Config
-from daemon.escalation import redact, routing, storm
+from daemon.escalation import redact, routing, smtp, storm
 from daemon.escalation.messages import build_message
 from daemon.escalation.notices import Notice, digest
 from daemon.escalation.settings import Condition, EventKind
-from daemon.escalation.smtp import deliver
 from daemon.journal import Journal, OutboxMail
 
 log = logging.getLogger("rollbackd.mail")
@@ -134,7 +133,8 @@ class Outbox:
         """Try one mail: "sent", "partly" (some recipients refused) or "failed" (none taken)."""
         to = list(mail.recipients)
         try:
-            refused = await asyncio.to_thread(deliver, self.config.smtp, self._build(mail), to)
+            refused, session = await asyncio.to_thread(smtp.send, self.config.smtp,
+                                                       self._build(mail), to)
         except (OSError, smtplib.SMTPException) as exc:
             delay = _retry_delay(mail.attempts + 1)
             self.journal.mail.failed(mail.id, f"{type(exc).__name__}: {exc}",
@@ -142,6 +142,19 @@ class Outbox:
             log.warning("mail=%s status=retry in=%.0fs reason=%s", mail.message_id, delay,
                         type(exc).__name__)
             return "failed"
+        # The server has answered DATA: the answer is journaled first, on its own, and only
+        # then is the session ended. A crash before this commit sends the mail again, with
+        # the same Message-ID (docs/reliability.md: SMTP is at-least-once at this one point).
+        try:
+            outcome = self._accepted(mail, refused)
+        finally:
+            await asyncio.to_thread(smtp.close, session)
+        if outcome == "sent":
+            log.info("mail=%s status=sent recipients=%d subject=%r", mail.message_id, len(to),
+                     mail.subject)
+        return outcome
+
+    def _accepted(self, mail: OutboxMail, refused: dict[str, Any]) -> str:
         if refused:
             # Accepted for some: only the refused are tried again, so nobody gets it twice.
             delay = _retry_delay(mail.attempts + 1)
@@ -151,8 +164,6 @@ class Outbox:
                         len(refused), delay)
             return "partly"
         self.journal.mail.sent(mail.id)
-        log.info("mail=%s status=sent recipients=%d subject=%r", mail.message_id, len(to),
-                 mail.subject)
         return "sent"
 
     async def flush(self, now: datetime | None = None) -> int:
