@@ -298,3 +298,45 @@ def test_redis_sessions_restore_survives_kill9_at_every_step(
         assert_survived(d, smtp, w, REDIS_STEPS, "Redis sessions restore")
     finally:
         d.stop()
+
+
+def test_a_redis_restore_cut_off_halfway_is_held_with_what_was_found(
+        app_on_redis: Workspace, redis_proc: RedisExecutor, redisdb: redis.Redis,  # noqa: F811
+        smtp: SmtpSink, tmp_path: Path) -> None:
+    """The kill comes while restore_sessions runs and half of the snapshot's keys are back (put
+    back here while the daemon lies dead, as a kill inside the step's pipeline leaves them):
+    the restart finds the effect partial, holds the incident saying how much is back, and on
+    approval the step runs once more, putting back only what is missing."""
+    ws = app_on_redis
+    tokens = [log_in(ws) for _ in range(SESSIONS)]
+    keys = sorted(redisdb.keys("session:*"))
+    dumps = {k: (redisdb.dump(k), redisdb.pttl(k)) for k in keys}
+    url_file = tmp_path / "redis-url"
+    url_file.write_text(f"redis://{redis_proc.host}:{redis_proc.port}/0\n")
+    url_file.chmod(0o600)
+    text = ws.config_toml(smtp.port, extra="test_hooks = true", targets_extra=redis_config(
+        ws, redis_proc, url_file, "auto_destructive = true\n"))
+    d = daemon_for(tmp_path, text, "at", "restore_sessions").start()
+    half = keys[: len(keys) // 2]
+
+    def put_back_half(step: str) -> None:
+        for k in half:
+            value, ttl = dumps[k]
+            redisdb.restore(k, max(ttl, 0), value)
+
+    try:
+        ready(d, ws, "sessions")
+        ran = restores(redisdb)
+        w = walk(d, smtp, "at", ["restore_sessions"], redisdb.flushdb, put_back_half)
+        assert w.did == [("restore_sessions", "effect unknown, held, approved")]
+        (held,) = journal_rows(d, "SELECT detail FROM timeline WHERE incident_id = ? AND "
+                                  "event = 'held'", w.incident)
+        assert (f"{len(half)} of {len(keys)} key(s) of snapshot" in held["detail"]
+                and "restored in part" in held["detail"]), held["detail"]
+        # The half put back here, then one run of the step over every key: those already
+        # there are kept (BUSYKEY), the rest restored.
+        assert restores(redisdb) - ran == len(half) + len(keys)
+        assert all(me(ws, t) == 200 for t in tokens)
+        assert_survived(d, smtp, w, REDIS_STEPS, "Redis sessions restore, cut off halfway")
+    finally:
+        d.stop()
