@@ -72,9 +72,3 @@ def close(smtp: smtplib.SMTP) -> None:
     except (OSError, smtplib.SMTPException):
         smtp.close()
 
-
-def deliver(settings: Any, msg: EmailMessage, recipients: Sequence[str]) -> dict[str, Any]:
-    """Send one message and end the session; returns the refused recipients (see `send`)."""
-    refused, smtp = send(settings, msg, recipients)
-    close(smtp)
-    return refused
