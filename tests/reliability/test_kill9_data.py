@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import redis
+from psycopg import sql
 from pytest_redis.executor import RedisExecutor
 
 from daemon.demo.workspace import DEMO_USER, Workspace
@@ -338,5 +339,38 @@ def test_a_redis_restore_cut_off_halfway_is_held_with_what_was_found(
         assert restores(redisdb) - ran == len(half) + len(keys)
         assert all(me(ws, t) == 200 for t in tokens)
         assert_survived(d, smtp, w, REDIS_STEPS, "Redis sessions restore, cut off halfway")
+    finally:
+        d.stop()
+
+
+def test_a_swap_cut_off_before_its_renames_is_held_saying_the_app_is_cut_off(
+        pg: PgApp, smtp: SmtpSink, tmp_path: Path) -> None:  # noqa: F811
+    """The kill comes inside swap_database after it made the live database refuse new sessions
+    and before its renames (done here while the daemon lies dead, as such a kill leaves it):
+    the restart cannot call that absent, since the app is cut off. Held, effect unknown, saying
+    so and how to undo it; approved, the swap runs once and the app is back."""
+    d, markers = pg_daemon(pg, smtp, tmp_path, "at", "swap_database",
+                           "auto_destructive = true\nrestore_loss_threshold = 100\n")
+
+    def refuse_sessions(step: str) -> None:
+        with pg_connect(pg.dsn, "postgres") as db:
+            db.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                sql.Identifier(pg.db)))
+
+    try:
+        ready(d, pg.ws, "database")
+        before = catalog(pg)
+        w = walk(d, smtp, "at", ["swap_database"], lambda: drop_users(pg), refuse_sessions)
+        assert w.did == [("swap_database", "effect unknown, held, approved")]
+        (held,) = journal_rows(d, "SELECT detail FROM timeline WHERE incident_id = ? AND "
+                                  "event = 'held'", w.incident)
+        assert f"{pg.db} refuses new connections" in held["detail"], held["detail"]
+        assert f"ALTER DATABASE {pg.db} WITH ALLOW_CONNECTIONS true" in held["detail"]
+        after = catalog(pg)
+        assert list(named(after, "corrupted").values()) == [before[pg.db]]
+        assert set(after) == {pg.db, *named(after, "corrupted")}
+        assert (runs(markers["stop"]), runs(markers["start"])) == (1, 1)
+        assert login(pg.ws) == 200 and pg_count(pg.dsn, "grades") == 40
+        assert_survived(d, smtp, w, PG_RESTORE_STEPS, "PostgreSQL swap cut off before renames")
     finally:
         d.stop()
