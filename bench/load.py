@@ -112,7 +112,7 @@ def _daemon(lag_file: Path, argv: list[str]) -> int:
 
     import apscheduler.executors.asyncio as aps_asyncio
 
-    from daemon.cli import main
+    from rollbackd.daemon.cli import main
 
     lags: list[tuple[float, float]] = []
     original = aps_asyncio.run_coroutine_job

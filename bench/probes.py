@@ -85,7 +85,7 @@ def _daemon(lag_file: Path, profile: str | None, realtime: bool, argv: list[str]
 
     import apscheduler.executors.asyncio as aps_asyncio
 
-    from daemon.cli import main
+    from rollbackd.daemon.cli import main
 
     lags: list[tuple[float, float]] = []
     original = aps_asyncio.run_coroutine_job
@@ -215,7 +215,7 @@ def _histogram_quantile(before: dict[str, float], after: dict[str, float], q: fl
 
 
 def _quantile(values: list[float], q: float) -> float:
-    """Nearest rank, as policies/latency.py computes it."""
+    """Nearest rank, as rollbackd/policies/latency.py computes it."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 

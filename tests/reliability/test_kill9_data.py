@@ -28,7 +28,7 @@ import redis
 from psycopg import sql
 from pytest_redis.executor import RedisExecutor
 
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.recovery.support import (
     BAD_REVISION,

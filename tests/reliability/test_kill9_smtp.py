@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import SmtpSink, known_good, wait_for
 from tests.reliability.support import delivered, journal_rows, unsent, wait_exit
 from tests.reliability.test_kill9_every_step import SIGKILLED, daemon_for, restart
