@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rollbackd.daemon.escalation.smtp import InsecureAuth, deliver
+from rollbackd.daemon.escalation.smtp import InsecureAuth, connect
 from rollbackd.daemon.journal.store import Journal
 from tests.escalation.conftest import (
     FAR_FUTURE,
@@ -97,4 +97,4 @@ def test_the_password_never_goes_out_in_clear_text(password_file: Path) -> None:
     cfg = make_config(25, smtp_extra=f'username = "u"\npassword_file = "{password_file}"')
     settings = cfg.smtp.model_copy(update={"host": "smtp.example.com"})
     with pytest.raises(InsecureAuth, match="without TLS"):
-        deliver(settings, None, ["a@b"])  # type: ignore[arg-type]
+        connect(settings)

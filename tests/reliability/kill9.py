@@ -121,12 +121,15 @@ class Walk:
 
 
 def walk(d: DaemonProcess, smtp: SmtpSink, point: str, steps: list[str],
-         trigger: Callable[[], object]) -> Walk:
-    """Trigger the fault, then walk the chain of crashes at `point` of each of `steps`."""
+         trigger: Callable[[], object],
+         seen: Callable[[str], object] = lambda crashed: None) -> Walk:
+    """Trigger the fault, then walk the chain of crashes at `point` of each of `steps`.
+    `seen(step)` looks at the world while the daemon lies dead in `step`."""
     w = Walk(point)
     trigger()
     assert wait_exit(d, 60, f"the kill {point} {steps[0]}") == SIGKILLED
     for i, crashed in enumerate(steps):
+        seen(crashed)
         step_id, name, state = last_step(d)
         assert (name, state) == (crashed, "running")  # the daemon died inside it
         inc = incident_row(d)

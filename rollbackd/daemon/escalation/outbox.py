@@ -6,6 +6,7 @@ import asyncio
 import logging
 import smtplib
 import socket
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -15,12 +16,12 @@ from tenacity import wait_exponential, wait_random
 
 from rollbackd.daemon.clock import now_utc
 from rollbackd.daemon.config import Config
-from rollbackd.daemon.escalation import redact, routing, storm
+from rollbackd.daemon.escalation import redact, routing, smtp, storm
 from rollbackd.daemon.escalation.messages import build_message
 from rollbackd.daemon.escalation.notices import Notice, digest
 from rollbackd.daemon.escalation.settings import Condition, EventKind
-from rollbackd.daemon.escalation.smtp import deliver
 from rollbackd.daemon.journal import Journal, OutboxMail
+from rollbackd.daemon.journal.mail import Mail
 
 log = logging.getLogger("rollbackd.mail")
 
@@ -133,9 +134,9 @@ class Outbox:
 
     async def _send_one(self, mail: OutboxMail) -> str:
         """Try one mail: "sent", "partly" (some recipients refused) or "failed" (none taken)."""
-        to = list(mail.recipients)
         try:
-            refused = await asyncio.to_thread(deliver, self.config.smtp, self._build(mail), to)
+            outcome, refused, session = await asyncio.to_thread(self._send, mail,
+                                                                self._build(mail))
         except (OSError, smtplib.SMTPException) as exc:
             delay = _retry_delay(mail.attempts + 1)
             self.journal.mail.failed(mail.id, f"{type(exc).__name__}: {exc}",
@@ -143,17 +144,52 @@ class Outbox:
             log.warning("mail=%s status=retry in=%.0fs reason=%s", mail.message_id, delay,
                         type(exc).__name__)
             return "failed"
+        if outcome is None:  # the SMTP thread could not journal the answer: the loop does
+            try:
+                outcome = self._accepted(self.journal.mail, mail, refused)
+            finally:
+                if session is not None:
+                    await asyncio.to_thread(smtp.close, session)
+        if outcome == "sent":
+            log.info("mail=%s status=sent recipients=%d subject=%r", mail.message_id,
+                     len(mail.recipients), mail.subject)
+        return outcome
+
+    def _send(self, mail: OutboxMail, msg: Any
+              ) -> tuple[str | None, dict[str, Any], smtplib.SMTP | None]:
+        """In the SMTP thread: send, and journal the server's answer to DATA at once, on a
+        journal connection of this thread's own, before QUIT and before the event loop (busy
+        running a plan, perhaps) hears of it. A crash before that commit sends the mail again,
+        with the same Message-ID: SMTP is at-least-once at this one point (docs/reliability.md).
+
+        Returns the outcome journaled, the refused recipients and, where the thread could not
+        journal it (a PostgreSQL journal, or an error), None and the session, still open, for
+        the event loop to journal the answer and then end it.
+        """
+        with self.journal.own_mail() as mine:  # opened first: nothing between 250 and commit
+            refused, session = smtp.send(self.config.smtp, msg, list(mail.recipients))
+            if mine is None:
+                return None, refused, session
+            try:
+                outcome = self._accepted(mine, mail, refused)
+            except sqlite3.Error as exc:
+                log.warning("mail=%s status=accepted journal=retry-on-loop reason=%r",
+                            mail.message_id, str(exc))
+                return None, refused, session
+            smtp.close(session)
+            return outcome, refused, None
+
+    def _accepted(self, repo: Mail, mail: OutboxMail, refused: dict[str, Any]) -> str:
+        """Journal the server's answer to DATA in `repo`, as one transaction of its own."""
         if refused:
             # Accepted for some: only the refused are tried again, so nobody gets it twice.
             delay = _retry_delay(mail.attempts + 1)
-            self.journal.mail.partly_sent(mail.id, sorted(refused), f"refused: {refused}",
-                                          now_utc() + timedelta(seconds=delay))
+            repo.partly_sent(mail.id, sorted(refused), f"refused: {refused}",
+                             now_utc() + timedelta(seconds=delay))
             log.warning("mail=%s status=partly-sent refused=%d in=%.0fs", mail.message_id,
                         len(refused), delay)
             return "partly"
-        self.journal.mail.sent(mail.id)
-        log.info("mail=%s status=sent recipients=%d subject=%r", mail.message_id, len(to),
-                 mail.subject)
+        repo.sent(mail.id)
         return "sent"
 
     async def flush(self, now: datetime | None = None) -> int:

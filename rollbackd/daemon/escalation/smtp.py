@@ -32,7 +32,8 @@ def _loopback(host: str) -> bool:
 def connect(settings: Any) -> smtplib.SMTP:
     """An open, logged-in SMTP session (the caller closes it; several mails may use it).
 
-    `settings` is rollbackd.daemon.config.SmtpSettings (untyped here: config imports this package).
+    `settings` is rollbackd.daemon.config.SmtpSettings (untyped here: config imports this
+    package).
     """
     s = settings
     login = bool(s.username and s.password_file)
@@ -56,10 +57,30 @@ def connect(settings: Any) -> smtplib.SMTP:
     return smtp
 
 
-def deliver(settings: Any, msg: EmailMessage, recipients: Sequence[str]) -> dict[str, Any]:
-    """Send one message; returns the recipients the server refused (empty: all accepted).
+def send(settings: Any, msg: EmailMessage, recipients: Sequence[str]
+         ) -> tuple[dict[str, Any], smtplib.SMTP]:
+    """Send one message and leave the session open: returns the recipients the server refused
+    (empty: all accepted) and the session, for `close` once the caller has recorded the answer.
 
-    Raises OSError or SMTPException when nothing was accepted: the caller retries later.
+    The server has the message once it answers DATA with 250; a crash from then until the
+    outbox marks it sent makes the outbox send it again (with the same Message-ID). QUIT is
+    one more round trip the outbox need not wait for before marking it.
+
+    Raises OSError or SMTPException when nothing was accepted (the session is closed then):
+    the caller retries later.
     """
-    with connect(settings) as smtp:
-        return dict(smtp.send_message(msg, to_addrs=list(recipients)))
+    smtp = connect(settings)
+    try:
+        return dict(smtp.send_message(msg, to_addrs=list(recipients))), smtp
+    except BaseException:
+        close(smtp)
+        raise
+
+
+def close(smtp: smtplib.SMTP) -> None:
+    """End a session whose message the server has answered: QUIT, or drop the connection; the
+    answer is already recorded, so nothing here can change what was sent."""
+    try:
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        smtp.close()

@@ -54,6 +54,7 @@ class Journal(Repositories):
 
     def __init__(self, path: Path, db: Any = None) -> None:
         self.path = path
+        self._sqlite = db is None
         if db is None:
             db = self._open_sqlite(path)
         self.database = Database(db)
@@ -102,6 +103,20 @@ class Journal(Repositories):
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self.database.tx() as db:
             yield db
+
+    @contextmanager
+    def own_mail(self) -> Iterator[Mail | None]:
+        """The outbox repository on a SQLite connection of its own, for the SMTP thread to
+        journal a mail the moment the server accepts it (the journal's one connection belongs
+        to the event loop); None where the journal is PostgreSQL."""
+        if not self._sqlite:
+            yield None
+            return
+        conn = self._open_sqlite(self.path)
+        try:
+            yield Mail(Database(conn))
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self.db.close()

@@ -493,11 +493,22 @@ class PostgresExecutor(StoreWiring):
                                      "AND datname >= %s ORDER BY datname DESC",
                                      (prefix.replace("_", r"\_") + "%", floor))
             kept = [str(r[0]) for r in await cur.fetchall()]
-            live = await database_exists(conn, self.dbname)
+            cur = await conn.execute("SELECT datallowconn FROM pg_database WHERE datname = %s",
+                                     (self.dbname,))
+            row = await cur.fetchone()
+        live, refusing = row is not None, row is not None and not row[0]
         if not there and kept and live:
             return done(f"{self.dbname} is the restored database (the name {restored} is gone);"
                         f" the replaced one is kept as {kept[0]}")
         stop = command_effect(ctx, "swap_database.stop", since) if self.settings.stop else None
+        if there and not kept and refusing:
+            # The swap had begun (it refuses new sessions, then ends the app's, then renames)
+            # and stopped before its renames: the app cannot connect until a person decides.
+            return unknown(f"{restored} is still waiting beside {self.dbname}, but "
+                           f"{self.dbname} refuses new connections: the swap began and stopped "
+                           "before its renames, so the app may be cut off (approve to swap, or "
+                           f"ALTER DATABASE {self.dbname} WITH ALLOW_CONNECTIONS true to keep "
+                           "it)")
         if there and not kept:
             if stop is None or stop.found is Found.ABSENT:
                 return absent(f"{restored} is still waiting beside {self.dbname}; nothing was "
