@@ -125,12 +125,15 @@ class K8sDeploymentProbe(BaseProbe[K8sDeploymentSettings]):
 
         progressing: dict[str, Any] = next((c for c in st.get("conditions") or []
                             if c.get("type") == "Progressing"), {})
-        if progressing.get("reason") == "ProgressDeadlineExceeded":
-            return fail(f"rollout exceeded its progress deadline: {progressing.get('message', '')}")
         problems = pod_problems(pods)
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        pods_say = "; ".join(problems[:2]) + more
+        if progressing.get("reason") == "ProgressDeadlineExceeded":
+            # Why it stalled is what a person needs next: the pods' own trouble, when they say.
+            return fail(f"rollout exceeded its progress deadline: {progressing.get('message', '')}"
+                        + (f"; {pods_say}" if problems else ""))
         if problems:
-            more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
-            return fail("; ".join(problems[:2]) + more)
+            return fail(pods_say)
         if available < want:
             return fail(f"only {available} of {want} replicas available")
         return self.ok(f"{s.deployment}: {figures}.", started, revision, metrics)

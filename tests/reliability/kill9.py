@@ -156,12 +156,12 @@ def walk(d: DaemonProcess, smtp: SmtpSink, point: str, steps: list[str],
             reason = str(incident_row(d)["held_reason"])
             assert f"step {crashed} was interrupted" in reason
             # The person is told what was found, and the mail is out before they act.
-            seen = str(settled["detail"]).split(": ", 1)[1]
-            assert seen in reason, (seen, reason)
+            told = str(settled["detail"]).split(": ", 1)[1]
+            assert told in reason, (told, reason)
             wait_for(lambda: sum("HELD" in s for s in smtp.subjects) == w.holds
                      and not unsent(d), 20, f"held mail after {crashed}")
             mail = held_mail(smtp, w.incident, step_id)
-            assert f"step {crashed} was found {what.split()[-1].upper()}: {seen}" in mail, mail
+            assert f"step {crashed} was found {what.split()[-1].upper()}: {told}" in mail, mail
             approve(d, w.incident)
         if following:
             assert wait_exit(d, 60, f"the kill {point} {following}") == SIGKILLED
