@@ -42,6 +42,9 @@ class _Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self.heard = False
         """Any byte came in since the current request was sent."""
+        self.first = b""
+        """The request, written as soon as the connection is made: with TLS 1.3 it leaves in
+        the same packet as the handshake's last message, not in one of its own."""
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
 
@@ -50,6 +53,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.first:
+            transport.write(self.first)
+            self.first = b""
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
@@ -80,10 +86,13 @@ class _Connection(asyncio.Protocol):
         return (not self.eof and not self.lost and self.h11.our_state is h11.IDLE
                 and not self.h11.trailing_data[0])
 
-    def send(self, *events: h11.Event) -> None:
-        assert self.transport is not None
+    def encode(self, events: list[h11.Event]) -> bytes:
         self.heard = False
-        self.transport.write(b"".join(self.h11.send(e) or b"" for e in events))
+        return b"".join(self.h11.send(e) or b"" for e in events)
+
+    def send(self, events: list[h11.Event]) -> None:
+        assert self.transport is not None
+        self.transport.write(self.encode(events))
 
     async def next_event(self) -> h11.Event:
         while True:
@@ -116,9 +125,16 @@ class _Connection(asyncio.Protocol):
                                             "message body")
         self.h11.receive_data(b"")
 
-    def close(self) -> None:
-        if self.transport is not None:
+    def close(self, graceful: bool = False) -> None:
+        """Graceful: a TLS close_notify first, for a server still waiting for the next request.
+        Otherwise the socket just closes: the server is gone or closing (it said so), the
+        exchange failed, or a body past the cap would otherwise be read on (to its end)."""
+        if self.transport is None:
+            return
+        if graceful and not (self.eof or self.lost):
             self.transport.close()
+        else:
+            self.transport.abort()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -159,9 +175,10 @@ class ProbeTransport(httpx.AsyncBaseTransport):
         self._heads = (request, head)
         return head
 
-    async def _connect(self, url: httpx.URL) -> _Connection:
+    async def _connect(self, url: httpx.URL, events: list[h11.Event]) -> _Connection:
         loop = asyncio.get_running_loop()
         conn = _Connection(loop)
+        conn.first = conn.encode(events)
         host = url.raw_host.decode("ascii")
         https = url.scheme == "https"
         if https and self._tls is None:
@@ -175,25 +192,35 @@ class ProbeTransport(httpx.AsyncBaseTransport):
         return conn
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        head, body = self._head(request), await request.aread()
+        body = await request.aread()
+        events: list[h11.Event] = [self._head(request)]
+        if body:
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
         kept, self._kept = self._kept, None
         if kept is not None and not kept.reusable:
-            kept.close()
+            kept.close(graceful=True)
             kept = None
-        conn = kept or await self._connect(request.url)
+        conn = kept
         try:
+            if conn is None:
+                conn = await self._connect(request.url, events)
+            else:
+                conn.send(events)
             try:
-                event = await self._exchange(conn, head, body)
+                event = await self._response(conn)
             except httpx.TransportError:
                 # A kept connection the server closed as this request went out: once more, on
                 # a new one, when nothing came back and sending again cannot do harm.
                 if conn is not kept or conn.heard or request.method not in IDEMPOTENT:
                     raise
                 conn.close()
-                conn = await self._connect(request.url)
-                event = await self._exchange(conn, head, body)
+                conn = None
+                conn = await self._connect(request.url, events)
+                event = await self._response(conn)
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise
         return httpx.Response(
             event.status_code, headers=event.headers, stream=_Body(conn, self),
@@ -201,11 +228,7 @@ class ProbeTransport(httpx.AsyncBaseTransport):
             request=request)
 
     @staticmethod
-    async def _exchange(conn: _Connection, head: h11.Request, body: bytes) -> h11.Response:
-        events: list[h11.Event] = [head]
-        if body:
-            events.append(h11.Data(data=body))
-        conn.send(*events, h11.EndOfMessage())
+    async def _response(conn: _Connection) -> h11.Response:
         while True:
             event = await conn.next_event()
             if isinstance(event, h11.Response):
@@ -220,14 +243,14 @@ class ProbeTransport(httpx.AsyncBaseTransport):
             conn.h11.start_next_cycle()
             if conn.reusable:
                 if self._kept is not None:
-                    self._kept.close()
+                    self._kept.close(graceful=True)
                 self._kept = conn
                 return
-        conn.close()
+        conn.close(graceful=complete and conn.h11.their_state is h11.DONE)
 
     async def aclose(self) -> None:
         if self._kept is not None:
-            self._kept.close()
+            self._kept.close(graceful=True)
             self._kept = None
 
 
