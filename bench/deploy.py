@@ -37,7 +37,7 @@ GOALS = {"docker": 10.0, "git": 15.0, "kubernetes": 5.0}
 
 
 def _daemon(work: Path, text: str) -> Any:
-    from daemon.config import load_config
+    from rollbackd.daemon.config import load_config
     from tests.conftest import DaemonProcess
 
     path = work / "rollbackd.toml"
@@ -72,7 +72,7 @@ def _timings(show: dict[str, Any]) -> dict[str, float]:
 
 
 def run_git(work: Path, smtp_port: int) -> dict[str, float]:
-    from daemon.demo.workspace import Workspace
+    from rollbackd.daemon.demo.workspace import Workspace
     from tests.conftest import known_good, wait_for
 
     ws = Workspace.create(work / "ws")

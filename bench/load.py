@@ -108,8 +108,8 @@ async def _serve(port: int, storm: Path) -> None:
 
 def _daemon(lag_file: Path, argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    from daemon.cli import main
-    from daemon.metrics.instruments import Metrics
+    from rollbackd.daemon.cli import main
+    from rollbackd.daemon.metrics.instruments import Metrics
 
     lags: list[tuple[float, float]] = []
     original = Metrics.scheduler_ran

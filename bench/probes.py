@@ -81,8 +81,8 @@ def _daemon(lag_file: Path, profile: str | None, realtime: bool, argv: list[str]
     sys.path.insert(0, str(ROOT))
     if realtime:  # before any thread starts: every thread of the daemon inherits it
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    from daemon.cli import main
-    from daemon.metrics.instruments import Metrics
+    from rollbackd.daemon.cli import main
+    from rollbackd.daemon.metrics.instruments import Metrics
 
     lags: list[tuple[float, float]] = []
     original = Metrics.scheduler_ran
@@ -212,7 +212,7 @@ def _histogram_quantile(before: dict[str, float], after: dict[str, float], q: fl
 
 
 def _quantile(values: list[float], q: float) -> float:
-    """Nearest rank, as policies/latency.py computes it."""
+    """Nearest rank, as rollbackd/policies/latency.py computes it."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 

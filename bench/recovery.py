@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.backup.files import checksum, copy_hashed, fsync_file  # noqa: E402
-from daemon.backup.sqlite import check_copy  # noqa: E402
-from daemon.backup.sqlite_copy import online_backup_blocking as online_backup  # noqa: E402
-from daemon.rollback.data_settings import SqliteDatabase  # noqa: E402
-from daemon.rollback.sqlite_restore import SqliteExecutor  # noqa: E402
+from rollbackd.daemon.backup.files import checksum, copy_hashed, fsync_file  # noqa: E402
+from rollbackd.daemon.backup.sqlite import check_copy  # noqa: E402
+from rollbackd.daemon.backup.sqlite_copy import online_backup_blocking as online_backup  # noqa: E402
+from rollbackd.daemon.rollback.data_settings import SqliteDatabase  # noqa: E402
+from rollbackd.daemon.rollback.sqlite_restore import SqliteExecutor  # noqa: E402
 
 BACKUP_GOAL = 3.0
 CRITICAL_GOAL = 0.010

@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from pytest_postgresql.executors import PostgreSQLExecutor  # noqa: E402
 
-from daemon.backup.store import BackupStore  # noqa: E402
-from daemon.journal.store import Journal  # noqa: E402
-from daemon.rollback.data_settings import PostgresDatabase  # noqa: E402
-from daemon.rollback.postgres_restore import PostgresExecutor  # noqa: E402
+from rollbackd.daemon.backup.store import BackupStore  # noqa: E402
+from rollbackd.daemon.journal.store import Journal  # noqa: E402
+from rollbackd.daemon.rollback.data_settings import PostgresDatabase  # noqa: E402
+from rollbackd.daemon.rollback.postgres_restore import PostgresExecutor  # noqa: E402
 from tests.infra.fixtures import _pg_ctl_for_this_user  # noqa: E402
 from tests.infra.services import free_port  # noqa: E402
 

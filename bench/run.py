@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The repository first, never bench/ itself: bench/probes.py would shadow the probes package.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from daemon.drills.text import columns  # noqa: E402
+from rollbackd.daemon.drills.text import columns  # noqa: E402
 
 SECTIONS = ("detect", "recover", "backup", "overhead", "peer", "load", "takeover")
 PROBE_COUNTS = (50, 200, 1000)
@@ -72,7 +72,7 @@ def _s(v: float) -> str:
 
 
 async def _detect(runs: int, docker: bool) -> list[tuple[str, ...]]:
-    from daemon.demo.run import DemoSession
+    from rollbackd.daemon.demo.run import DemoSession
 
     work = Path(tempfile.mkdtemp(prefix="rollbackd-bench-detect-"))
     found: dict[str, list[Any]] = {}

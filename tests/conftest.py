@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from daemon.control.ctl import request
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.control.ctl import request
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 
 pytest_plugins = ["tests.infra.fixtures"]
 
@@ -86,7 +86,7 @@ class DaemonProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
             )
         wait_for(lambda: self.alive_and_answering(), 20, f"daemon ready\n{self.log_text()}")
@@ -145,7 +145,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
               name: str = "rollbackd.toml") -> DaemonProcess:
         config = tmp_path / name
         config.write_text(config_text)
-        from daemon.config import load_config
+        from rollbackd.daemon.config import load_config
 
         cfg = load_config(config)
         d = DaemonProcess(config, cfg.daemon.socket, cfg.daemon.state_dir,

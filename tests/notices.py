@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.escalation.notices import Notice, NoticeKind
+from rollbackd.daemon.escalation.notices import Notice, NoticeKind
 
 
 def notice(incident_id: int | None, event: str, subject: str = "s", body: str = "b") -> Notice:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# Modules of probes/ that every kind may use: they are not kinds.
+# Modules of rollbackd/probes/ that every kind may use: they are not kinds.
 PROBE_HELPERS = {"__init__", "base", "http", "http_transport", "json_fields", "observation",
                  "registry"}
 
@@ -22,6 +22,6 @@ def _contract(name_start: str) -> dict[str, Any]:
 def test_the_independence_contract_names_every_probe_kind() -> None:
     """A new kind is independent of the others from its first commit (the contract lists the
     kinds by name, so a kind missing from the list would escape it)."""
-    kinds = {f"probes.{p.stem}" for p in (ROOT / "probes").glob("*.py")
+    kinds = {f"rollbackd.probes.{p.stem}" for p in (ROOT / "rollbackd" / "probes").glob("*.py")
              if p.stem not in PROBE_HELPERS}
     assert set(_contract("probe kinds are independent")["modules"]) == kinds

@@ -1,4 +1,4 @@
-"""No import cycles among the modules of daemon/, probes/ and policies/.
+"""No import cycles among the modules of rollbackd/daemon/, rollbackd/probes/ and rollbackd/policies/.
 
 Imports are read with `ast`, not by importing: every `import` and `from ... import` statement
 counts, at module level, inside functions and under `if TYPE_CHECKING:` alike, since each one
@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("daemon", "probes", "policies")
-# The sample app's source is copied into a deployment, never imported as part of daemon/.
-NOT_MODULES = (ROOT / "daemon" / "demo" / "sampleapp" / "template",)
+PACKAGES = ("rollbackd/daemon", "rollbackd/probes", "rollbackd/policies")
+# The sample app's source is copied into a deployment, never imported as part of rollbackd/daemon/.
+NOT_MODULES = (ROOT / "rollbackd" / "daemon" / "demo" / "sampleapp" / "template",)
 
 
 def module_files() -> dict[str, Path]:

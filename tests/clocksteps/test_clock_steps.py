@@ -46,9 +46,9 @@ def run_stepped(shim: Path, offset_file: Path, code: str) -> dict[str, Any]:
 STEP_MID_RUN = """
     import json, sys, time
     from datetime import timedelta
-    from daemon.clock import now_utc, stepped
-    from policies.decision import History
-    from policies.settings import PolicySettings
+    from rollbackd.daemon.clock import now_utc, stepped
+    from rollbackd.policies.decision import History
+    from rollbackd.policies.settings import PolicySettings
     step, path = float(sys.argv[1]) if len(sys.argv) > 1 else {step}, {path!r}
     before_ours, before_wall = now_utc(), time.time()
     open(path, "w").write(str(step))
@@ -80,7 +80,7 @@ def test_a_step_while_running_moves_no_duration(shim: Path, tmp_path: Path,
 RUN = """
     import json, sys, time
     from pathlib import Path
-    from daemon.clock import CLOCK, now_utc
+    from rollbackd.daemon.clock import CLOCK, now_utc
     how = CLOCK.continue_from(Path({state!r}))
     print(json.dumps({{"how": how, "ours": now_utc().timestamp(), "wall": time.time()}}))
 """
@@ -104,7 +104,7 @@ def test_a_step_while_the_daemon_was_down_moves_no_duration(shim: Path, tmp_path
 MARKED = """
     import json, time
     from pathlib import Path
-    from daemon.journal import Journal
+    from rollbackd.daemon.journal import Journal
     j = Journal(Path({db!r}))
     inc = j.incidents.open("web", "app_down", "x", None, {{}})
     j.incidents.add_event(inc, "before", "no step yet")
@@ -128,7 +128,7 @@ def test_events_written_during_a_step_say_so(shim: Path, tmp_path: Path) -> None
 def test_a_stored_time_in_the_future_counts_as_now() -> None:
     from datetime import timedelta
 
-    from daemon.clock import now_utc, reconcile
+    from rollbackd.daemon.clock import now_utc, reconcile
 
     now = now_utc()
     assert reconcile(now + timedelta(hours=2), now) == now

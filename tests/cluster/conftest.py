@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 
@@ -148,7 +148,7 @@ class Cluster:
     def start(self, name: str, text: str) -> Instance:
         config = self.root / f"{name}.toml"
         config.write_text(text)
-        from daemon.config import load_config
+        from rollbackd.daemon.config import load_config
 
         cfg = load_config(config)
         d = DaemonProcess(config, cfg.daemon.socket, cfg.daemon.state_dir,

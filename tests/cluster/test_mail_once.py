@@ -10,12 +10,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.cluster.mail import ClaimingOutbox
-from daemon.cluster.session import SCHEMA
-from daemon.config import Config, parse_config
-from daemon.journal.claims import MailClaims
-from daemon.journal.pg import PgConnection, open_pg_journal
-from daemon.journal.store import Journal
+from rollbackd.daemon.cluster.mail import ClaimingOutbox
+from rollbackd.daemon.cluster.session import SCHEMA
+from rollbackd.daemon.config import Config, parse_config
+from rollbackd.daemon.journal.claims import MailClaims
+from rollbackd.daemon.journal.pg import PgConnection, open_pg_journal
+from rollbackd.daemon.journal.store import Journal
 from tests.conftest import SmtpSink
 from tests.notices import notice
 

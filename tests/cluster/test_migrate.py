@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from daemon.cli import main
-from daemon.journal.pg import open_pg_journal
-from daemon.journal.store import Journal
-from policies.breaker import Breaker, BreakerMode
-from policies.ledger import LedgerEntry
-from policies.overrides import Override, OverrideKind
+from rollbackd.daemon.cli import main
+from rollbackd.daemon.journal.pg import open_pg_journal
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.policies.breaker import Breaker, BreakerMode
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.overrides import Override, OverrideKind
 from tests.cluster.conftest import dsn_file
 
 T0 = datetime(2024, 5, 1, 3, 0, 0, 123000, tzinfo=UTC)

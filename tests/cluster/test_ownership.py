@@ -77,7 +77,7 @@ def test_a_second_instance_gets_its_share_when_it_joins(cluster: Cluster) -> Non
 
 
 def test_status_renders_the_owner_column(cluster: Cluster) -> None:
-    from daemon.control.ctl_output import human
+    from rollbackd.daemon.control.ctl_output import human
 
     c = cluster
     a = c.start("a", c.config("a"))

@@ -1,5 +1,5 @@
 """The journal's semantics on both backends: the same scenarios on a real SQLite file and on a
-real PostgreSQL database (through daemon/journal/pg.py), plus what only PostgreSQL needs."""
+real PostgreSQL database (through rollbackd/daemon/journal/pg.py), plus what only PostgreSQL needs."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon.journal import Journal, JournalError
-from daemon.journal.audit import plain_digest
-from daemon.journal.freshness import JournalBackups
-from daemon.journal.pg import PgConnection, open_pg_journal, translate, translate_ddl
-from daemon.journal.schema import MIGRATIONS
-from policies.breaker import Breaker, BreakerMode
-from policies.ledger import LedgerEntry
-from policies.lifecycle import OPEN_STATES
-from policies.overrides import Override, OverrideKind
-from probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings
-from probes.observation import Status, Symptom
-from probes.registry import build_probe
+from rollbackd.daemon.journal import Journal, JournalError
+from rollbackd.daemon.journal.audit import plain_digest
+from rollbackd.daemon.journal.freshness import JournalBackups
+from rollbackd.daemon.journal.pg import PgConnection, open_pg_journal, translate, translate_ddl
+from rollbackd.daemon.journal.schema import MIGRATIONS
+from rollbackd.policies.breaker import Breaker, BreakerMode
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.lifecycle import OPEN_STATES
+from rollbackd.policies.overrides import Override, OverrideKind
+from rollbackd.probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings
+from rollbackd.probes.observation import Status, Symptom
+from rollbackd.probes.registry import build_probe
 
 T0 = datetime(2024, 5, 1, 3, 0, 0, 123000, tzinfo=UTC)
 Opener = Callable[[], Journal]
@@ -424,7 +424,7 @@ def test_translation() -> None:
 def test_metrics_read_the_postgresql_journal(pg_dsn: str, tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from daemon.journal.backend import PgJournalCollector
+    from rollbackd.daemon.journal.backend import PgJournalCollector
 
     j = open_pg_journal(pg_dsn, tmp_path)
     try:

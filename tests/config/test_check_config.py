@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
-from daemon.config_check import config_warnings, missing_extras
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.config_check import config_warnings, missing_extras
 from tests.config.test_cli import run
 
 PROBE = """\
@@ -171,7 +171,7 @@ def test_missing_extra_is_an_error_naming_the_extra(no_kubernetes: None) -> None
 
 def test_demo_without_the_demo_extra_names_it(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from daemon.cli import main
+    from rollbackd.daemon.cli import main
 
     for name in [m for m in sys.modules if m.split(".")[0] == "flask"]:
         monkeypatch.delitem(sys.modules, name)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config, ConfigError, load_config, parse_config
-from daemon.secrets import SecretValue, load_secret
-from policies.settings import PolicySettings
+from rollbackd.daemon.config import Config, ConfigError, load_config, parse_config
+from rollbackd.daemon.secrets import SecretValue, load_secret
+from rollbackd.policies.settings import PolicySettings
 
 PROBE = """\
 [targets.grading.probes.health]
@@ -101,7 +101,7 @@ def test_test_restore_period_is_daily_by_default_and_0_turns_it_off(line: str,
 
 
 def test_full_workspace_config_is_valid(tmp_path: Path) -> None:
-    from daemon.demo.workspace import Workspace
+    from rollbackd.daemon.demo.workspace import Workspace
 
     ws = Workspace(tmp_path, 18080)
     config = parse_config(ws.config_toml(2525), "ws.toml")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
-from daemon.rollback.data_settings import PostgresDatabase
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.rollback.data_settings import PostgresDatabase
 
 PROBE = """\
 [targets.grading.probes.health]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Config
-from daemon.config_reference import (
+from rollbackd.daemon.config import Config
+from rollbackd.daemon.config_reference import (
     EXAMPLES,
     REFERENCE,
     load_examples,
@@ -24,7 +24,7 @@ CREDENTIALS = {"smtp-password": "an smtp password", "shop-db-dsn":
 
 def test_reference_is_up_to_date() -> None:
     assert REFERENCE.read_text() == reference_markdown(load_examples()), (
-        "docs/config-reference.md is stale: run `python -m daemon.config_reference`")
+        "docs/config-reference.md is stale: run `python -m rollbackd.daemon.config_reference`")
 
 
 def test_every_key_has_a_meaning() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import parse_config
-from daemon.reload_diff import as_applied, unapplied
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.reload_diff import as_applied, unapplied
 
 PROBE = '[targets.web.probes.health]\nkind = "http_health"\nurl = "http://127.0.0.1:9/"\n'
 

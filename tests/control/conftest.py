@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess
 
 ROLLBACKCTL = str(Path(sys.executable).parent / "rollbackctl")

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.config import parse_config
-from daemon.demo.sampleapp import scaffold
-from daemon.refusal import Refused
-from daemon.rollback.accounts import LOCKED_FOREVER, Accounts
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.demo.sampleapp import scaffold
+from rollbackd.daemon.refusal import Refused
+from rollbackd.daemon.rollback.accounts import LOCKED_FOREVER, Accounts
 
 
 @pytest.fixture

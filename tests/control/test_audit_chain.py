@@ -9,7 +9,7 @@ from contextlib import closing
 
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink
 from tests.control.conftest import audit_rows, rollbackctl
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from daemon.control.commands import COMMANDS, Command, audit_refused, dispatch
-from daemon.control.server import Peer
-from daemon.journal import Journal
+from rollbackd.daemon.control.commands import COMMANDS, Command, audit_refused, dispatch
+from rollbackd.daemon.control.server import Peer
+from rollbackd.daemon.journal import Journal
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink, wait_for
 from tests.control.conftest import database, login, ok_json, rollbackctl, seed
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.backup.base import mib
-from daemon.backup.files import free_bytes
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.backup.base import mib
+from rollbackd.daemon.backup.files import free_bytes
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import SmtpSink, wait_for
 from tests.control.conftest import ok_json, rollbackctl
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.demo.workspace import Workspace
-from daemon.journal.store import Journal
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.journal.store import Journal
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.control.conftest import audit_rows, ok_json, rollbackctl
 

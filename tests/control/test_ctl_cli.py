@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.control.ctl import version
-from daemon.control.ctl_docs import ROOT, generated
-from daemon.control.ctl_format import ago, duration, local_time, size
+from rollbackd.daemon.control.ctl import version
+from rollbackd.daemon.control.ctl_docs import ROOT, generated
+from rollbackd.daemon.control.ctl_format import ago, duration, local_time, size
 from tests.conftest import DaemonProcess, wait_for
 from tests.control.conftest import ROLLBACKCTL, rollbackctl
 
@@ -173,7 +173,7 @@ def test_completion_and_man_pages_are_generated_from_the_parsers() -> None:
         "share/zsh/site-functions/_rollbackctl", "share/zsh/site-functions/_rollbackd"]
     for rel, text in files.items():
         assert (ROOT / rel).read_text() == text, (
-            f"{rel} is stale: run `python -m daemon.control.ctl_docs`")
+            f"{rel} is stale: run `python -m rollbackd.daemon.control.ctl_docs`")
     assert "--scenario" in files[Path("share/zsh/site-functions/_rollbackctl")]
     assert "known\\-good" in files[Path("share/man/man1/rollbackctl.1")]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 from tests.control.conftest import accounts_section, login, ok_json, rollbackctl, seed
 

@@ -8,7 +8,7 @@ from contextlib import closing
 import httpx
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.control.conftest import audit_rows, ok_json, rollbackctl
 

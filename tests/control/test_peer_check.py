@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.control.server import ControlServer, ControlSetupError, Peer
+from rollbackd.daemon.control.server import ControlServer, ControlSetupError, Peer
 
 STAFF = grp.getgrnam("staff").gr_gid
 

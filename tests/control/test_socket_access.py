@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink
 from tests.control.conftest import audit_rows
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # root, imports rollbackctl, then drops to nobody with the given groups before it connects.
 AS_NOBODY = f"""\
 import os, sys
-from daemon.control import ctl
+from rollbackd.daemon.control import ctl
 ctl.build_parser().format_help()  # argparse and gettext import lazily; warm them as root
 groups = [int(g) for g in sys.argv[1].split(",") if g]
 os.setgroups(groups)
@@ -104,7 +104,7 @@ def test_a_missing_group_is_named_at_start(workspace: Workspace, smtp: SmtpSink,
     config = tmp_path / "rollbackd.toml"
     config.write_text(workspace.config_toml(smtp.port, extra=extra))
     for argv in (["check-config", str(config)], ["run", "--config", str(config)]):
-        out = subprocess.run([sys.executable, "-m", "daemon.cli", *argv], capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "rollbackd.daemon.cli", *argv], capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 2, (argv, out.stdout, out.stderr)
         assert f"{config}: {key}: no group named 'no-such-group' on this host" in out.stderr

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.journal import Journal, JournalError
-from daemon.journal.audit import load_key, plain_digest
-from daemon.journal.schema import AUDIT_KEYED, MIGRATIONS
+from rollbackd.daemon.journal import Journal, JournalError
+from rollbackd.daemon.journal.audit import load_key, plain_digest
+from rollbackd.daemon.journal.schema import AUDIT_KEYED, MIGRATIONS
 
 
 @pytest.fixture(autouse=True)

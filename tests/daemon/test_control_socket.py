@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from daemon.control.ctl import request
-from daemon.control.protocol import MAX_DEPTH
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.control.ctl import request
+from rollbackd.daemon.control.protocol import MAX_DEPTH
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing uid needs ro
 # then touches the socket: SO_PEERCRED sees uid 65534.
 _DROP = f"""\
 import json, locale, os, socket, sys
-from daemon.control import ctl
+from rollbackd.daemon.control import ctl
 ctl.build_parser().format_help()  # argparse and gettext import lazily; warm them as root
 os.setgroups([])
 os.setgid({NOBODY})

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from daemon.journal import Journal
-from daemon.monitor import journal_history
-from policies.breaker import record_failure
-from policies.classify import IncidentClass
-from policies.decision import Action, decide
-from policies.ledger import LedgerEntry
-from policies.overrides import Override, OverrideKind
-from policies.plans import Capability, Component, StepSpec
-from policies.settings import PolicySettings
-from policies.targets import Facts
+from rollbackd.daemon.journal import Journal
+from rollbackd.daemon.monitor import journal_history
+from rollbackd.policies.breaker import record_failure
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.decision import Action, decide
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.overrides import Override, OverrideKind
+from rollbackd.policies.plans import Capability, Component, StepSpec
+from rollbackd.policies.settings import PolicySettings
+from rollbackd.policies.targets import Facts
 
 GOOD, BAD = "a" * 40, "b" * 40
 STEPS = (StepSpec("git_checkout", True, component=Component.DEPLOYMENT),)

@@ -17,7 +17,7 @@ DAEMON = textwrap.dedent("""
     import os, signal, sys, threading, time
     from pathlib import Path
 
-    from daemon.cli import main
+    from rollbackd.daemon.cli import main
 
     trigger, out = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -66,8 +66,8 @@ def test_an_idle_daemon_with_one_http_target_loads_no_other_kinds_libraries(
                 daemon.wait()
     assert daemon.returncode == 0, output.decode(errors="replace")[-2000:]
     modules = out.read_text().split()
-    assert "probes.http_health" in modules
+    assert "rollbackd.probes.http_health" in modules
     loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert loaded == []
     # The other kinds' probe modules are not even imported (only their settings' modules).
-    assert "probes.http_transport" in modules and "h11" in modules
+    assert "rollbackd.probes.http_transport" in modules and "h11" in modules

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.journal import Journal, JournalError
-from daemon.journal.schema import MIGRATIONS
-from policies.breaker import Breaker, BreakerMode
-from policies.ledger import LedgerEntry
-from policies.lifecycle import OPEN_STATES
+from rollbackd.daemon.journal import Journal, JournalError
+from rollbackd.daemon.journal.schema import MIGRATIONS
+from rollbackd.policies.breaker import Breaker, BreakerMode
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.lifecycle import OPEN_STATES
 
 T0 = datetime(2024, 5, 1, 3, 0, 0, 123000, tzinfo=UTC)
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from daemon.config import Config, parse_config
-from daemon.demo.workspace import free_port
-from daemon.escalation.outbox import Outbox, _retry_delay
-from daemon.journal.store import Journal
+from rollbackd.daemon.config import Config, parse_config
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.daemon.escalation.outbox import Outbox, _retry_delay
+from rollbackd.daemon.journal.store import Journal
 from tests.notices import notice
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
@@ -222,7 +222,7 @@ async def test_mail_without_an_incident_is_not_threaded(
 def test_importing_the_outbox_warns_nothing() -> None:
     # A fresh interpreter: this module has imported it already. (It once used tenacity's
     # deprecated `initial=`, which broke every in-process import under warnings-as-errors.)
-    out = subprocess.run([sys.executable, "-W", "error", "-c", "import daemon.escalation.outbox"],
+    out = subprocess.run([sys.executable, "-W", "error", "-c", "import rollbackd.daemon.escalation.outbox"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 

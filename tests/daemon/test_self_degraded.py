@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.control.ctl import request
-from daemon.control.protocol import REQUEST_TIMEOUT
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.control.ctl import request
+from rollbackd.daemon.control.protocol import REQUEST_TIMEOUT
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     d = DaemonProcess(config, state / "control.sock", state, tmp_path / "daemon.log")
     with open(d.log, "ab") as log:
         d.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=_lower_nofile)
     e = Env(ws, smtp, d, f"http://{metrics}/metrics")
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.escalation.notices import Notice, NoticeKind
-from daemon.selfcheck import REASONS, Limits, SelfCheck, own_fault, raise_fd_limit
-from probes.observation import Observation, Status, Symptom
+from rollbackd.daemon.escalation.notices import Notice, NoticeKind
+from rollbackd.daemon.selfcheck import REASONS, Limits, SelfCheck, own_fault, raise_fd_limit
+from rollbackd.probes.observation import Observation, Status, Symptom
 
 
 class Clock:

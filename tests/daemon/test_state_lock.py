@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo.workspace import Workspace
-from daemon.statelock import LOCK_NAME, StateDirInUse, StateLock
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.statelock import LOCK_NAME, StateDirInUse, StateLock
 from tests.conftest import DaemonProcess, SmtpSink
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def first(tmp_path: Path) -> Iterator[DaemonProcess]:
 
 
 def run_second(d: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(d.config)],
+    return subprocess.run([sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(d.config)],
                           capture_output=True, text=True, timeout=60)
 
 

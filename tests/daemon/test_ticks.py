@@ -1,4 +1,4 @@
-"""Probe runs in ticks (daemon/ticks.py): probes of one phase slot start together, each in a task
+"""Probe runs in ticks (rollbackd/daemon/ticks.py): probes of one phase slot start together, each in a task
 of its own, with the lag of its own start; a slot's job goes with its last probe; the cluster's
 wrap reaches every probe run and unschedule() removes exactly what schedule() returned."""
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from daemon.metrics import Metrics
-from daemon.scheduler import ProbeScheduler
-from daemon.ticks import TICK
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.scheduler import ProbeScheduler
+from rollbackd.daemon.ticks import TICK
 
 
 def fake_monitor(name: str, probes: dict[str, float],

@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
-from daemon.rollback.base import StepFailed
-from daemon.rollback.deploy_settings import DockerDeployment
-from daemon.rollback.docker import on_spare_port, recreate_body
-from daemon.rollback.kubernetes import rollback_patch, rollout_status, rs_for_revision
-from probes.k8s_deployment import selector_string
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.rollback.base import StepFailed
+from rollbackd.daemon.rollback.deploy_settings import DockerDeployment
+from rollbackd.daemon.rollback.docker import on_spare_port, recreate_body
+from rollbackd.daemon.rollback.kubernetes import rollback_patch, rollout_status, rs_for_revision
+from rollbackd.probes.k8s_deployment import selector_string
 
 IMAGE = {"Config": {"Env": ["PATH=/bin", "LANG=C"], "Entrypoint": ["/app/run"], "Cmd": None,
                     "WorkingDir": "/", "Labels": {"org.image": "v2"}}}

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import GitDeployment
-from daemon.rollback.base import StepContext, StepFailed, StepHeld
-from daemon.rollback.git_service import GitServiceExecutor
-from policies.classify import IncidentClass
-from policies.plans import Component, Plan, PlanKind
+from rollbackd.daemon.config import GitDeployment
+from rollbackd.daemon.rollback.base import StepContext, StepFailed, StepHeld
+from rollbackd.daemon.rollback.git_service import GitServiceExecutor
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Component, Plan, PlanKind
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false",
        "-c", "init.defaultBranch=main"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.demo.workspace import BROKEN_PATCH, Workspace
+from rollbackd.daemon.demo.workspace import BROKEN_PATCH, Workspace
 from tests.conftest import SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -9,9 +9,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from probes.docker_container import DockerContainerProbe, DockerContainerSettings
-from probes.k8s_deployment import K8sDeploymentProbe, K8sDeploymentSettings
-from probes.observation import Observation, Status, Symptom
+from rollbackd.probes.docker_container import DockerContainerProbe, DockerContainerSettings
+from rollbackd.probes.k8s_deployment import K8sDeploymentProbe, K8sDeploymentSettings
+from rollbackd.probes.observation import Observation, Status, Symptom
 from tests.conftest import wait_for
 from tests.deploy.apps import DockerApp, build
 from tests.fakes.k8s_api import FakeKubernetes

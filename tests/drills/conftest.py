@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
+from rollbackd.daemon.demo.workspace import SLOW_HEALTH, Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 
 

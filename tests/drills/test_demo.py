@@ -35,7 +35,7 @@ def demo(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float
     docker_client().close()  # the engine must be there: fail (with how to start it), never skip
     env = {**os.environ, "DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "TMPDIR": str(tmp)}
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "daemon.cli", "demo", *args], env=env,
+    res = subprocess.run([sys.executable, "-m", "rollbackd.daemon.cli", "demo", *args], env=env,
                          capture_output=True, text=True, timeout=170)
     return res, time.monotonic() - started
 

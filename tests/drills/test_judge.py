@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from daemon.drills import procedure
-from daemon.drills.health import Snapshot
-from daemon.drills.procedure import DrillContext, _judge
-from daemon.drills.record import FAILED, PASSED, DrillRun, ScenarioRun, now_utc
-from daemon.journal.store import Journal
-from policies.lifecycle import State
+from rollbackd.daemon.drills import procedure
+from rollbackd.daemon.drills.health import Snapshot
+from rollbackd.daemon.drills.procedure import DrillContext, _judge
+from rollbackd.daemon.drills.record import FAILED, PASSED, DrillRun, ScenarioRun, now_utc
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.policies.lifecycle import State
 
 BEFORE = Snapshot(version="a" * 40, revision="0003", key="fp1",
                   rows={"users": 12, "grades": 40}, probes={"health": "ok", "login": "ok"},

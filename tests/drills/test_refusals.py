@@ -29,7 +29,7 @@ def test_a_target_not_marked_staging_is_refused_with_a_clear_error(
     assert reply["ok"] is False and reply["code"] == "not_staging", reply
     assert "grading is not marked staging" in reply["error"]
     assert "staging = true" in reply["error"]
-    res = subprocess.run([sys.executable, "-m", "daemon.control.ctl", "--socket",
+    res = subprocess.run([sys.executable, "-m", "rollbackd.daemon.control.ctl", "--socket",
                           str(st.d.socket), "drill", "grading"], capture_output=True, text=True,
                          timeout=30)
     assert res.returncode == 1 and "not marked staging" in res.stderr, res

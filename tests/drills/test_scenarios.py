@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.drills.conftest import Staging
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,7 @@ def scrape(staging: Staging) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 def test_app_down_drill_by_rollbackctl_passes_with_report_and_metrics(staging: Staging) -> None:
     ws, d = staging.ws, staging.d
     good, branch_tip = ws.head(), ws.git("rev-parse", "main")
-    res = subprocess.run([sys.executable, "-m", "daemon.control.ctl", "--socket", str(d.socket),
+    res = subprocess.run([sys.executable, "-m", "rollbackd.daemon.control.ctl", "--socket", str(d.socket),
                           "drill", "grading", "--scenario", "app_down"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, (res.stdout, res.stderr, d.log_text()[-3000:])
@@ -96,7 +96,7 @@ def test_app_down_drill_by_rollbackctl_passes_with_report_and_metrics(staging: S
     listed = d.result("drills")
     assert listed["targets"][0]["target"] == "grading" and not listed["targets"][0]["overdue"]
     assert [r["id"] for r in listed["drills"]] == [1]
-    res = subprocess.run([sys.executable, "-m", "daemon.control.ctl", "--socket", str(d.socket),
+    res = subprocess.run([sys.executable, "-m", "rollbackd.daemon.control.ctl", "--socket", str(d.socket),
                           "drills"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     for phrase in ("grading", "0 3 1 */3 *", "app_down:passed", "UTC"):

@@ -11,13 +11,13 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from daemon.config import ConfigError, parse_config
-from daemon.drills.cron import parse_cron
-from daemon.drills.record import DrillRun, ScenarioRun
-from daemon.drills.schedule import attach_drills, due_since, is_overdue, next_after
-from daemon.drills.service import DrillService
-from daemon.drills.settings import QUARTERLY, DrillSettings
-from daemon.metrics import Metrics
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.drills.cron import parse_cron
+from rollbackd.daemon.drills.record import DrillRun, ScenarioRun
+from rollbackd.daemon.drills.schedule import attach_drills, due_since, is_overdue, next_after
+from rollbackd.daemon.drills.service import DrillService
+from rollbackd.daemon.drills.settings import QUARTERLY, DrillSettings
+from rollbackd.daemon.metrics import Metrics
 
 
 def at(text: str) -> datetime:

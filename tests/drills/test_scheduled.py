@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.app import Daemon
-from daemon.config import parse_config
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink
 from tests.drills.conftest import ready_workspace, staging_config
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_config
-from daemon.demo.main import _kept
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.config import load_config
+from rollbackd.daemon.demo.main import _kept
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config_reference import REFERENCE
+from rollbackd.daemon.config_reference import REFERENCE
 from tests.config.test_cli import HttpServer, http_server, run  # noqa: F401 - the fixture
 from tests.conftest import DaemonProcess, wait_for
 from tests.control.conftest import ROLLBACKCTL

@@ -9,14 +9,14 @@ from contextlib import closing
 
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 def ctl(d, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon.control.ctl", "--socket", str(d.socket),
+    return subprocess.run([sys.executable, "-m", "rollbackd.daemon.control.ctl", "--socket", str(d.socket),
                            *argv], capture_output=True, text=True, timeout=30)
 
 

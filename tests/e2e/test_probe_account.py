@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import SmtpSink, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,7 @@ def test_locked_probe_account_mails_oncall_and_changes_nothing(
     status = d.result("status")["targets"][0]
     assert (status["state"], status["incident"]) == ("ok", None)
     assert status["attention"] == ["login: probe account locked"]
-    out = subprocess.run([sys.executable, "-m", "daemon.control.ctl", "--socket", str(d.socket),
+    out = subprocess.run([sys.executable, "-m", "rollbackd.daemon.control.ctl", "--socket", str(d.socket),
                           "status"], capture_output=True, text=True, check=True,
                          env={**os.environ}).stdout
     assert "ok, login: probe account locked" in out

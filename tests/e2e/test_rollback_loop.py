@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from daemon.config import Config, parse_config
-from daemon.demo.workspace import free_port
-from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal
+from rollbackd.daemon.config import Config, parse_config
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.journal.store import Journal
 
 FAR_FUTURE = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 SMTP_USER = "rollbackd"

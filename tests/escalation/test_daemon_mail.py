@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.demo.workspace import DEMO_USER, Workspace, free_port
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace, free_port
 from tests.conftest import DaemonProcess, known_good, wait_for
 from tests.escalation.conftest import SMTP_PASSWORD, SMTP_USER, CertFiles, MailServer
 

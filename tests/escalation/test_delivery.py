@@ -8,8 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
 from tests.notices import notice
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from daemon.escalation.messages import build_message, to_html
-from daemon.escalation.redact import MASK, redact, redact_data, remember
-from daemon.journal.store import Journal
-from daemon.secrets import SecretValue
+from rollbackd.daemon.escalation.messages import build_message, to_html
+from rollbackd.daemon.escalation.redact import MASK, redact, redact_data, remember
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.secrets import SecretValue
 from tests.escalation.conftest import (
     FAR_FUTURE,
     SMTP_PASSWORD,

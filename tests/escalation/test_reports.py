@@ -7,10 +7,10 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from daemon.clock import now_utc
-from daemon.journal.store import Journal
-from daemon.report import RESPONDER, build_report, keep_reports, render_markdown, write_report
-from policies.decision import KEY_DISASTER
+from rollbackd.daemon.clock import now_utc
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.report import RESPONDER, build_report, keep_reports, render_markdown, write_report
+from rollbackd.policies.decision import KEY_DISASTER
 
 DSN_PASSWORD = "dsn-Pw-0f9a2"
 COMMIT_BAD, COMMIT_GOOD = "b" * 40, "a" * 40

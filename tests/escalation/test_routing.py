@@ -6,9 +6,9 @@ from typing import get_args
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
-from daemon.escalation.notices import ROUTE_AS, Notice, NoticeKind
-from daemon.escalation.routing import (
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.escalation.notices import ROUTE_AS, Notice, NoticeKind
+from rollbackd.daemon.escalation.routing import (
     MailFacts,
     conditions,
     next_tier,
@@ -16,8 +16,8 @@ from daemon.escalation.routing import (
     routed_roles,
     tier_recipients,
 )
-from daemon.escalation.settings import Contact, EscalationSettings, EventKind, RoleNames, Route
-from policies.decision import KEY_DISASTER
+from rollbackd.daemon.escalation.settings import Contact, EscalationSettings, EventKind, RoleNames, Route
+from rollbackd.policies.decision import KEY_DISASTER
 
 ONCALL, DBA, DEVOPS, CTO, LEAD = ("oncall@x.org", "dba@x.org", "devops@x.org", "cto@x.org",
                                   "lead@x.org")

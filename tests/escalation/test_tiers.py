@@ -7,10 +7,10 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from daemon.clock import now_utc
-from daemon.escalation.outbox import Outbox
-from daemon.escalation.tiers import TierChecker
-from daemon.journal.store import Journal
+from rollbackd.daemon.clock import now_utc
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.escalation.tiers import TierChecker
+from rollbackd.daemon.journal.store import Journal
 from tests.escalation.conftest import FAR_FUTURE, MailServer, incident, make_config, outbox_for
 from tests.notices import notice
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.escalation.smtp import InsecureAuth, deliver
-from daemon.journal.store import Journal
+from rollbackd.daemon.escalation.smtp import InsecureAuth, deliver
+from rollbackd.daemon.journal.store import Journal
 from tests.escalation.conftest import (
     FAR_FUTURE,
     SMTP_PASSWORD,

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.clock import now_utc
-from daemon.config import parse_config
-from daemon.escalation import notices
-from daemon.escalation.outbox import Outbox
-from daemon.incidents.changes import Change, ChangeKind, Sources, between, suspects, upgrade_ops
-from daemon.journal.store import Journal
-from daemon.metrics import Metrics
-from daemon.monitor import TargetMonitor
-from daemon.report import build_report, render_markdown
-from policies.ledger import LedgerEntry
-from policies.settings import PolicySettings
+from rollbackd.daemon.clock import now_utc
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.escalation import notices
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.incidents.changes import Change, ChangeKind, Sources, between, suspects, upgrade_ops
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.monitor import TargetMonitor
+from rollbackd.daemon.report import build_report, render_markdown
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.settings import PolicySettings
 from tests.escalation.conftest import config_text
 
 SECRETS = ("hunter2-old", "hunter2-new", "gone-s3cret", "tok-n3w", "ghp_TOKEN123", "sql-s3cret")

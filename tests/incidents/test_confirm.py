@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.config import parse_config
-from daemon.demo.workspace import free_port
-from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal
-from daemon.metrics import Metrics
-from daemon.monitor import TargetMonitor
-from daemon.scheduler import ProbeScheduler
-from policies.settings import PolicySettings
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.monitor import TargetMonitor
+from rollbackd.daemon.scheduler import ProbeScheduler
+from rollbackd.policies.settings import PolicySettings
 
 pytestmark = pytest.mark.e2e
 

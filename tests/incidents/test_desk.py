@@ -13,20 +13,20 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.clock import now_utc
-from daemon.escalation import notices
-from daemon.escalation.outbox import Outbox
-from daemon.incidents.recovery import hold_interrupted
-from daemon.journal.store import Journal
-from daemon.metrics import Metrics
-from daemon.monitor import TargetMonitor
-from daemon.refusal import Refused
-from daemon.runner import evidence_changes
-from policies.classify import IncidentClass
-from policies.decision import Action, Decision, Gate
-from policies.ledger import LedgerEntry
-from policies.lifecycle import State
-from policies.plans import (
+from rollbackd.daemon.clock import now_utc
+from rollbackd.daemon.escalation import notices
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.incidents.recovery import hold_interrupted
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.monitor import TargetMonitor
+from rollbackd.daemon.refusal import Refused
+from rollbackd.daemon.runner import evidence_changes
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.decision import Action, Decision, Gate
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.lifecycle import State
+from rollbackd.policies.plans import (
     LOCKDOWN_CLASS,
     Capability,
     Component,
@@ -36,7 +36,7 @@ from policies.plans import (
     build_plan,
     plan_to_dict,
 )
-from policies.settings import PolicySettings
+from rollbackd.policies.settings import PolicySettings
 from tests.escalation.conftest import FAR_FUTURE, MailServer, make_config
 
 GOOD = "a" * 40

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.breaker import Breaker, BreakerMode, current, record_failure, record_success
+from rollbackd.policies.breaker import Breaker, BreakerMode, current, record_failure, record_success
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 THRESHOLD = 2

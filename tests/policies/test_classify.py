@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.classify import (
+from rollbackd.policies.classify import (
     IncidentClass,
     TargetHealth,
     all_passing,
     classify,
     probe_account_trouble,
 )
-from policies.debounce import ProbeHealth, debounce
-from probes.observation import Observation, Status, Symptom
+from rollbackd.policies.debounce import ProbeHealth, debounce
+from rollbackd.probes.observation import Observation, Status, Symptom
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 FAST = settings(max_examples=400, deadline=None, database=None)

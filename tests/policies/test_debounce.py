@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.debounce import ProbeHealth, debounce
-from probes.observation import Observation, Status, Symptom
+from rollbackd.policies.debounce import ProbeHealth, debounce
+from rollbackd.probes.observation import Observation, Status, Symptom
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 STEP = timedelta(seconds=10)

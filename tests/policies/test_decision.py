@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.breaker import Breaker, BreakerMode
-from policies.classify import IncidentClass
-from policies.decision import Action, Decision, Gate, History, decide
-from policies.ledger import LedgerEntry
-from policies.plans import CHECKLIST, VERIFICATION, Capability, StepSpec
-from policies.settings import PolicySettings
-from policies.targets import Facts
+from rollbackd.policies.breaker import Breaker, BreakerMode
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.decision import Action, Decision, Gate, History, decide
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.plans import CHECKLIST, VERIFICATION, Capability, StepSpec
+from rollbackd.policies.settings import PolicySettings
+from rollbackd.policies.targets import Facts
 
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 FAST = settings(max_examples=200, deadline=None, database=None)

@@ -11,9 +11,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from policies.latency import LatencyState, explain, limit, percentile, track
-from probes.http_health import HttpHealthSettings, LatencySettings
-from probes.login import LoginSettings
+from rollbackd.policies.latency import LatencyState, explain, limit, percentile, track
+from rollbackd.probes.http_health import HttpHealthSettings, LatencySettings
+from rollbackd.probes.login import LoginSettings
 
 FAST, SLOW, VERY_FAST = 0.05, 0.5, 0.01
 SAMPLES = {"f": FAST, "s": SLOW, "v": VERY_FAST, "x": None}

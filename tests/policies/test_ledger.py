@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.ledger import LedgerEntry, observe, rollback_target
+from rollbackd.policies.ledger import LedgerEntry, observe, rollback_target
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 STABLE = 600.0

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from policies.lifecycle import (
+from rollbackd.policies.lifecycle import (
     OPEN_STATES,
     SELF_CLOSING,
     TRANSITIONS,

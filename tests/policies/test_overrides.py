@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.overrides import Override, OverrideKind, active, in_maintenance
-from policies.settings import DAYS, MaintenanceWindow
+from rollbackd.policies.overrides import Override, OverrideKind, active, in_maintenance
+from rollbackd.policies.settings import DAYS, MaintenanceWindow
 
 # Wednesday 2024-05-01 03:00 UTC; 2024-05-05 is a Sunday, 2024-05-06 a Monday.
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.breaker import Breaker, BreakerMode
-from policies.classify import IncidentClass
-from policies.decision import KEY_DISASTER, Action, Decision, History, decide
-from policies.ledger import LedgerEntry
-from policies.overrides import Override, OverrideKind, in_maintenance
-from policies.plans import (
+from rollbackd.policies.breaker import Breaker, BreakerMode
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.decision import KEY_DISASTER, Action, Decision, History, decide
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.overrides import Override, OverrideKind, in_maintenance
+from rollbackd.policies.plans import (
     CHECKLIST,
     Capability,
     Component,
@@ -26,8 +26,8 @@ from policies.plans import (
     plan_from_dict,
     plan_to_dict,
 )
-from policies.settings import ClassPolicy, MaintenanceWindow, PolicySettings
-from policies.targets import BackupEntry, Facts
+from rollbackd.policies.settings import ClassPolicy, MaintenanceWindow, PolicySettings
+from rollbackd.policies.targets import BackupEntry, Facts
 
 C = IncidentClass
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)  # a Wednesday

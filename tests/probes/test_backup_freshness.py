@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings
-from probes.observation import Status, Symptom
+from rollbackd.probes.backup_freshness import BackupFreshnessProbe, BackupFreshnessSettings
+from rollbackd.probes.observation import Status, Symptom
 
-# The backups table as daemon/journal/schema.py creates it (copied: tests of probes/ stand alone).
+# The backups table as rollbackd/daemon/journal/schema.py creates it (copied: tests of rollbackd/probes/ stand alone).
 BACKUPS = """
 CREATE TABLE backups (
     id INTEGER PRIMARY KEY,

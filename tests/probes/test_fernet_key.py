@@ -10,8 +10,8 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from probes.fernet_key import FernetKeyProbe, FernetKeySettings
-from probes.observation import Observation, Status, Symptom
+from rollbackd.probes.fernet_key import FernetKeyProbe, FernetKeySettings
+from rollbackd.probes.observation import Observation, Status, Symptom
 
 KEY = Fernet.generate_key().decode()
 OTHER = Fernet.generate_key().decode()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from probes.http import tls_context
-from probes.http_health import HttpHealthProbe, HttpHealthSettings
-from probes.observation import Status, Symptom
+from rollbackd.probes.http import tls_context
+from rollbackd.probes.http_health import HttpHealthProbe, HttpHealthSettings
+from rollbackd.probes.observation import Status, Symptom
 from tests.probes.servers import HttpServer, Pki, make_pki
 
 BODY = b'{"status": "ok"}'

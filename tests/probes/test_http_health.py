@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
-from probes.http_health import HttpHealthProbe, HttpHealthSettings
-from probes.observation import Observation, Status, Symptom
+from rollbackd.probes.http_health import HttpHealthProbe, HttpHealthSettings
+from rollbackd.probes.observation import Observation, Status, Symptom
 from tests.probes.servers import HttpServer, Pki, Reply, free_port
 
 HEALTHY = {"status": "ok", "version": "1.4.2", "checks": {"db": "up", "redis": True},

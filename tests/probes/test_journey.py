@@ -12,17 +12,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from daemon.config import parse_config
-from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal
-from daemon.metrics import Metrics
-from daemon.monitor import TargetMonitor
-from policies.classify import IncidentClass, classify, probe_account_trouble
-from policies.debounce import ProbeHealth
-from policies.settings import PolicySettings
-from probes.journey import JourneyProbe, JourneySettings
-from probes.observation import Observation, Status, Symptom
-from probes.registry import build_probe
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.monitor import TargetMonitor
+from rollbackd.policies.classify import IncidentClass, classify, probe_account_trouble
+from rollbackd.policies.debounce import ProbeHealth
+from rollbackd.policies.settings import PolicySettings
+from rollbackd.probes.journey import JourneyProbe, JourneySettings
+from rollbackd.probes.observation import Observation, Status, Symptom
+from rollbackd.probes.registry import build_probe
 from tests.probes.servers import HttpServer, Reply, Request
 from tests.sampleapp.conftest import PASSWORD, Deployment, deploy
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from probes.observation import Status
+from rollbackd.probes.observation import Status
 from tests.conftest import DaemonProcess, wait_for
 from tests.probes.servers import HttpServer, Reply
 
@@ -64,8 +64,8 @@ def test_sustained_slowdown_is_perf_degraded_and_recovers(
 
 async def test_slow_answers_below_the_floor_are_never_degraded() -> None:
     """Real answers 150 times slower than the baseline, but under the floor: never degraded."""
-    from policies.latency import LatencyState, track
-    from probes.http_health import HttpHealthProbe, HttpHealthSettings
+    from rollbackd.policies.latency import LatencyState, track
+    from rollbackd.probes.http_health import HttpHealthProbe, HttpHealthSettings
 
     with HttpServer() as srv:
         settings = HttpHealthSettings(url=srv.url + "/health", latency={

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from probes.log_errors import LogErrorsProbe, LogErrorsSettings
-from probes.observation import Status, Symptom
+from rollbackd.probes.log_errors import LogErrorsProbe, LogErrorsSettings
+from rollbackd.probes.observation import Status, Symptom
 
 INFO = "2024-05-01 03:00:00 INFO sampleapp: GET /health 200\n"
 

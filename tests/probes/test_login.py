@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from probes.login import LoginProbe, LoginSettings
-from probes.observation import Observation, Status, Symptom
+from rollbackd.probes.login import LoginProbe, LoginSettings
+from rollbackd.probes.observation import Observation, Status, Symptom
 from tests.probes.servers import HttpServer, Pki, Reply, Request, free_port
 
 EMAIL = "probe@example.org"

@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes.http_health import HttpHealthProbe, HttpHealthSettings
-from probes.login import LoginProbe, LoginSettings
-from probes.observation import Observation, Status, Symptom
+from rollbackd.probes.http_health import HttpHealthProbe, HttpHealthSettings
+from rollbackd.probes.login import LoginProbe, LoginSettings
+from rollbackd.probes.observation import Observation, Status, Symptom
 from tests.probes.servers import HttpServer, Reply
 
 PASSWORD = "hunter2-but-longer"

@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from probes.observation import Status, Symptom
-from probes.postgres_integrity import PostgresIntegrityProbe, PostgresIntegritySettings
+from rollbackd.probes.observation import Status, Symptom
+from rollbackd.probes.postgres_integrity import PostgresIntegrityProbe, PostgresIntegritySettings
 
 USERS = 2000
 KNOWN = ["0001", "0002"]
@@ -368,7 +368,7 @@ def test_settings_never_hold_the_dsn_itself() -> None:
 
 
 def test_registered_with_every_setting_documented() -> None:
-    from probes.registry import PROBE_KINDS, build_probe, probe_class
+    from rollbackd.probes.registry import PROBE_KINDS, build_probe, probe_class
     from tests.probes.test_registry import _documented_fields
 
     model, cls = PROBE_KINDS["postgres_integrity"].settings, probe_class("postgres_integrity")

@@ -11,8 +11,8 @@ import redis
 from pydantic import ValidationError
 from pytest_redis.executor import RedisExecutor
 
-from probes.observation import Observation, Status, Symptom
-from probes.redis import RedisProbe, RedisSettings
+from rollbackd.probes.observation import Observation, Status, Symptom
+from rollbackd.probes.redis import RedisProbe, RedisSettings
 
 PASSWORD = "probe-password-never-shown"
 
@@ -190,7 +190,7 @@ def test_min_sessions_needs_a_pattern() -> None:
 
 
 def test_registered_with_every_setting_documented() -> None:
-    from probes.registry import PROBE_KINDS, build_probe, probe_class
+    from rollbackd.probes.registry import PROBE_KINDS, build_probe, probe_class
     from tests.probes.test_registry import _documented_fields
 
     model, cls = PROBE_KINDS["redis"].settings, probe_class("redis")

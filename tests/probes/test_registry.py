@@ -10,8 +10,8 @@ from typing import Annotated, Any, Union, cast
 import pytest
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from probes.base import ProbeSettings
-from probes.registry import PROBE_KINDS, build_probe, probe_class
+from rollbackd.probes.base import ProbeSettings
+from rollbackd.probes.registry import PROBE_KINDS, build_probe, probe_class
 
 KINDS = ["http_health", "login", "sqlite_integrity", "fernet_key", "log_errors",
          "backup_freshness"]

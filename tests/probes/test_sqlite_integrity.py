@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from probes.observation import Status, Symptom
-from probes.sqlite_integrity import SqliteIntegrityProbe, SqliteIntegritySettings
+from rollbackd.probes.observation import Status, Symptom
+from rollbackd.probes.sqlite_integrity import SqliteIntegrityProbe, SqliteIntegritySettings
 
 USERS = 3000
 SCHEMA = """

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.alerts.rules import rules_text
-from daemon.demo.workspace import free_port
+from rollbackd.daemon.alerts.rules import rules_text
+from rollbackd.daemon.demo.workspace import free_port
 from tests.conftest import wait_for
 
 PROMETHEUS = "/usr/bin/prometheus"

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daemon.alerts.payload import parse
-from probes.alertmanager import AlertmanagerProbe, AlertmanagerSettings, AlertSignal
-from probes.observation import Status, Symptom
+from rollbackd.daemon.alerts.payload import parse
+from rollbackd.probes.alertmanager import AlertmanagerProbe, AlertmanagerSettings, AlertSignal
+from rollbackd.probes.observation import Status, Symptom
 from tests.prometheus.alertmanager import ERRORS, LATENCY, alert, notification
 
 STARTS = datetime(2024, 5, 1, 10, 45, 2, tzinfo=UTC)

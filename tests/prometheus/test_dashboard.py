@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.prometheus.conftest import PrometheusServer, wait_until
 from tests.prometheus.test_e2e import daemon_config

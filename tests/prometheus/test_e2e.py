@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from daemon.demo.workspace import Workspace, free_port
-from daemon.journal.store import Journal
-from policies.breaker import Breaker, BreakerMode
+from rollbackd.daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.policies.breaker import Breaker, BreakerMode
 from tests.conftest import DaemonProcess, SmtpSink
 from tests.prometheus.alertmanager import LATENCY, alert, notification
 from tests.prometheus.conftest import PrometheusServer, wait_until

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.alerts.rules import rules_text
-from daemon.backup.store import BackupStore
-from daemon.journal.store import Journal
-from daemon.metrics import JournalCollector, Metrics, MonitorCollector
-from daemon.selfcheck import SelfCheck
-from policies.breaker import Breaker, BreakerMode
-from policies.debounce import ProbeHealth
-from policies.ledger import LedgerEntry
-from policies.overrides import Override, OverrideKind
-from policies.settings import PolicySettings
-from probes.base import ProbeSettings
-from probes.observation import Symptom
+from rollbackd.daemon.alerts.rules import rules_text
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import JournalCollector, Metrics, MonitorCollector
+from rollbackd.daemon.selfcheck import SelfCheck
+from rollbackd.policies.breaker import Breaker, BreakerMode
+from rollbackd.policies.debounce import ProbeHealth
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.overrides import Override, OverrideKind
+from rollbackd.policies.settings import PolicySettings
+from rollbackd.probes.base import ProbeSettings
+from rollbackd.probes.observation import Symptom
 
 
 def now() -> datetime:
@@ -312,7 +312,7 @@ def test_every_metric_the_rules_use_is_exported(registry: CollectorRegistry,
         "rollbackd_backup_newest_verified_timestamp_seconds",
         "rollbackd_backup_restore_test_timestamp_seconds",
         "rollbackd_backup_restore_test_failed_timestamp_seconds",
-        # Fed by the recovery drills (daemon/metrics/drills.py), not by this module.
+        # Fed by the recovery drills (rollbackd/daemon/metrics/drills.py), not by this module.
         "rollbackd_drill_last_success_timestamp_seconds", "rollbackd_drill_overdue",
     }
     assert used - exported == set()

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from daemon.demo.workspace import free_port
-from probes.observation import Status, Symptom
-from probes.prometheus_query import PrometheusQueryProbe, PrometheusQuerySettings
-from probes.registry import PROBE_KINDS, probe_class
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.probes.observation import Status, Symptom
+from rollbackd.probes.prometheus_query import PrometheusQueryProbe, PrometheusQuerySettings
+from rollbackd.probes.registry import PROBE_KINDS, probe_class
 from tests.prometheus.conftest import PrometheusServer, launch_prometheus
 
 TWO_ROUTES = ('label_replace(vector(0.1), "route", "/health", "", "")'

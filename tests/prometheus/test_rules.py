@@ -9,7 +9,7 @@ import tomllib
 from importlib.resources import as_file, files
 from pathlib import Path
 
-from daemon.alerts.rules import RULES_NAME, rules_text
+from rollbackd.daemon.alerts.rules import RULES_NAME, rules_text
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -25,7 +25,7 @@ def alert_names(text: str) -> set[str]:
 
 
 def test_promtool_check_rules(promtool: str) -> None:
-    with as_file(files("daemon.alerts").joinpath(RULES_NAME)) as path:
+    with as_file(files("rollbackd.daemon.alerts").joinpath(RULES_NAME)) as path:
         out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
                              text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -56,7 +56,7 @@ def test_unit_tests_load_the_shipped_file() -> None:
 
 
 def test_rollbackd_rules_prints_the_file() -> None:
-    out = subprocess.run([sys.executable, "-m", "daemon.cli", "rules"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "rollbackd.daemon.cli", "rules"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == rules_text()

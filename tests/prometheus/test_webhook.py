@@ -13,11 +13,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.app import Daemon
-from daemon.config import ConfigError, load_config, parse_config
-from daemon.demo.workspace import free_port
-from daemon.metrics import Metrics
-from probes.observation import Symptom
+from rollbackd.daemon.app import Daemon
+from rollbackd.daemon.config import ConfigError, load_config, parse_config
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.probes.observation import Symptom
 from tests.conftest import SmtpSink
 from tests.prometheus.alertmanager import BILLING, ERRORS, LATENCY, UNRELATED, alert, notification
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backup.store import BackupStore
-from daemon.demo.workspace import Workspace
-from daemon.journal.store import Journal
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.journal.store import Journal
 from tests.recovery.support import use_wal, wait_healthy
 
 

@@ -15,13 +15,13 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from daemon.demo.workspace import DEMO_USER, Workspace
-from daemon.rollback.base import StepContext
-from daemon.rollback.data_settings import KeySettings, SqliteDatabase
-from policies.classify import IncidentClass
-from policies.plans import Capability, Component, Plan, PlanKind, StepSpec, build_plan
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.rollback.base import StepContext
+from rollbackd.daemon.rollback.data_settings import KeySettings, SqliteDatabase
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Capability, Component, Plan, PlanKind, StepSpec, build_plan
 
-SERVICE = [sys.executable, "-m", "daemon.demo.sampleapp.service"]
+SERVICE = [sys.executable, "-m", "rollbackd.daemon.demo.sampleapp.service"]
 
 
 def db_path(ws: Workspace) -> Path:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from daemon.control.ctl import request
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.control.ctl import request
+from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 pytestmark = pytest.mark.e2e

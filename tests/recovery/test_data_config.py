@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import ConfigError, parse_config
-from daemon.rollback.data_settings import PostgresDatabase, SqliteDatabase
-from daemon.rollback.key_restore import KeyExecutor
-from daemon.rollback.registry import build_executors
-from daemon.rollback.sqlite_restore import SqliteExecutor
-from policies.plans import Capability, Component
+from rollbackd.daemon.config import ConfigError, parse_config
+from rollbackd.daemon.rollback.data_settings import PostgresDatabase, SqliteDatabase
+from rollbackd.daemon.rollback.key_restore import KeyExecutor
+from rollbackd.daemon.rollback.registry import build_executors
+from rollbackd.daemon.rollback.sqlite_restore import SqliteExecutor
+from rollbackd.policies.plans import Capability, Component
 
 PROBE = """
 [targets.grading.probes.health]

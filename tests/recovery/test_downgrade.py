@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from daemon.backup.store import BackupStore
-from daemon.demo.workspace import Workspace
-from daemon.rollback.base import StepFailed
-from daemon.rollback.sqlite_restore import SqliteExecutor
-from policies.classify import IncidentClass
-from policies.plans import Capability, Plan, PlanKind
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.rollback.base import StepFailed
+from rollbackd.daemon.rollback.sqlite_restore import SqliteExecutor
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Capability, Plan, PlanKind
 from tests.recovery.support import (
     BAD_REVISION,
     add_bad_migration,

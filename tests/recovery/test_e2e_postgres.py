@@ -27,7 +27,7 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 from tests.recovery.support import (
     BAD_REVISION,
@@ -195,7 +195,7 @@ def test_check_config_accepts_the_postgres_target(
     config = tmp_path / "rollbackd.toml"
     config.write_text(config_text(pg, smtp, tmp_path, AUTO_RESTORE,
                                   'restore_tablespace = "pg_default"\n'))
-    res = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", str(config)],
+    res = subprocess.run([sys.executable, "-m", "rollbackd.daemon.cli", "check-config", str(config)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "ok (1 targets, 3 probes" in res.stdout

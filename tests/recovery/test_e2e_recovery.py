@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.recovery.support import (
     BAD_REVISION,
@@ -194,7 +194,7 @@ def test_a_damaged_page_waits_for_approval_by_default(
     assert f"rollbackctl approve {inc['id']}" in plain_text(mail)
     assert corrupted_copies(ws) == [] and integrity(db_path(ws)) != "ok"  # nothing changed
 
-    res = subprocess.run([sys.executable, "-m", "daemon.control.ctl", "--socket",
+    res = subprocess.run([sys.executable, "-m", "rollbackd.daemon.control.ctl", "--socket",
                           str(d.socket), "approve", str(inc["id"])],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr

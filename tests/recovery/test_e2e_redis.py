@@ -16,7 +16,7 @@ import pytest
 import redis
 from pytest_redis.executor import RedisExecutor
 
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.recovery.support import wait_healthy
 from tests.recovery.test_e2e_recovery import (

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from daemon.rollback.encrypted_columns import clear_postgres, clear_sqlite
+from rollbackd.daemon.rollback.encrypted_columns import clear_postgres, clear_sqlite
 
 
 def sqlite_db(path: Path) -> Path:

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.backup.key import KeyBackuper
-from daemon.backup.store import BackupStore
-from daemon.demo.workspace import Workspace
-from daemon.rollback.base import StepFailed
-from daemon.rollback.key_restore import KeyExecutor
-from daemon.secrets import SecretValue
-from policies.classify import IncidentClass
-from policies.plans import Capability, Component, Plan, PlanKind
-from probes.fernet_key import fingerprint
+from rollbackd.daemon.backup.key import KeyBackuper
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.rollback.base import StepFailed
+from rollbackd.daemon.rollback.key_restore import KeyExecutor
+from rollbackd.daemon.secrets import SecretValue
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Capability, Component, Plan, PlanKind
+from rollbackd.probes.fernet_key import fingerprint
 from tests.recovery.support import ctx, key_settings, plan_for, wait_healthy
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +108,7 @@ async def test_a_plain_key_file_restore_with_a_sealed_backup(tmp_path: Path,
     key_file.write_text(key + "\n")
     secret = tmp_path / "passphrase"
     secret.write_text("s3cret\n")
-    from daemon.rollback.data_settings import KeySettings
+    from rollbackd.daemon.rollback.data_settings import KeySettings
 
     ex = KeyExecutor(KeySettings(file=key_file, canary=canary_for(key),
                                  passphrase_file=SecretValue(str(secret), "s3cret")))
@@ -129,7 +129,7 @@ async def test_key_backups_that_no_longer_hold_are_refused(tmp_path: Path,
     key_file.write_text(key)
     canary = tmp_path / "canary"
     canary.write_text(canary_for(key))
-    from daemon.rollback.data_settings import KeySettings
+    from rollbackd.daemon.rollback.data_settings import KeySettings
 
     ex = KeyExecutor(KeySettings(file=key_file, canary_file=canary))
     ex.attach(store)
@@ -152,7 +152,7 @@ async def test_invalid_keys_never_verify(tmp_path: Path, store: BackupStore) -> 
     b = await store.take(KeyBackuper(key_file, "DB_ENCRYPTION_KEY", None, None, None))
     assert not b.verified and "not a valid Fernet key (9 characters" in (b.verify_error or "")
     key_file.write_text("OTHER=1\n")
-    from daemon.backup.base import BackupFailed
+    from rollbackd.daemon.backup.base import BackupFailed
 
     with pytest.raises(BackupFailed, match="DB_ENCRYPTION_KEY is not set"):
         await store.take(KeyBackuper(key_file, "DB_ENCRYPTION_KEY", None, None, None))

@@ -1,4 +1,4 @@
-"""The dump restore in sections (daemon/rollback/pg_load.py) against the real PostgreSQL: it makes
+"""The dump restore in sections (rollbackd/daemon/rollback/pg_load.py) against the real PostgreSQL: it makes
 the same database as one `pg_restore -j` run (schema, ownership, privileges, sequences, large
 objects, data), with a large table split over several COPY streams and the privileges applied
 last; any stream's error fails the step in one line and leaves the live database as it was; the
@@ -20,14 +20,14 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from daemon.backup.pg import figures
-from daemon.backup.store import BackupStore
-from daemon.rollback import pg_load
-from daemon.rollback.base import StepFailed
-from daemon.rollback.data_settings import PostgresDatabase
-from daemon.rollback.pg_copytext import END, CopyTextError, RowChunks, parse_header
-from daemon.rollback.pg_toc import sections
-from daemon.rollback.postgres_restore import PostgresExecutor, restored_name
+from rollbackd.daemon.backup.pg import figures
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.rollback import pg_load
+from rollbackd.daemon.rollback.base import StepFailed
+from rollbackd.daemon.rollback.data_settings import PostgresDatabase
+from rollbackd.daemon.rollback.pg_copytext import END, CopyTextError, RowChunks, parse_header
+from rollbackd.daemon.rollback.pg_toc import sections
+from rollbackd.daemon.rollback.postgres_restore import PostgresExecutor, restored_name
 from tests.recovery.pg_support import admin, databases
 
 ROWS = 30_000  # of the big table: ~3 MB of COPY text, split when SPLIT_AT is 256 KiB

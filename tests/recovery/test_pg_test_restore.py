@@ -16,23 +16,23 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-import daemon.backup.schedule as schedule
-from daemon.backup.base import RestoreTestable, RestoreTestFailed
-from daemon.backup.files import checksum
-from daemon.backup.pg import PgError, derived_name
-from daemon.backup.schedule import TargetBackups, attach_backups
-from daemon.backup.store import BackupStore
-from daemon.control.commands.backups import shown as backup_shown
-from daemon.control.ctl_output import RENDER
-from daemon.demo.workspace import free_port
-from daemon.escalation.notices import Notice, NoticeKind
-from daemon.journal.store import Journal
-from daemon.metrics import Metrics
-from daemon.rollback.data_settings import BackupSettings, PostgresDatabase, SqliteDatabase
-from daemon.rollback.postgres_restore import PostgresExecutor
-from daemon.rollback.sqlite_restore import SqliteExecutor
-from daemon.scheduler import ProbeScheduler
-from policies.plans import Component
+import rollbackd.daemon.backup.schedule as schedule
+from rollbackd.daemon.backup.base import RestoreTestable, RestoreTestFailed
+from rollbackd.daemon.backup.files import checksum
+from rollbackd.daemon.backup.pg import PgError, derived_name
+from rollbackd.daemon.backup.schedule import TargetBackups, attach_backups
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.control.commands.backups import shown as backup_shown
+from rollbackd.daemon.control.ctl_output import RENDER
+from rollbackd.daemon.demo.workspace import free_port
+from rollbackd.daemon.escalation.notices import Notice, NoticeKind
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.rollback.data_settings import BackupSettings, PostgresDatabase, SqliteDatabase
+from rollbackd.daemon.rollback.postgres_restore import PostgresExecutor
+from rollbackd.daemon.rollback.sqlite_restore import SqliteExecutor
+from rollbackd.daemon.scheduler import ProbeScheduler
+from rollbackd.policies.plans import Component
 from tests.recovery.pg_support import admin, app_database, databases, rows
 
 REV = "c0ffee"

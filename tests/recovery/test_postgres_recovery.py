@@ -18,15 +18,15 @@ import pytest
 from psycopg import sql
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from daemon.backup.pg import missing_tables
-from daemon.backup.store import BackupStore
-from daemon.config import parse_config
-from daemon.rollback.base import StepFailed
-from daemon.rollback.data_settings import PostgresDatabase
-from daemon.rollback.postgres_restore import PostgresExecutor, restored_name
-from daemon.rollback.registry import build_executors
-from policies.classify import IncidentClass
-from policies.plans import Capability, Component, PlanKind
+from rollbackd.daemon.backup.pg import missing_tables
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.rollback.base import StepFailed
+from rollbackd.daemon.rollback.data_settings import PostgresDatabase
+from rollbackd.daemon.rollback.postgres_restore import PostgresExecutor, restored_name
+from rollbackd.daemon.rollback.registry import build_executors
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Capability, Component, PlanKind
 from tests.recovery.pg_support import admin, app_database, databases, rows
 from tests.recovery.support import ctx, plan_for
 
@@ -167,7 +167,7 @@ def test_no_backup_older_than_onset_means_no_restore_plan(
         tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from policies.targets import BackupEntry, Facts, restore_backup
+    from rollbackd.policies.targets import BackupEntry, Facts, restore_backup
 
     ex = PostgresExecutor(settings(postgresql_proc, appdb, tmp_path))
     b = asyncio.run(store.take(ex.backuper))

@@ -11,14 +11,14 @@ import pytest
 import redis
 from pytest_redis.executor import RedisExecutor
 
-from daemon.backup.store import BackupStore
-from daemon.config import parse_config
-from daemon.rollback.base import StepFailed
-from daemon.rollback.data_settings import RedisSessions
-from daemon.rollback.redis_sessions import RedisSessionsExecutor
-from daemon.rollback.registry import build_executors
-from policies.classify import IncidentClass
-from policies.plans import Capability, Component, PlanKind
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.rollback.base import StepFailed
+from rollbackd.daemon.rollback.data_settings import RedisSessions
+from rollbackd.daemon.rollback.redis_sessions import RedisSessionsExecutor
+from rollbackd.daemon.rollback.registry import build_executors
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Capability, Component, PlanKind
 from tests.recovery.support import ctx, plan_for
 
 

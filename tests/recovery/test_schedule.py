@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from daemon.backup.schedule import attach_backups
-from daemon.demo.workspace import Workspace
-from daemon.journal.store import Journal
-from daemon.rollback.data_settings import BackupSettings
-from daemon.rollback.key_restore import KeyExecutor
-from daemon.rollback.sqlite_restore import SqliteExecutor
-from policies.plans import Component
+from rollbackd.daemon.backup.schedule import attach_backups
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.rollback.data_settings import BackupSettings
+from rollbackd.daemon.rollback.key_restore import KeyExecutor
+from rollbackd.daemon.rollback.sqlite_restore import SqliteExecutor
+from rollbackd.policies.plans import Component
 from tests.recovery.support import key_settings, sqlite_settings
 
 

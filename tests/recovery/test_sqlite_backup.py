@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backup.sqlite import SqliteBackuper, count_writes
-from daemon.backup.store import BackupStore
+from rollbackd.daemon.backup.sqlite import SqliteBackuper, count_writes
+from rollbackd.daemon.backup.store import BackupStore
 
 
 def make_db(path: Path, mode: str) -> Path:

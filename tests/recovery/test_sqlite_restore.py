@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backup.store import BackupStore
-from daemon.demo.workspace import Workspace
-from daemon.rollback.base import StepContext, StepFailed
-from daemon.rollback.sqlite_restore import SqliteExecutor
-from policies.classify import IncidentClass
-from policies.plans import Capability, Component, Plan, PlanKind
+from rollbackd.daemon.backup.store import BackupStore
+from rollbackd.daemon.demo.workspace import Workspace
+from rollbackd.daemon.rollback.base import StepContext, StepFailed
+from rollbackd.daemon.rollback.sqlite_restore import SqliteExecutor
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.plans import Capability, Component, Plan, PlanKind
 from tests.recovery.support import (
     add_grades,
     corrupt_table,
@@ -171,7 +171,7 @@ async def test_a_full_disk_refuses_the_restore_and_leaves_everything_as_it_was(
 
 async def test_no_room_for_the_current_state_backup_stops_the_plan_before_any_change(
         app: Workspace, journal: object, tmpfs: Path) -> None:
-    from daemon.journal.store import Journal
+    from rollbackd.daemon.journal.store import Journal
 
     assert isinstance(journal, Journal)
     full = BackupStore(journal, tmpfs / "backups", "grading")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.backup.base import BackupFailed, BackupKind, BackupRefused, BackupResult
-from daemon.backup.files import checksum
-from daemon.backup.store import BackupStore, sweep_leftovers
-from daemon.journal.store import Journal
+from rollbackd.daemon.backup.base import BackupFailed, BackupKind, BackupRefused, BackupResult
+from rollbackd.daemon.backup.files import checksum
+from rollbackd.daemon.backup.store import BackupStore, sweep_leftovers
+from rollbackd.daemon.journal.store import Journal
 
 
 class FakeBackuper:

@@ -2,7 +2,7 @@
 
 Where the daemon mixes wall time and durations:
 
-- policies/ take `now` (wall time) and compare it with wall-time records that must survive a
+- rollbackd/policies/ take `now` (wall time) and compare it with wall-time records that must survive a
   restart (rollback starts, breaker failures and opening, overrides). Going back in time must
   never open a gate: every limit, the cooldown, an open breaker and flapping only ever get
   stricter when `now` moves back (property below). A forward step is indistinguishable from
@@ -30,21 +30,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from daemon.config import parse_config
-from daemon.escalation.outbox import Outbox
-from daemon.journal.store import Journal
-from daemon.metrics import Metrics
-from daemon.monitor import TargetMonitor
-from daemon.scheduler import ProbeScheduler
-from policies.breaker import Breaker, BreakerMode, current, record_failure, record_success
-from policies.classify import IncidentClass
-from policies.decision import Action, History, decide
-from policies.ledger import LedgerEntry
-from policies.overrides import Override, OverrideKind
-from policies.plans import Capability, StepSpec
-from policies.settings import PolicySettings
-from policies.targets import Facts
-from probes.observation import Observation, Status, Symptom
+from rollbackd.daemon.config import parse_config
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.journal.store import Journal
+from rollbackd.daemon.metrics import Metrics
+from rollbackd.daemon.monitor import TargetMonitor
+from rollbackd.daemon.scheduler import ProbeScheduler
+from rollbackd.policies.breaker import Breaker, BreakerMode, current, record_failure, record_success
+from rollbackd.policies.classify import IncidentClass
+from rollbackd.policies.decision import Action, History, decide
+from rollbackd.policies.ledger import LedgerEntry
+from rollbackd.policies.overrides import Override, OverrideKind
+from rollbackd.policies.plans import Capability, StepSpec
+from rollbackd.policies.settings import PolicySettings
+from rollbackd.policies.targets import Facts
+from rollbackd.probes.observation import Observation, Status, Symptom
 
 NOW = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # a DST night somewhere: wall time is UTC here
 POLICY = PolicySettings(max_rollbacks=2, window=3600, cooldown=300, breaker_failures=2,
@@ -194,7 +194,7 @@ async def test_flapping_is_judged_on_real_time_not_on_the_wall_clock(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Four healthy/failing changes in a minute are flapping, whatever the wall clock did in
     between (an hour forward would have hidden them; a day back would keep old ones)."""
-    import daemon.monitor as monitor_module
+    import rollbackd.daemon.monitor as monitor_module
 
     cfg = parse_config('[targets.web.probes.health]\nkind = "http_health"\n'
                        'url = "http://127.0.0.1:9/"\nfailure_threshold = 1\n')

@@ -24,7 +24,7 @@ import docker
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.deploy.apps import DockerApp, SocketProxy, build
 from tests.escalation.conftest import MailServer
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.e2e
 
 
 def start(tmp_path: Path, text: str) -> DaemonProcess:
-    from daemon.config import load_config
+    from rollbackd.daemon.config import load_config
 
     config = tmp_path / "rollbackd.toml"
     config.write_text(text)

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import Config, ConfigError, load_config
-from daemon.demo.workspace import Workspace
+from rollbackd.daemon.config import Config, ConfigError, load_config
+from rollbackd.daemon.demo.workspace import Workspace
 
 SECRET = "fuzz-Secret-value-4e1d"
 FUZZ = settings(max_examples=250, deadline=None, database=None,

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from daemon.control.commands.registry import COMMANDS
-from daemon.demo.workspace import Workspace, free_port
+from rollbackd.daemon.control.commands.registry import COMMANDS
+from rollbackd.daemon.demo.workspace import Workspace, free_port
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 from tests.prometheus.alertmanager import LATENCY, alert, notification
 

@@ -41,8 +41,8 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from daemon.control.ctl import Unreachable
-from daemon.demo.workspace import DEMO_USER, Workspace
+from rollbackd.daemon.control.ctl import Unreachable
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.control.conftest import accounts_section, seed
 from tests.control.conftest import login as login_as
@@ -80,7 +80,7 @@ both_points = pytest.mark.parametrize("point", list(POINTS))
 
 
 def daemon_for(tmp_path: Path, text: str, point: str, first: str) -> DaemonProcess:
-    from daemon.config import load_config
+    from rollbackd.daemon.config import load_config
 
     config = tmp_path / "rollbackd.toml"
     config.write_text(text)
@@ -102,7 +102,7 @@ def restart(d: DaemonProcess) -> None:
     """Start the daemon; a plan that goes on by itself may kill it again before it answers."""
     with open(d.log, "ab") as log:
         d.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(d.config)],
+            [sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(d.config)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **d.env})
     proc = d.proc
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.monitor import run_probe
-from probes.http_health import HttpHealthProbe, HttpHealthSettings
-from probes.login import LoginProbe, LoginSettings
-from probes.observation import Status
+from rollbackd.daemon.monitor import run_probe
+from rollbackd.probes.http_health import HttpHealthProbe, HttpHealthSettings
+from rollbackd.probes.login import LoginProbe, LoginSettings
+from rollbackd.probes.observation import Status
 from tests.conftest import DaemonProcess, SmtpSink, wait_for
 
 TIMEOUT = 1.0

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import DEMO_USER, Workspace, free_port
+from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace, free_port
 from tests.conftest import DaemonProcess, known_good, wait_for
 from tests.escalation.conftest import SMTP_PASSWORD, SMTP_USER, CertFiles, MailServer
 from tests.recovery.support import db_path, wait_healthy
@@ -39,7 +39,7 @@ from tests.reliability.support import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("daemon", "probes", "policies")
+SOURCES = ("rollbackd/daemon", "rollbackd/probes", "rollbackd/policies")
 
 # -- no shell: an AST check, so that aliases, getattr and keyword spellings are caught too -----
 
@@ -281,7 +281,7 @@ def test_no_secret_in_any_output_and_private_file_modes(
     ws.start()
     path = tmp_path / "rollbackd.toml"
     path.write_text(config(ws, tmp_path, starttls_server, cert, metrics, canary))
-    from daemon.config import load_config
+    from rollbackd.daemon.config import load_config
 
     cfg = load_config(path)
     d = DaemonProcess(path, cfg.daemon.socket, cfg.daemon.state_dir, tmp_path / "daemon.log",
@@ -319,14 +319,14 @@ def test_no_secret_in_any_output_and_private_file_modes(
         for i, x in enumerate(starttls_server.deliveries):
             produced[f"mail {i} {x.msg['Subject']}"] = x.raw.decode(errors="replace")
         produced["metrics"] = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text
-        sock = ["-m", "daemon.control.ctl", "--socket", str(d.socket)]
+        sock = ["-m", "rollbackd.daemon.control.ctl", "--socket", str(d.socket)]
         for args in (["status"], ["incidents"], ["show", str(held["id"])],
                      ["show", str(held["id"]), "--report"], ["audit", "--limit", "100"],
                      ["audit", "--verify"], ["breaker"], ["backups", "grading"]):
             produced[f"rollbackctl {' '.join(args)}"] = cli(*sock, *args)
             produced[f"rollbackctl --json {' '.join(args)}"] = cli(*sock, "--json", *args)
-        produced["check-config"] = cli("-m", "daemon.cli", "check-config", str(path))
-        produced["probe"] = cli("-m", "daemon.cli", "probe", "--config", str(path))
+        produced["check-config"] = cli("-m", "rollbackd.daemon.cli", "check-config", str(path))
+        produced["probe"] = cli("-m", "rollbackd.daemon.cli", "probe", "--config", str(path))
         assert integrity_ok(d)
         assert d.stop() == 0
         produced["log"] = d.log_text()

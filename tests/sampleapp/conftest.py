@@ -16,7 +16,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from daemon.demo.sampleapp import scaffold, service
+from rollbackd.daemon.demo.sampleapp import scaffold, service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
@@ -64,7 +64,7 @@ class Deployment:
         env_args = [arg for key, value in self.env.items() for arg in ("--env", f"{key}={value}")]
         argv = [
             "-m",
-            "daemon.demo.sampleapp.service",
+            "rollbackd.daemon.demo.sampleapp.service",
             action,
             "--dir",
             str(self.dir),

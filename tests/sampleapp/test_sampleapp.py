@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.demo.sampleapp import TEMPLATE_DIR, scaffold, service
+from rollbackd.daemon.demo.sampleapp import TEMPLATE_DIR, scaffold, service
 
 from .conftest import PASSWORD, Deployment
 

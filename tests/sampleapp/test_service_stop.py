@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.demo.sampleapp import service
+from rollbackd.daemon.demo.sampleapp import service
 
 APP = "import time\ntime.sleep(120)\n"
 

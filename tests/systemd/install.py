@@ -26,7 +26,7 @@ import docker
 import httpx
 from cryptography.fernet import Fernet
 
-from daemon.demo.workspace import DEMO_USER, GIT_ID, free_port
+from rollbackd.daemon.demo.workspace import DEMO_USER, GIT_ID, free_port
 from tests.infra.services import ContainerRunner
 from tests.systemd.machine import SystemdMachine
 from tests.systemd.rootfs import MARKER_ENV_SCRIPT, project_wheel, systemd_image, wheelhouse
@@ -100,7 +100,7 @@ class Installed:
     def request(self, cmd: str, **args: Any) -> None:
         """A raw control-socket request through rollbackctl's client, in the background (for
         commands rollbackctl has no sub-command for, such as the freeze test hook)."""
-        code = ("import sys, json; from daemon.control.ctl import request; "
+        code = ("import sys, json; from rollbackd.daemon.control.ctl import request; "
                 f"request({SOCKET!r}, {cmd!r}, json.loads(sys.argv[1]))")
         self.m.detach(f"{VENV}/bin/python", "-c", code, json.dumps(args))
 
@@ -211,7 +211,7 @@ def _install_app(m: SystemdMachine, port: int) -> str:
     m.ok("setfacl", "-m", "g:grading:rX", "-d", "-m", "g:grading:rX", REPO)
     m.ok("install", "-d", "-o", "grading", "-g", "grading", "-m", "0750", "/var/lib/grading")
     m.as_user("rollbackd", f"{VENV}/bin/python", "-c",
-              f"from daemon.demo.sampleapp import scaffold; scaffold({REPO!r})").check()
+              f"from rollbackd.daemon.demo.sampleapp import scaffold; scaffold({REPO!r})").check()
     m.as_user("rollbackd", "git", *GIT_ID, "init", "-q", REPO).check()
     m.as_user("rollbackd", "git", *GIT_ID, "-C", REPO, "add", "-A").check()
     m.as_user("rollbackd", "git", *GIT_ID, "-C", REPO, "commit", "-q", "-m", "v1: grading app").check()

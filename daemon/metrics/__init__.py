@@ -1,9 +1,0 @@
-"""Prometheus metrics: one registry passed in, names rollbackd_<subsystem>_<name>_<unit>."""
-
-from __future__ import annotations
-
-from daemon.metrics.instruments import LATENCY_BUCKETS, Metrics
-from daemon.metrics.journal import JournalCollector
-from daemon.metrics.state import MonitorCollector
-
-__all__ = ["LATENCY_BUCKETS", "JournalCollector", "Metrics", "MonitorCollector"]
