@@ -15,7 +15,7 @@
 
 Measured from outside the daemon over the window: CPU (utime+stime of the process, as a share
 of one core), peak RSS (VmHWM), scheduler lag (each probe run's start minus its due time, by a
-hook on APScheduler's coroutine runner loaded into the daemon process, as bench/probes.py
+hook on the daemon's own lag measurement loaded into the daemon process, as bench/probes.py
 does), control-request latency (p50/p99/max, all answered?), mails accepted by a real SMTP
 server (aiosmtpd), and "nothing lost, nothing run twice": every journaled mail delivered once
 per recipient, every storm-held mail in a delivered digest, one incident per storm target, each
@@ -108,20 +108,17 @@ async def _serve(port: int, storm: Path) -> None:
 
 def _daemon(lag_file: Path, argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    from datetime import UTC, datetime
-
-    import apscheduler.executors.asyncio as aps_asyncio
-
     from rollbackd.daemon.cli import main
+    from rollbackd.daemon.metrics.instruments import Metrics
 
     lags: list[tuple[float, float]] = []
-    original = aps_asyncio.run_coroutine_job
+    original = Metrics.scheduler_ran
 
-    async def timed(job, jobstore_alias, run_times, logger_name):  # type: ignore[no-untyped-def]
-        lags.append((time.time(), (datetime.now(UTC) - run_times[-1]).total_seconds()))
-        return await original(job, jobstore_alias, run_times, logger_name)
+    def timed(self: Metrics, lag: float) -> None:  # each probe run's start minus its due time
+        lags.append((time.time(), lag))
+        original(self, lag)
 
-    aps_asyncio.run_coroutine_job = timed  # type: ignore[assignment]
+    Metrics.scheduler_ran = timed  # type: ignore[method-assign]
     try:
         return main(argv)
     finally:

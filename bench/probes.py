@@ -12,10 +12,10 @@ measures for --duration seconds, from outside the daemon:
 - CPU: utime + stime of the daemon process (every thread) from /proc/<pid>/stat, as a share of
   one core over the measured wall time;
 - peak RSS: VmHWM from /proc/<pid>/status;
-- scheduling lag (actual start minus due time): exactly, per run, by a hook on APScheduler's
-  coroutine runner that the daemon process loads before it starts (the moment the probe's
-  coroutine really begins, against its due time); and, as a cross-check, from the
-  daemon's own rollbackd_scheduler_lag_seconds histogram (coarser: bucket bounds);
+- scheduling lag (actual start minus due time): exactly, per run, by a hook on the daemon's
+  Metrics.scheduler_ran that the daemon process loads before it starts (called as each probe
+  run's task really begins, with its lag behind its tick's due time); and, as a cross-check,
+  from the daemon's own rollbackd_scheduler_lag_seconds histogram (coarser: bucket bounds);
 - contention: how long the event-loop thread waited for a CPU (/proc/<pid>/task/<pid>/schedstat)
   and the load average, because on a shared machine other processes' CPU time shows up as lag.
 
@@ -81,25 +81,22 @@ def _daemon(lag_file: Path, profile: str | None, realtime: bool, argv: list[str]
     sys.path.insert(0, str(ROOT))
     if realtime:  # before any thread starts: every thread of the daemon inherits it
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    from datetime import UTC, datetime
-
-    import apscheduler.executors.asyncio as aps_asyncio
-
     from rollbackd.daemon.cli import main
+    from rollbackd.daemon.metrics.instruments import Metrics
 
     lags: list[tuple[float, float]] = []
-    original = aps_asyncio.run_coroutine_job
+    original = Metrics.scheduler_ran
 
-    async def timed(job, jobstore_alias, run_times, logger_name):  # type: ignore[no-untyped-def]
-        lags.append((time.time(), (datetime.now(UTC) - run_times[-1]).total_seconds()))
-        return await original(job, jobstore_alias, run_times, logger_name)
+    def timed(self: Metrics, lag: float) -> None:  # each probe run's start minus its due time
+        lags.append((time.time(), lag))
+        original(self, lag)
 
-    aps_asyncio.run_coroutine_job = timed  # type: ignore[assignment]
+    Metrics.scheduler_ran = timed  # type: ignore[method-assign]
     try:
         if profile:
             import cProfile
 
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.thread_time)  # CPU, not wall: the machine is shared
             code = profiler.runcall(main, argv)
             profiler.dump_stats(profile)
             return code

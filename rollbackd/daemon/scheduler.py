@@ -1,17 +1,19 @@
-"""Probe scheduling on APScheduler 3: each probe on its interval from a stable phase; a slot that
-finds the previous run still waiting is an overrun (TargetMonitor.run_scheduled), never dropped."""
+"""Probe scheduling on APScheduler 3: each probe on its interval from a stable phase, started by
+the tick of its phase slot (rollbackd/daemon/ticks.py); a slot that finds the previous run still waiting
+is an overrun (TargetMonitor.run_scheduled), never dropped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -19,14 +21,12 @@ from rollbackd.daemon.backup.schedule import attach_backups
 from rollbackd.daemon.drills.schedule import attach_drills
 from rollbackd.daemon.metrics import Metrics
 from rollbackd.daemon.monitor import TargetMonitor
+from rollbackd.daemon.ticks import EXECUTOR, TickExecutor, Ticks
 
 log = logging.getLogger("rollbackd.scheduler")
 
-PROBE_OVERLAP = 4
-"""Instances of one probe's job at once. TargetMonitor.run_scheduled keeps a single probe run in
-flight itself: a slot that comes due meanwhile records an overrun (a failing observation) and
-returns, so it must not be dropped here. Room for: the run in flight, one run whose evaluation
-holds the desk (confirming, up to a probe timeout), one queued behind it, one returning at once."""
+Wrap = Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]
+"""Wraps each scheduled function of a target (the cluster's fence: runs only while owned)."""
 
 CLOCK_STEP = 2.0
 """Seconds the wall clock may move against the monotonic clock before it counts as stepped."""
@@ -50,17 +50,13 @@ class ProbeScheduler:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+        self.scheduler.add_executor(TickExecutor(), EXECUTOR)
+        self.ticks = Ticks(self.scheduler, metrics.scheduler_ran)
         self.drills: Callable[[str], Awaitable[Any]] | None = None
         """Runs a target's scheduled drill (the daemon's DrillService); None: no drills."""
         self.wall: Callable[[], float] = time.time
         self.clock_check = 1.0
         self._clock_watch: asyncio.Task[None] | None = None
-
-    def _on_submitted(self, event: JobSubmissionEvent) -> None:
-        due = event.scheduled_run_times[-1]
-        lag = max(0.0, (datetime.now(UTC) - due).total_seconds())
-        self.metrics.scheduler_ran(lag)
 
     def start(self) -> None:
         self.scheduler.start()
@@ -88,20 +84,31 @@ class ProbeScheduler:
                         job.modify(next_run_time=due)
             self.scheduler.wakeup()
 
-    def schedule(self, monitor: TargetMonitor) -> None:
+    def schedule(self, monitor: TargetMonitor, wrap: Wrap | None = None) -> list[str]:
+        """The target's probes (in ticks), backups and drills; each function wrapped by `wrap`.
+        The ids of what was scheduled, for unschedule()."""
+        ids = []
         for name, settings in monitor.settings.items():
-            self.scheduler.add_job(
-                monitor.run_scheduled, "interval", args=[name],
-                id=f"{monitor.name}/{name}", name=f"probe {monitor.name}/{name}",
-                seconds=settings.interval,
-                next_run_time=datetime.now(UTC) + timedelta(
-                    seconds=phase(f"{monitor.name}/{name}", settings.interval)),
-                max_instances=PROBE_OVERLAP, coalesce=True,
-                misfire_grace_time=max(1, int(settings.interval)),
-                replace_existing=True,
-            )
+            key = f"{monitor.name}/{name}"
+            run = monitor.run_scheduled
+            self.ticks.add(key, wrap(run) if wrap else run, (name,), settings.interval,
+                           phase(key, settings.interval))
+            ids.append(key)
+        before = {job.id for job in self.scheduler.get_jobs()}
         self.schedule_backups(monitor)
         self.schedule_drills(monitor)
+        for job in self.scheduler.get_jobs():
+            if job.id not in before and job.id not in self.ticks.slots:
+                if wrap is not None:
+                    job.modify(func=wrap(job.func))
+                ids.append(job.id)
+        return ids
+
+    def unschedule(self, ids: Iterable[str]) -> None:
+        for key in ids:
+            if not self.ticks.remove(key):
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.remove_job(key)
 
     def schedule_drills(self, monitor: TargetMonitor) -> None:
         """A staging target's drills on their cron schedule ([targets.<name>.drills])."""
@@ -134,10 +141,12 @@ class ProbeScheduler:
             )
 
     def unschedule_all(self) -> None:
+        self.ticks.clear()
         self.scheduler.remove_all_jobs()
 
     def shutdown(self) -> None:
         if self._clock_watch is not None:
             self._clock_watch.cancel()
+        self.ticks.cancel()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

@@ -3,9 +3,9 @@
 A probe keeps one `HttpClient`, built from its settings once and used by every run: the TLS
 context is loaded once per process and configuration (and again when a CA or certificate file
 changes), plain http:// builds none, and a run needs no thread. Requests are httpx's
-(`httpx.Request` and `httpx.Response`, which decode the body), sent straight through httpcore
-over asyncio streams (rollbackd/probes/http_transport.py) instead of an `httpx.AsyncClient`, whose
-per-request machinery costs more than a probe's whole exchange on loopback.
+(`httpx.Request` and `httpx.Response`, which decode the body), sent by h11 on one asyncio protocol
+per connection (rollbackd/probes/http_transport.py) instead of an `httpx.AsyncClient`, whose per-request
+machinery costs more than a probe's whole exchange on loopback.
 """
 
 from __future__ import annotations

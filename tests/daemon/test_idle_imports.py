@@ -70,4 +70,4 @@ def test_an_idle_daemon_with_one_http_target_loads_no_other_kinds_libraries(
     loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert loaded == []
     # The other kinds' probe modules are not even imported (only their settings' modules).
-    assert "rollbackd.probes.http_transport" in modules and "httpcore" in modules
+    assert "rollbackd.probes.http_transport" in modules and "h11" in modules

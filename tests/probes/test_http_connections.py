@@ -3,6 +3,7 @@ stopped accepting them; kept connections are cheaper but blind to that (a real s
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -141,3 +142,78 @@ async def test_tls_context_is_shared_and_rebuilt_when_the_ca_file_changes(
         assert "TLS certificate verify failed" in obs.detail
         ca.write_bytes(pki.ca.read_bytes())  # and back
         assert (await two.check()).ok
+
+
+class IdleClosingServer:
+    """HTTP/1.1 keep-alive on 127.0.0.1 that answers the first request of each connection and
+    then either closes it after `idle` seconds, or (`drop_second`) reads the second request and
+    closes without an answer: the race of a server closing a kept connection as it is used."""
+
+    def __init__(self, idle: float = 0.05, drop_second: bool = False) -> None:
+        self.idle, self.drop_second = idle, drop_second
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> IdleClosingServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+            await writer.drain()
+            if self.drop_second:
+                await reader.readuntil(b"\r\n\r\n")
+            else:
+                await asyncio.sleep(self.idle)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_kept_connection_the_server_closed_while_idle_is_replaced() -> None:
+    async with IdleClosingServer(idle=0.05) as srv:
+        health = probe(srv.port, reuse_connections=True)
+        assert (await health.check()).ok
+        await asyncio.sleep(0.3)  # the server closed it meanwhile
+        obs = await health.check()
+        assert obs.ok, obs.detail
+        assert srv.accepted == 2
+        await health.http.aclose()
+
+
+async def test_a_get_on_a_kept_connection_closed_under_it_is_sent_once_more_on_a_new_one() -> None:
+    async with IdleClosingServer(drop_second=True) as srv:
+        health = probe(srv.port, reuse_connections=True)
+        assert (await health.check()).ok
+        obs = await health.check()  # the kept connection is closed with no answer: once more
+        assert obs.ok, obs.detail
+        assert srv.accepted == 2
+        await health.http.aclose()
+
+
+async def test_without_reuse_a_server_closing_with_no_answer_is_unreachable() -> None:
+    """Nothing is sent twice on a new connection: the run fails, as the server said nothing."""
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    async with server:
+        obs = await probe(server.sockets[0].getsockname()[1]).check()
+    assert (obs.status, obs.symptom) == (Status.FAIL, Symptom.UNREACHABLE), obs.detail
+    assert "Server disconnected without sending a response" in obs.detail

@@ -27,8 +27,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
 
-from apscheduler.jobstores.base import JobLookupError
-
 from rollbackd.daemon.cluster.session import LockSession
 from rollbackd.daemon.cluster.timing import Timing
 from rollbackd.daemon.monitor import TargetMonitor
@@ -303,13 +301,8 @@ class Ownership:
 
     def _schedule(self, lease: Lease, monitor: TargetMonitor) -> None:
         lease.monitors = [m for m in lease.monitors if m.busy] + [monitor]
-        aps = self.host.scheduler.scheduler
-        before = {job.id for job in aps.get_jobs()}
-        self.host.scheduler.schedule(monitor)
-        for job in aps.get_jobs():
-            if job.id not in before:
-                lease.jobs.append(job.id)
-                job.modify(func=self._fenced(lease, job.func))
+        lease.jobs += self.host.scheduler.schedule(monitor,
+                                                   wrap=partial(self._fenced, lease))
 
     def _fenced(self, lease: Lease, func: Callable[..., Awaitable[Any]]
                 ) -> Callable[..., Awaitable[None]]:
@@ -342,9 +335,7 @@ class Ownership:
             return
         lease.state = "pending"
         lease.ready_at = math.inf
-        for job_id in lease.jobs:
-            with contextlib.suppress(JobLookupError):
-                self.host.scheduler.scheduler.remove_job(job_id)
+        self.host.scheduler.unschedule(lease.jobs)
         lease.jobs = []
         for task in list(lease.running):
             task.cancel()
