@@ -195,6 +195,7 @@ class SelfCheck:
             self._seen.clear()
 
     async def check_spawn(self) -> None:
+        proc: asyncio.subprocess.Process | None = None
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._true, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -205,6 +206,13 @@ class SelfCheck:
         except OSError as exc:
             reason = own_fault(os.strerror(exc.errno)) if exc.errno else None
             self.note(reason or "spawn", f"cannot start {self._true}: {exc}")
+        finally:
+            # Timed out, or cancelled at shutdown: the probe process is killed and reaped, never
+            # left running behind a closed loop.
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
 
     def _active(self) -> set[str]:
         now = self.clock()
