@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -15,17 +14,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rollbackd.daemon.attention import Attention
 from rollbackd.daemon.backup.losses import with_losses
 from rollbackd.daemon.clock import now_utc, reconcile
 from rollbackd.daemon.config import TargetConfig
-from rollbackd.daemon.escalation import notices
 from rollbackd.daemon.escalation.outbox import Outbox
 from rollbackd.daemon.incidents.changes import Change, ChangeKind, suspects
 from rollbackd.daemon.incidents.desk import IncidentDesk, Picture
 from rollbackd.daemon.journal.freshness import JournalBackups
 from rollbackd.daemon.journal.store import Journal
 from rollbackd.daemon.metrics import Metrics
-from rollbackd.daemon.rollback.base import AttachesJournal, Executor, TellsLocalChanges
+from rollbackd.daemon.release_ledger import ReleaseLedger
+from rollbackd.daemon.rollback.base import AttachesJournal, Executor
 from rollbackd.daemon.rollback.registry import build_executors
 from rollbackd.daemon.rollback.release_config import attach as attach_config
 from rollbackd.daemon.rollback.schema_facts import gather
@@ -37,19 +37,16 @@ from rollbackd.policies.classify import (
     TargetHealth,
     all_passing,
     classify,
-    journey_trouble,
-    probe_account_trouble,
 )
 from rollbackd.policies.debounce import ProbeHealth, debounce
 from rollbackd.policies.decision import History
 from rollbackd.policies.latency import LatencyState, explain, track
-from rollbackd.policies.ledger import LedgerEntry, observe, redeployed_bad, rollback_target
+from rollbackd.policies.ledger import LedgerEntry, rollback_target
 from rollbackd.policies.plans import Capabilities, Component
 from rollbackd.policies.schema import SchemaFacts
 from rollbackd.policies.settings import PolicySettings
 from rollbackd.policies.targets import Facts, deployment_target
 from rollbackd.probes.base import Probe, ProbeSettings
-from rollbackd.probes.login import SAYS
 from rollbackd.probes.observation import Observation, Status, Symptom
 from rollbackd.probes.registry import Tells, build_probe, kinds_that
 
@@ -58,8 +55,6 @@ log = logging.getLogger("rollbackd.monitor")
 # Probe kinds whose Observation.version tells the schema revision or the key fingerprint.
 REVISION_KINDS = tuple(sorted(kinds_that(Tells.REVISION)))
 KEY_KINDS = tuple(sorted(kinds_that(Tells.KEY_FINGERPRINT)))
-# A journey's failure detail starts with the step it names: step 'create a project': ...
-STEP_NAME = re.compile(r"""^step (["'])(.*?)\1: """)
 SCHEMA_TIMEOUT = 10.0
 """Seconds reading the migrations and counting their rows may take before a decision."""
 
@@ -130,29 +125,29 @@ class TargetMonitor:
         """time.monotonic() of each healthy <-> failing change: a clock step must not make
         recent flapping old, or old flapping recent."""
         self._was_failing = False
-        self._version: tuple[float, str | None] = (0.0, None)
-        self._dirty = False
-        """The deployment's work tree has local edits: its version cannot earn known-good."""
-        self._warned_bad: str | None = None
+        self.ledger = ReleaseLedger(
+            name, journal, outbox, lambda: self.executor, self.release_config,
+            lambda: self.policy.stable_after, lambda: self.desk.current() is not None,
+            lambda: self.busy, lambda: (self._seen(REVISION_KINDS), self._seen(KEY_KINDS)))
+        """The known-good ledger of the deployed release (policies/ledger.py decides)."""
         self.latency: dict[str, LatencyState] = {}  # per probe with a latency baseline
         self._in_flight: dict[str, float] = {}
         """time.monotonic() each scheduled probe run still waiting on its target started."""
         self._overrun_said: set[str] = set()  # probes whose overrun was logged this streak
         self._before_overrun: dict[str, ProbeHealth] = {}
+        """A probe's health before the first overrun of the run still in flight."""
         self._changes_before: dict[str, tuple[int, bool]] = {}
+        """Per probe overrunning now: the flapping record as it was before its first overrun."""
         self._answers: dict[str, Observation] = {}
         """Each probe's last real answer (overruns are not answers)."""
-        """Per probe overrunning now: the flapping record as it was before its first overrun."""
-        """A probe's health before the first overrun of the run still in flight."""
         self._deploying = 0
         self._deployed_at = 0.0
         """time.monotonic() the last drill deploy ended: runs begun before it are not recorded."""
         self._queued = False
         """An evaluation waits for the desk and has not read the picture yet: one that comes
         meanwhile has nothing to add (the queued one will see its observation)."""
-        self._account_mailed: dict[str, set[Symptom]] = {}
-        self._journey_mailed: dict[str, set[str]] = {}
-        """Per login probe, what of its own account's trouble was mailed in this episode."""
+        self.attention = Attention(name, outbox)
+        """What is mailed to people and acted on by nobody (a probe's own account, a journey)."""
         self.starts = StartWatch(name, getattr(config.deployment, "start_period", 0.0),
                                  self.executor)
         """The start period: app_down is held while a deploy or restart is starting."""
@@ -367,113 +362,15 @@ class TargetMonitor:
             self._queued = False
 
     async def current_version(self, max_age: float = 2.0) -> str | None:
-        if self.executor is None:
-            return None
-        fetched, version = self._version
-        if time.monotonic() - fetched > max_age:
-            version = await self.executor.current_version()
-            if isinstance(self.executor, TellsLocalChanges):
-                self._dirty = await self.executor.local_changes() != []
-            self._version = (time.monotonic(), version)
-        return version
-
-    async def _update_ledger(self, passing: bool | None, max_age: float) -> str | None:
-        version = await self.current_version(max_age)
-        if version is None:
-            return None
-        now = now_utc()
-        entries = {e.version: e for e in self.journal.ledger.entries(self.name)}
-        entry = entries.get(version) or LedgerEntry(version, now)
-        if passing is None:  # undecided: the clock neither restarts nor advances
-            if version not in entries:
-                self.journal.ledger.save(self.name, entry)
-            self._report_bad_redeploy(list(entries.values()), version)
-            return version
-        # Known-good needs every probe passing with no incident open against the release (an
-        # incident still open keeps the clock at zero), and a clean work tree: a dirty one is
-        # not the commit's release.
-        clean = passing and self.desk.current() is None and not self._dirty
-        updated = observe(entry, clean, now, self.policy.stable_after,
-                          self._seen(REVISION_KINDS), self._seen(KEY_KINDS))
-        if updated != entry or version not in entries:
-            self.journal.ledger.save(self.name, updated)
-            if updated.known_good and not entry.known_good:
-                log.info("target=%s version=%s status=known-good", self.name, version[:12])
-                await self._record_config(version)
-        self._report_bad_redeploy(list(entries.values()), version)
-        return version
-
-    async def _record_config(self, version: str) -> None:
-        """The config the release ran with as it earned known-good: what a rollback to it puts
-        back. Never raises: a release without its config still rolls back its code."""
-        if self.release_config is None:
-            return
-        try:
-            said = await self.release_config.record(version)
-        except Exception as exc:  # noqa: BLE001 - logged without any value, never raised
-            log.error("target=%s version=%s status=config-not-recorded reason=%r", self.name,
-                      version[:12], f"{type(exc).__name__}: {exc}")
-            return
-        log.info("target=%s version=%s status=config-recorded detail=%r", self.name,
-                 version[:12], said)
-
-    def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
-        if version != self._warned_bad:
-            self._warned_bad = None  # another version since: the next bad redeploy is news again
-        bad = redeployed_bad(entries, version)
-        if bad is None or self._warned_bad == version or self.busy:
-            return
-        if self.desk.current() is not None:
-            return  # the version is bad because this very incident rolled it back
-        self._warned_bad = version
-        log.warning("target=%s version=%s status=bad-version-redeployed earlier=%r", self.name,
-                    version[:12], bad.bad_reason)
-        self.outbox.send(notices.bad_redeploy(self.name, version, bad.bad_reason, time.time()))
+        return await self.ledger.current_version(max_age)
 
     def probe_account(self) -> dict[str, str]:
         """Login probes failing because of their own account, in plain words (for `status`)."""
-        return {p: SAYS[s] for p, s in probe_account_trouble(self.target_health()).items()}
-
-    def _report_probe_account(self) -> None:
-        """Mail on-call once per episode and reason (refused, then locked, is two mails)."""
-        trouble = probe_account_trouble(self.target_health())
-        for probe in set(self._account_mailed) - set(trouble):
-            del self._account_mailed[probe]  # recovered, or failing for another reason now
-        for probe, symptom in trouble.items():
-            mailed = self._account_mailed.setdefault(probe, set())
-            h = self.health[probe]
-            if symptom in mailed or h.last is None:
-                continue
-            mailed.add(symptom)
-            log.warning("target=%s probe=%s status=probe-account reason=%r detail=%r", self.name,
-                        probe, SAYS[symptom], h.last.detail)
-            self.outbox.send(notices.probe_account(self.name, probe, SAYS[symptom],
-                                                   h.last.detail, h.onset or h.last.at))
+        return self.attention.probe_account(self.target_health())
 
     def journey_steps(self) -> dict[str, str]:
         """Journey probes failing after their log-in -> the failing step (for `status`)."""
-        found = {}
-        for probe in journey_trouble(self.target_health()):
-            last = self.health[probe].last
-            match = STEP_NAME.match(last.detail) if last is not None else None
-            found[probe] = match[2] if match else "a later step"
-        return found
-
-    def _report_journey(self) -> None:
-        """Mail on-call once per episode and failing step; a later step breaking too is news."""
-        failing = self.journey_steps()
-        for probe in set(self._journey_mailed) - set(failing):
-            del self._journey_mailed[probe]  # passing again: the next failure is news
-        for probe, step in failing.items():
-            mailed = self._journey_mailed.setdefault(probe, set())
-            h = self.health[probe]
-            if step in mailed or h.last is None:
-                continue
-            mailed.add(step)
-            log.warning("target=%s probe=%s status=journey-step-failing step=%r detail=%r",
-                        self.name, probe, step, h.last.detail)
-            self.outbox.send(notices.journey_step(self.name, probe, step, h.last.detail,
-                                                  h.onset or h.last.at))
+        return self.attention.journey_steps(self.target_health())
 
     def damaged(self, probes: list[str]) -> frozenset[Component]:
         """Whose data these failing probes speak for."""
@@ -532,10 +429,9 @@ class TargetMonitor:
         self._queued = False  # from here on, a new observation needs an evaluation of its own
         health = self.target_health()
         found = classify(health)
-        self._report_probe_account()
-        self._report_journey()
+        self.attention.report(health)
         # A failure may follow a deploy seconds ago: decide on the version deployed now.
-        version = await self._update_ledger(self._stability(health),
+        version = await self.ledger.update(self._stability(health),
                                             max_age=2.0 if found is None else 0.0)
         self.starts.saw(version, all_passing(health))
         found = await self.starts.judge(found)
@@ -601,12 +497,12 @@ class TargetMonitor:
         return evidence, onset
 
     def forget_version(self) -> None:
-        self._version = (0.0, None)
+        self.ledger.forget_version()
 
     @property
     def version(self) -> str | None:
         """The deployed version as last read (None: not read yet, or no deployment)."""
-        return self._version[1]
+        return self.ledger.version
 
     async def verify(self, timeout: float) -> tuple[bool, str]:
         """Run every probe until each passes its success threshold in a row, within timeout."""

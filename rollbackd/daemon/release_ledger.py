@@ -1,0 +1,120 @@
+"""One target's known-good ledger, kept up to date as the monitor evaluates its probes.
+
+Which release runs (asked of the deployment, cached for a moment), whether its work tree is
+clean, how long it has been clean with every probe passing (policies/ledger.py decides), the
+config it carried when it earned known-good, and the news of a release marked bad coming back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from rollbackd.daemon.clock import now_utc
+from rollbackd.daemon.escalation import notices
+from rollbackd.daemon.escalation.outbox import Outbox
+from rollbackd.daemon.journal import Journal
+from rollbackd.daemon.rollback.base import Executor, TellsLocalChanges
+from rollbackd.daemon.rollback.release_config import ReleaseConfig
+from rollbackd.policies.ledger import LedgerEntry, observe, redeployed_bad
+
+log = logging.getLogger("rollbackd.monitor")
+
+
+class ReleaseLedger:
+    def __init__(self, target: str, journal: Journal, outbox: Outbox,
+                 executor: Callable[[], Executor | None],
+                 release_config: ReleaseConfig | None,
+                 stable_after: Callable[[], float],
+                 incident_open: Callable[[], bool], busy: Callable[[], bool],
+                 seen: Callable[[], tuple[str | None, str | None]]) -> None:
+        self.target = target
+        self.journal = journal
+        self.outbox = outbox
+        self._executor = executor
+        self.release_config = release_config
+        self._stable_after = stable_after
+        self._incident_open = incident_open
+        self._busy = busy
+        self._seen = seen
+        """The schema revision and key fingerprint the probes see now (recorded with the title)."""
+        self._version: tuple[float, str | None] = (0.0, None)
+        self._dirty = False
+        """The deployment's work tree has local edits: its version cannot earn known-good."""
+        self._warned_bad: str | None = None
+
+    @property
+    def version(self) -> str | None:
+        """The deployed version as last read (None: never read, or no deployment)."""
+        return self._version[1]
+
+    def forget_version(self) -> None:
+        self._version = (0.0, None)
+
+    async def current_version(self, max_age: float = 2.0) -> str | None:
+        executor = self._executor()
+        if executor is None:
+            return None
+        fetched, version = self._version
+        if time.monotonic() - fetched > max_age:
+            version = await executor.current_version()
+            if isinstance(executor, TellsLocalChanges):
+                self._dirty = await executor.local_changes() != []
+            self._version = (time.monotonic(), version)
+        return version
+
+    async def update(self, passing: bool | None, max_age: float) -> str | None:
+        """Advance the deployed release's entry by one evaluation: `passing` True (every probe
+        passing), False, or None (undecided: the clock neither restarts nor advances)."""
+        version = await self.current_version(max_age)
+        if version is None:
+            return None
+        now = now_utc()
+        entries = {e.version: e for e in self.journal.ledger.entries(self.target)}
+        entry = entries.get(version) or LedgerEntry(version, now)
+        if passing is None:
+            if version not in entries:
+                self.journal.ledger.save(self.target, entry)
+            self._report_bad_redeploy(list(entries.values()), version)
+            return version
+        # Known-good needs every probe passing with no incident open against the release (an
+        # incident still open keeps the clock at zero), and a clean work tree: a dirty one is
+        # not the commit's release.
+        clean = passing and not self._incident_open() and not self._dirty
+        revision, key = self._seen()
+        updated = observe(entry, clean, now, self._stable_after(), revision, key)
+        if updated != entry or version not in entries:
+            self.journal.ledger.save(self.target, updated)
+            if updated.known_good and not entry.known_good:
+                log.info("target=%s version=%s status=known-good", self.target, version[:12])
+                await self._record_config(version)
+        self._report_bad_redeploy(list(entries.values()), version)
+        return version
+
+    async def _record_config(self, version: str) -> None:
+        """The config the release ran with as it earned known-good: what a rollback to it puts
+        back. Never raises: a release without its config still rolls back its code."""
+        if self.release_config is None:
+            return
+        try:
+            said = await self.release_config.record(version)
+        except Exception as exc:  # noqa: BLE001 - logged without any value, never raised
+            log.error("target=%s version=%s status=config-not-recorded reason=%r", self.target,
+                      version[:12], f"{type(exc).__name__}: {exc}")
+            return
+        log.info("target=%s version=%s status=config-recorded detail=%r", self.target,
+                 version[:12], said)
+
+    def _report_bad_redeploy(self, entries: list[LedgerEntry], version: str) -> None:
+        if version != self._warned_bad:
+            self._warned_bad = None  # another version since: the next bad redeploy is news again
+        bad = redeployed_bad(entries, version)
+        if bad is None or self._warned_bad == version or self._busy():
+            return
+        if self._incident_open():
+            return  # the version is bad because this very incident rolled it back
+        self._warned_bad = version
+        log.warning("target=%s version=%s status=bad-version-redeployed earlier=%r",
+                    self.target, version[:12], bad.bad_reason)
+        self.outbox.send(notices.bad_redeploy(self.target, version, bad.bad_reason, time.time()))
