@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,11 +24,11 @@ from cryptography.fernet import Fernet
 from rollbackd.daemon.demo.workspace import DEMO_USER, Workspace
 from tests.conftest import DaemonProcess, SmtpSink, free_port, wait_for
 from tests.control.conftest import accounts_section, rollbackctl
+from tests.reliability.kill9 import SIGKILLED, restart
 from tests.reliability.support import journal_rows, unsent, wait_exit
 
 pytestmark = pytest.mark.e2e
 
-SIGKILLED = -9
 NOTICE = ".user-notice."
 
 
@@ -105,26 +103,6 @@ def daemon(ws: Workspace, port: int, tmp_path: Path, notices: str,
                          tmp_path / "daemon.log", env or {})
 
 
-def launch(d: DaemonProcess) -> None:
-    """Start the daemon; one set to die may die before it answers."""
-    with open(d.log, "ab") as log:
-        d.proc = subprocess.Popen(
-            [sys.executable, "-m", "rollbackd.daemon.cli", "run", "--config", str(d.config)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **d.env})
-    proc = d.proc
-
-    def up_or_killed() -> bool:
-        if proc.poll() is not None:
-            assert proc.returncode == SIGKILLED, f"exited {proc.returncode}\n{d.log_text()}"
-            return True
-        try:
-            return bool(d.ctl("status")["ok"])
-        except Exception:  # noqa: BLE001 - still starting
-            return False
-
-    wait_for(up_or_killed, 20, f"daemon ready\n{d.log_text()[-3000:]}")
-
-
 def state(d: DaemonProcess, incident: int) -> str:
     return str(journal_rows(d, "SELECT state FROM incidents WHERE id = ?", incident)[0][0])
 
@@ -142,7 +120,7 @@ def resume_after_kill(d: DaemonProcess, incident: int, step: str) -> str:
     approves and the plan goes on. Returns what the restart found of the step."""
     d.env.pop("ROLLBACKD_CRASH_AT_STEP", None)
     d.env.pop("ROLLBACKD_CRASH_AFTER_STEP", None)
-    launch(d)
+    restart(d)
     wait_for(lambda: state(d, incident) == "held", 30, f"held\n{d.log_text()[-3000:]}")
     reason = str(journal_rows(d, "SELECT held_reason FROM incidents WHERE id = ?",
                               incident)[0][0])
@@ -176,7 +154,7 @@ def test_three_thousand_users_each_mailed_once_at_the_rate_across_a_kill9(
     ws.start()
     d = daemon(ws, sink.port, tmp_path, f'via = "mail"\nrate = {RATE}\n'
                'app_url = "https://grading.example.edu"\ntimeout = "10m"\n')
-    launch(d)
+    restart(d)
     try:
         assert d.proc is not None
         sink.kill_at = (KILL_AT, d.proc.pid)  # SIGKILL in the middle of the 1,200th mail
@@ -237,7 +215,7 @@ def test_crash_hooks_around_one_users_mail(workspace: Workspace, sink: TimedSink
               else ("ROLLBACKD_CRASH_AFTER_STEP", 300))
     d = daemon(ws, sink.port, tmp_path, 'via = "mail"\nrate = 200\n',
                env={var: f"notify_users/{n}"})
-    launch(d)
+    restart(d)
     try:
         inc = request_lockdown(d)
         assert wait_exit(d, 60, f"the kill {point} user {n}") == SIGKILLED
@@ -277,7 +255,7 @@ def test_app_endpoint_called_exactly_once_across_kill9(workspace: Workspace, sin
     d = daemon(ws, sink.port, tmp_path,
                f'via = "endpoint"\nurl = "{ws.url}/api/admin/user-notices"\n'
                f'token_file = "{token}"\ntimeout = "60s"\n', env={var: "notify_users"})
-    launch(d)
+    restart(d)
     try:
         inc = request_lockdown(d)
         assert wait_exit(d, 60, f"the kill {point} notify_users") == SIGKILLED
