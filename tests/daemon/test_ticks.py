@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from rollbackd.daemon.metrics import Metrics
@@ -108,3 +109,56 @@ async def test_the_wrap_reaches_every_probe_run() -> None:
     finally:
         sched.shutdown()
     assert seen[:4] == [("fenced", "health"), ("ran", "health")] * 2
+
+
+async def test_a_crowded_slot_starts_in_groups_at_their_phases() -> None:
+    """40 probes in one slot: the first GROUP start at the tick, the others wait on a timer for
+    the phase of their group's first probe; one removed before its group's timer does not run,
+    and shutdown cancels the groups not yet started."""
+    from rollbackd.daemon.ticks import GROUP, Ticks
+
+    sched = scheduler()
+    ticks: Ticks = sched.ticks
+    started: list[str] = []
+
+    async def run(probe: str) -> None:
+        started.append(probe)
+
+    # Phases 0.005 s apart, given in reverse: the groups follow the phase, not the order added.
+    for i in reversed(range(40)):
+        ticks.add(f"t{i:02d}/health", run, (f"t{i:02d}",), 5.0, i * 0.005)
+    assert list(ticks.slots) == ["probes/5s/0"]
+    assert [len(g) for g in ticks.groups("probes/5s/0")] == [GROUP, GROUP, 40 - 2 * GROUP]
+
+    loop = asyncio.get_running_loop()
+    timers: list[tuple[float, Callable[[], None], asyncio.TimerHandle]] = []
+    real_call_later = loop.call_later
+
+    def recorded(delay: float, callback: Callable[[], None], *args: Any) -> asyncio.TimerHandle:
+        handle = real_call_later(3600, callback)  # never fires by itself within the test
+        timers.append((delay, callback, handle))
+        return handle
+
+    loop.call_later = recorded  # type: ignore[method-assign]
+    try:
+        from datetime import UTC, datetime
+        ticks._tick("probes/5s/0", due=datetime.now(UTC))
+    finally:
+        loop.call_later = real_call_later  # type: ignore[method-assign]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert started == [f"t{i:02d}" for i in range(GROUP)]
+    # One timer per later group, set for the phase of its first probe less the tick's lateness.
+    assert len(timers) == 2
+    assert timers[0][0] <= GROUP * 0.005 and timers[1][0] <= 2 * GROUP * 0.005
+    assert timers[1][0] - timers[0][0] == pytest.approx(GROUP * 0.005)
+
+    ticks.remove(f"t{GROUP + 1:02d}/health")
+    timers[0][1]()  # the second group's time comes
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert started[GROUP:] == [f"t{i:02d}" for i in range(GROUP, 2 * GROUP) if i != GROUP + 1]
+
+    sched.shutdown()
+    assert timers[1][2].cancelled()  # the third group never starts
+    assert len(started) == 2 * GROUP - 1
