@@ -50,6 +50,7 @@ from bench.probes import (  # noqa: E402
     _run_delay,
     _status_kb,
     _wait,
+    gc_file,
 )
 
 EXPORTER = "/usr/bin/prometheus-blackbox-exporter"
@@ -315,6 +316,11 @@ def _window(args: argparse.Namespace, trees: dict[str, Path], no_peer: bool
                 f"{name}_lag_p50": _quantile(lags, 0.5) if lags else float("nan"),
                 f"{name}_waited": (waited1[name] - waited0[name]) / wall,
                 f"{name}_hwm": hwm[name]}
+        pauses = [float(pause) for at, pause in (line.split() for line in
+                                                 gc_file(lag_file).read_text().splitlines())
+                  if t0 <= float(at) <= t1] if gc_file(lag_file).exists() else []
+        out |= {f"{name}_gc": sum(pauses) / wall,
+                f"{name}_gc_max": max(pauses, default=float("nan"))}
     if not no_peer:
         out |= {"exporter_ms": used["exporter"] / max(runs["peer"], 1) * 1000,
                 "peer_ms": (used["exporter"] + used["prometheus"]) / max(runs["peer"], 1) * 1000,
@@ -332,7 +338,7 @@ def _head(args: argparse.Namespace) -> list[str]:
     head = ["run"]
     for name in _trees(args):
         head += ["load", f"{name}/probe", "CPU", "runs/s", "lag p50", "lag p99", "waited",
-                 "peak RSS"]
+                 "GC", "GC max", "peak RSS"]
         if not args.no_peer:
             head.append("ratio")
     if not args.no_peer:
@@ -346,7 +352,8 @@ def _row(label: str, f: dict[str, float], args: argparse.Namespace) -> list[str]
         row += [f"{f[name + '_load']:.1f}", f"{f[name + '_ms']:.2f} ms", f"{f[name + '_cpu']:.1%}",
                 f"{f[name + '_runs_s']:.0f}/{f['expected_runs_s']:.0f}",
                 f"{f[name + '_lag_p50'] * 1000:.1f} ms", f"{f[name + '_lag_p99'] * 1000:.1f} ms",
-                f"{f[name + '_waited']:.0%}", f"{f[name + '_hwm'] / 2**20:.0f} MiB"]
+                f"{f[name + '_waited']:.0%}", f"{f[name + '_gc']:.1%}",
+                f"{f[name + '_gc_max'] * 1000:.0f} ms", f"{f[name + '_hwm'] / 2**20:.0f} MiB"]
         if not args.no_peer:
             row.append(f"{f[name + '_ratio']:.2f}x")
     if not args.no_peer:

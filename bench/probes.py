@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from array import array
 from contextlib import closing
 from pathlib import Path
 
@@ -84,14 +86,27 @@ def _daemon(lag_file: Path, profile: str | None, realtime: bool, argv: list[str]
     from rollbackd.daemon.cli import main
     from rollbackd.daemon.metrics.instruments import Metrics
 
-    lags: list[tuple[float, float]] = []
+    # Arrays of doubles, not a list of tuples: a tuple per run would be one more object for the
+    # daemon's cyclic GC to walk in every full collection, a cost the bench would add.
+    ats, lags = array("d"), array("d")
+    gc_ends, gc_pauses = array("d"), array("d")  # each collection's end and length
+    gc_began = [0.0]
     original = Metrics.scheduler_ran
 
     def timed(self: Metrics, lag: float) -> None:  # each probe run's start minus its due time
-        lags.append((time.time(), lag))
+        ats.append(time.time())
+        lags.append(lag)
         original(self, lag)
 
+    def collected(phase: str, info: dict[str, int]) -> None:  # the cyclic GC's pauses
+        if phase == "start":
+            gc_began[0] = time.perf_counter()
+        else:
+            gc_pauses.append(time.perf_counter() - gc_began[0])
+            gc_ends.append(time.time())
+
     Metrics.scheduler_ran = timed  # type: ignore[method-assign]
+    gc.callbacks.append(collected)
     try:
         if profile:
             import cProfile
@@ -102,7 +117,16 @@ def _daemon(lag_file: Path, profile: str | None, realtime: bool, argv: list[str]
             return code
         return main(argv)
     finally:
-        lag_file.write_text("\n".join(f"{at:.6f} {lag:.6f}" for at, lag in lags))
+        lag_file.write_text("\n".join(f"{at:.6f} {lag:.6f}"
+                                     for at, lag in zip(ats, lags, strict=True)))
+        gc_file(lag_file).write_text("\n".join(f"{at:.6f} {pause:.6f}"
+                                               for at, pause in zip(gc_ends, gc_pauses,
+                                                                    strict=True)))
+
+
+def gc_file(lag_file: Path) -> Path:
+    """Where `_daemon` writes (when, length) of each cyclic GC collection in the daemon."""
+    return lag_file.with_suffix(".gc.txt")
 
 
 # --- the driver ---------------------------------------------------------------------------------
