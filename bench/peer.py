@@ -99,7 +99,7 @@ GO_APP_PATH = "/-/healthy"
 
 def _served(port: int, scheme: str, go: bool = False) -> int:
     if go:  # its own count of the health path's answers
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
             for line in resp.read().decode().splitlines():
                 if line.startswith("prometheus_http_requests_total{") \
                         and f'handler="{GO_APP_PATH}"' in line and 'code="200"' in line:

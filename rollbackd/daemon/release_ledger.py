@@ -1,8 +1,9 @@
 """One target's known-good ledger, kept up to date as the monitor evaluates its probes.
 
-Which release runs (asked of the deployment, cached for a moment), whether its work tree is
-clean, how long it has been clean with every probe passing (policies/ledger.py decides), the
-config it carried when it earned known-good, and the news of a release marked bad coming back.
+Which release runs (asked of the deployment, cached for a moment, and not asked again while the
+deployment's version stamp stands), whether its work tree is clean, how long it has been clean
+with every probe passing (policies/ledger.py decides), the config it carried when it earned
+known-good, and the news of a release marked bad coming back.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from rollbackd.daemon.clock import now_utc
 from rollbackd.daemon.escalation import notices
 from rollbackd.daemon.escalation.outbox import Outbox
 from rollbackd.daemon.journal import Journal
-from rollbackd.daemon.rollback.base import Executor, TellsLocalChanges
+from rollbackd.daemon.rollback.base import Executor, StampsVersion, TellsLocalChanges
 from rollbackd.daemon.rollback.release_config import ReleaseConfig
 from rollbackd.policies.ledger import LedgerEntry, observe, redeployed_bad
 
 log = logging.getLogger("rollbackd.monitor")
+
+RECHECK = 60.0
+"""Seconds a version stamp that stands is trusted before the deployment is asked anyway."""
+DIRTY_EVERY = 30.0
+"""Seconds between two looks for local edits in a clean work tree while the version stands
+(`git status` reads the whole tree). A release about to earn known-good is looked at again
+first, whatever the age; a dirty tree is looked at on every read, so an edit undone starts the
+clock at once."""
 
 
 class ReleaseLedger:
@@ -40,6 +49,9 @@ class ReleaseLedger:
         self._seen = seen
         """The schema revision and key fingerprint the probes see now (recorded with the title)."""
         self._version: tuple[float, str | None] = (0.0, None)
+        self._stamp: tuple[object, ...] | None = None
+        self._asked_at = self._dirty_at = 0.0
+        """When the deployment was last asked its version, and for local edits."""
         self._dirty = False
         """The deployment's work tree has local edits: its version cannot earn known-good."""
         self._warned_bad: str | None = None
@@ -50,19 +62,37 @@ class ReleaseLedger:
         return self._version[1]
 
     def forget_version(self) -> None:
-        self._version = (0.0, None)
+        self._version, self._stamp = (0.0, None), None
 
     async def current_version(self, max_age: float = 2.0) -> str | None:
+        """The deployed version, at most `max_age` seconds old (0: ask the deployment now)."""
         executor = self._executor()
         if executor is None:
             return None
         fetched, version = self._version
-        if time.monotonic() - fetched > max_age:
-            version = await executor.current_version()
-            if isinstance(executor, TellsLocalChanges):
-                self._dirty = await executor.local_changes() != []
-            self._version = (time.monotonic(), version)
+        now = time.monotonic()
+        if now - fetched <= max_age:
+            return version
+        # Taken before asking: a move between the two shows as a changed stamp next time.
+        stamp = executor.version_stamp() if isinstance(executor, StampsVersion) else None
+        if max_age > 0 and stamp is not None and stamp == self._stamp \
+                and now - self._asked_at < RECHECK:
+            if self._dirty or now - self._dirty_at >= DIRTY_EVERY:
+                await self._look_for_edits(executor)
+            self._version = (now, version)
+            return version
+        version = await executor.current_version()
+        moved = version != self._version[1]
+        self._stamp, self._asked_at = stamp, now
+        if moved or self._dirty or now - self._dirty_at >= DIRTY_EVERY or max_age == 0:
+            await self._look_for_edits(executor)
+        self._version = (time.monotonic(), version)
         return version
+
+    async def _look_for_edits(self, executor: Executor) -> None:
+        if isinstance(executor, TellsLocalChanges):
+            self._dirty = await executor.local_changes() != []
+        self._dirty_at = time.monotonic()
 
     async def update(self, passing: bool | None, max_age: float) -> str | None:
         """Advance the deployed release's entry by one evaluation: `passing` True (every probe
@@ -84,6 +114,10 @@ class ReleaseLedger:
         clean = passing and not self._incident_open() and not self._dirty
         revision, key = self._seen()
         updated = observe(entry, clean, now, self._stable_after(), revision, key)
+        if updated.known_good and not entry.known_good and (executor := self._executor()):
+            await self._look_for_edits(executor)  # edits since the last look spoil it
+            if self._dirty:
+                updated = observe(entry, False, now, self._stable_after(), revision, key)
         if updated != entry or version not in entries:
             self.journal.ledger.save(self.target, updated)
             if updated.known_good and not entry.known_good:

@@ -88,6 +88,17 @@ class TellsLocalChanges(Protocol):
 
 
 @runtime_checkable
+class StampsVersion(Protocol):
+    """An executor that can tell, without asking its deployment, that the version has not
+    moved since it last looked (a git work tree: a stat of HEAD and its ref)."""
+
+    def version_stamp(self) -> tuple[object, ...] | None:
+        """Changes whenever the deployed version may have; None when it cannot tell (the
+        version is then asked of the deployment every time)."""
+        ...
+
+
+@runtime_checkable
 class AttachesJournal(Protocol):
     """An executor that journals what it does beyond its step (the users' notice: one row per
     mailed user) and mails through the daemon's SMTP settings."""

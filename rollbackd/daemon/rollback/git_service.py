@@ -95,6 +95,32 @@ class GitServiceExecutor:
     async def current_version(self) -> str | None:
         return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
 
+    def version_stamp(self) -> tuple[object, ...] | None:
+        """HEAD's text and a stat of every file that can move it: HEAD, the ref HEAD names and
+        packed-refs. git replaces a ref by renaming a new file over it, so a commit, checkout,
+        reset or fetch that moves HEAD changes the stamp. Two system calls and a read, where
+        `git rev-parse` is a process (the ledger asked every 2 s per target). None for a work
+        tree whose .git is a file (a linked worktree or submodule: refs live elsewhere)."""
+        git = self.settings.repo / ".git"
+        try:
+            head = (git / "HEAD").read_text()
+        except OSError:
+            return None
+        files = [git / "HEAD", git / "packed-refs"]
+        if head.startswith("ref: "):
+            files.append(git / head[5:].strip())
+        stamp: list[object] = [head]
+        for path in files:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                stamp.append(None)
+            except OSError:
+                return None
+            else:
+                stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamp)
+
     async def process(self) -> Process:
         if self.settings.pidfile is None:
             return Process(None, None, "no pidfile configured")
