@@ -254,6 +254,49 @@ def test_docker_test_first_rollback_survives_kill9_at_every_step(
         d.stop()
 
 
+def test_docker_test_first_kill9_at_start_beside_beside_a_leftover_candidate(
+        app: DockerApp, images: dict[str, str], docker: docker.DockerClient, smtp: SmtpSink,
+        tmp_path: Path) -> None:
+    """A plan abandoned between start_beside and remove_beside leaves its candidate running.
+    If it runs another release than this plan's target, it is not this start_beside's effect:
+    after a crash at the step, the restart must not find the step done (the plan would go on to
+    probe the leftover and swap to the target untested), and the step, run again, replaces it.
+    Only "at": at "after" the step has replaced the leftover already (the walk above)."""
+    good = app.deploy(images["v1"])
+    # The leftover: another import of v1's files (fast, healthy), so another image id.
+    other = build("v1", repository="rollbackd-test/deploy-leftover")
+    app.runner.run(other, name=f"{app.name}.candidate", restart_policy={"Name": "no"},
+                   environment={"PORT": str(app.spare_port)},
+                   labels={"org.rollbackd.candidate-of": app.name})
+    d = daemon_for(tmp_path, test_first_toml(app, smtp, tmp_path), "at", "start_beside").start()
+    try:
+        wait_for(lambda: known_good(d, good), 20, f"v1 known-good\n{d.log_text()[-3000:]}")
+        since = ""
+
+        def deploy() -> None:
+            nonlocal since
+            app.deploy(images["v3"])
+            since = f"{time.time():.9f}"
+
+        before = newest_incident(d)
+        w = walk(d, smtp, "at", ["start_beside"], deploy)
+        assert w.did == [("start_beside", "effect absent, held, approved")], w.found
+        assert f"runs image {docker.images.get(other).id.removeprefix('sha256:')[:12]}" in \
+            w.found[0][1], w.found
+        # The leftover killed and removed, then the target's candidate made, started, probed
+        # and removed, once each.
+        assert engine_effects_by_name(docker, app.name, since) == {
+            "candidate": {"create": 1, "start": 1, "kill 9": 2, "destroy": 2},
+            "failed": {"kill 15": 1, "kill 9": 1, "stop": 1, "rename": 1},
+            "app": {"create": 1, "start": 1},
+        }
+        assert app.image_id() == good and len(app.all_names()) == 2, app.all_names()
+        only_incident(d, w.incident, before)
+        assert_survived(d, smtp, w, DOCKER_TEST_FIRST_STEPS, "Docker test first, leftover")
+    finally:
+        d.stop()
+
+
 # -- Kubernetes: deployment_rollback against the fake API ---------------------------------------
 
 K8S_STEPS = [*CHECKLIST, "restore_pod_template", "rollout_status", "check_pods", "verify"]
