@@ -1,4 +1,5 @@
-"""kill -9 of the daemon at both points of every step of the Docker, Kubernetes and key-reset plans.
+"""kill -9 of the daemon at both points of every step of the Docker (plain and test-first),
+Kubernetes and key-reset plans.
 
 The same walk as tests/reliability/test_kill9_every_step.py (tests/reliability/kill9.py): one
 chain of crashes per plan and point, "at" (right after the step is journaled running) or
@@ -9,10 +10,12 @@ directory after each, a person's approval after each hold, until the plan finish
   done), the incident is the only one and ends resolved; every hold said what was found;
 - the real effects happened exactly once, counted where they happen, never from the daemon's
   own log: the Docker engine's events (one rename of the failed container, one creation and one
-  start of the known-good one, nothing removed); the fake Kubernetes API's write requests (one
-  JSON patch); the kernel's record of files renamed into place (one key write, one canary
-  write), a trigger in the app's database (each ciphertext cleared once), the backup catalog
-  (one backup of each kind for the incident) and the restart command's own counter;
+  start of the known-good one, nothing removed; test first: also one creation, start and
+  removal of the candidate beside it, one stop of the slow container); the fake Kubernetes
+  API's write requests (one JSON patch); the kernel's record of files renamed into place (one
+  key write, one canary write), a trigger in the app's database (each ciphertext cleared
+  once), the backup catalog (one backup of each kind for the incident) and the restart
+  command's own counter;
 - each recipient got each of the incident's mails once from the real SMTP server, and no event
   got a second Message-ID;
 - the journal passes PRAGMA integrity_check.
@@ -36,7 +39,7 @@ from cryptography.fernet import Fernet
 
 from rollbackd.daemon.demo.workspace import Workspace
 from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
-from tests.deploy.apps import DockerApp, build, daemon_toml
+from tests.deploy.apps import HEALTH, DockerApp, build, daemon_toml
 from tests.fakes.k8s_api import FakeKubernetes
 from tests.infra.services import DOCKER_SOCKET
 from tests.recovery.support import db_path, wait_healthy
@@ -92,7 +95,7 @@ it again is harmless; `die` follows a start or a kill."""
 
 @pytest.fixture(scope="module")
 def images(docker: docker.DockerClient) -> dict[str, str]:
-    return {v: build(v) for v in ("v1", "v2")}
+    return {v: build(v) for v in ("v1", "v2", "v3")}
 
 
 @pytest.fixture
@@ -102,29 +105,62 @@ def app(docker: docker.DockerClient, tmp_path: Path) -> Iterator[DockerApp]:
     a.cleanup()
 
 
-def engine_effects(client: docker.DockerClient, name: str, since: str) -> Counter[str]:
-    """What the engine did to the containers named `name` or `name.*` since `since`, as its own
-    event stream records it."""
+def engine_events(client: docker.DockerClient, name: str, since: str) -> list[dict[str, Any]]:
+    """The counted events of the containers named `name` or `name.*` since `since`, as the
+    engine's own event stream records them, oldest first."""
     found = client.api.events(since=since, until=f"{time.time():.9f}",
                               filters={"type": "container"}, decode=True)
-    return Counter(e["Action"] for e in found if e["Action"] in COUNTED_ACTIONS
-                   and (e["Actor"]["Attributes"].get("name", "") == name
-                        or e["Actor"]["Attributes"].get("name", "").startswith(f"{name}.")))
+    return [e for e in found if e["Action"] in COUNTED_ACTIONS
+            and (e["Actor"]["Attributes"].get("name", "") == name
+                 or e["Actor"]["Attributes"].get("name", "").startswith(f"{name}."))]
+
+
+def engine_effects(client: docker.DockerClient, name: str, since: str) -> Counter[str]:
+    """What the engine did to the containers named `name` or `name.*` since `since`."""
+    return Counter(e["Action"] for e in engine_events(client, name, since))
+
+
+def engine_effects_by_name(client: docker.DockerClient, name: str,
+                           since: str) -> dict[str, Counter[str]]:
+    """The same, per container, each under the name it has last ("failed": `name.failed.*`,
+    "candidate": `name.candidate`, "app": `name`); two containers that ended under one name
+    are counted together. A kill is counted with its signal ("kill 15")."""
+    last: dict[str, str] = {}
+    events = engine_events(client, name, since)
+    for e in events:
+        last[e["id"]] = e["Actor"]["Attributes"]["name"]
+
+    def role(n: str) -> str:
+        return "app" if n == name else "failed" if n.startswith(f"{name}.failed.") else \
+            n.removeprefix(f"{name}.")
+
+    found: dict[str, Counter[str]] = {}
+    for e in events:
+        signal = e["Actor"]["Attributes"].get("signal")
+        action = f"kill {signal}" if e["Action"] == "kill" else e["Action"]
+        found.setdefault(role(last[e["id"]]), Counter())[action] += 1
+    return found
+
+
+def docker_toml(app: DockerApp, smtp: SmtpSink, tmp_path: Path,
+                deployment: dict[str, Any] | None = None,
+                health: dict[str, Any] | None = None) -> str:
+    host = f"unix://{DOCKER_SOCKET}"
+    return with_hooks(daemon_toml(
+        tmp_path / "state", smtp.port,
+        {"kind": "docker", "container": app.name, "docker_host": host, "stop_timeout": "2s",
+         "start_grace": "500ms", **(deployment or {})},
+        {"health": {"kind": "http_health", "url": app.url, "interval": "500ms", "timeout": "2s",
+                    "failure_threshold": 3, **(health or {})},
+         "container": {"kind": "docker_container", "container": app.name, "docker_host": host,
+                       "interval": "500ms", "timeout": "2s", "failure_threshold": 2}}))
 
 
 @both_points
 def test_docker_deployment_rollback_survives_kill9_at_every_step(
         app: DockerApp, images: dict[str, str], docker: docker.DockerClient, smtp: SmtpSink,
         tmp_path: Path, point: str) -> None:
-    host = f"unix://{DOCKER_SOCKET}"
-    text = with_hooks(daemon_toml(
-        tmp_path / "state", smtp.port,
-        {"kind": "docker", "container": app.name, "docker_host": host, "stop_timeout": "2s",
-         "start_grace": "500ms"},
-        {"health": {"kind": "http_health", "url": app.url, "interval": "500ms", "timeout": "2s",
-                    "failure_threshold": 3},
-         "container": {"kind": "docker_container", "container": app.name, "docker_host": host,
-                       "interval": "500ms", "timeout": "2s", "failure_threshold": 2}}))
+    text = docker_toml(app, smtp, tmp_path)
     good = app.deploy(images["v1"])
     d = daemon_for(tmp_path, text, point, DOCKER_STEPS[0]).start()
     try:
@@ -148,6 +184,115 @@ def test_docker_deployment_rollback_survives_kill9_at_every_step(
         assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"
         only_incident(d, w.incident, before)
         assert_survived(d, smtp, w, DOCKER_STEPS, "Docker")
+    finally:
+        d.stop()
+
+
+# -- Docker: test first (the known-good image tried beside the slow one, then the swap) -------
+
+BESIDE = ["start_beside", "probe_beside", "remove_beside"]
+DOCKER_TEST_FIRST_STEPS = [*CHECKLIST, *BESIDE, "stop_failed_container", "start_known_good",
+                           "verify"]
+TEST_FIRST_FOUND = {
+    # Nothing of a step is there before it ran; only the checklist's backup is found done (a
+    # deployment keeps its state itself: nothing to back up).
+    "at": {**dict.fromkeys(DOCKER_TEST_FIRST_STEPS, "absent"), "backup_current": "done"},
+    # Every step that changes something is found done; the checks (verify_target,
+    # probe_beside, verify) change nothing, so they run again.
+    "after": {**dict.fromkeys(DOCKER_TEST_FIRST_STEPS, "done"),
+              **dict.fromkeys(["verify_target", "probe_beside", "verify"], "absent")},
+}
+"""What each restart's effect check finds of the step the crash cut off. Never "unknown": no
+hold asks a person to look at a half-done step; each asks whether to run it (again)."""
+
+
+def test_first_toml(app: DockerApp, smtp: SmtpSink, tmp_path: Path) -> str:
+    """tests/deploy/test_docker_rollback.py's test-first configuration: a release slower than
+    300 ms is perf_degraded, whose plan tries the known-good image on the spare port first."""
+    return docker_toml(app, smtp, tmp_path, health={"max_latency": "300ms"}, deployment={
+        "spare_port": app.spare_port, "port_env": "PORT", "probe_path": HEALTH,
+        "probe_max_latency": "300ms", "probe_within": "10s"})
+
+
+@both_points
+def test_docker_test_first_rollback_survives_kill9_at_every_step(
+        app: DockerApp, images: dict[str, str], docker: docker.DockerClient, smtp: SmtpSink,
+        tmp_path: Path, point: str) -> None:
+    good = app.deploy(images["v1"])
+    d = daemon_for(tmp_path, test_first_toml(app, smtp, tmp_path), point,
+                   DOCKER_TEST_FIRST_STEPS[0]).start()
+    try:
+        wait_for(lambda: known_good(d, good), 20, f"v1 known-good\n{d.log_text()[-3000:]}")
+        since, slow = "", ""
+
+        def deploy() -> None:
+            nonlocal since, slow
+            slow = app.deploy(images["v3"])  # `docker rm -f` + `docker run`: 600 ms a request
+            since = f"{time.time():.9f}"
+
+        before = newest_incident(d)
+        w = walk(d, smtp, point, DOCKER_TEST_FIRST_STEPS, deploy)
+        found = {step: what.split(",")[0].split()[-1] for step, what in w.did}
+        assert found == TEST_FIRST_FOUND[point], w.did
+        # The candidate made, started and removed once (`rm -f`: SIGKILL, then destroy); the
+        # slow container stopped once (httpd as PID 1 ignores SIGTERM: SIGKILL after
+        # stop_timeout) and kept under a .failed. name; the known-good one made and started
+        # once. Nothing repeated, nothing else touched.
+        assert engine_effects_by_name(docker, app.name, since) == {
+            "candidate": {"create": 1, "start": 1, "kill 9": 1, "destroy": 1},
+            "failed": {"kill 15": 1, "kill 9": 1, "stop": 1, "rename": 1},
+            "app": {"create": 1, "start": 1},
+        }
+        names = app.all_names()  # no candidate left behind
+        assert len(names) == 2 and names[0] == app.name and ".failed." in names[1], names
+        assert app.image_id() == good and app.image_id(names[1]) == slow
+        assert app.container(names[1]).status == "exited"
+        assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"
+        only_incident(d, w.incident, before)
+        assert_survived(d, smtp, w, DOCKER_TEST_FIRST_STEPS, "Docker test first")
+    finally:
+        d.stop()
+
+
+def test_docker_test_first_kill9_at_start_beside_beside_a_leftover_candidate(
+        app: DockerApp, images: dict[str, str], docker: docker.DockerClient, smtp: SmtpSink,
+        tmp_path: Path) -> None:
+    """A plan abandoned between start_beside and remove_beside leaves its candidate running.
+    If it runs another release than this plan's target, it is not this start_beside's effect:
+    after a crash at the step, the restart must not find the step done (the plan would go on to
+    probe the leftover and swap to the target untested), and the step, run again, replaces it.
+    Only "at": at "after" the step has replaced the leftover already (the walk above)."""
+    good = app.deploy(images["v1"])
+    # The leftover: another import of v1's files (fast, healthy), so another image id.
+    other = build("v1", repository="rollbackd-test/deploy-leftover")
+    app.runner.run(other, name=f"{app.name}.candidate", restart_policy={"Name": "no"},
+                   environment={"PORT": str(app.spare_port)},
+                   labels={"org.rollbackd.candidate-of": app.name})
+    d = daemon_for(tmp_path, test_first_toml(app, smtp, tmp_path), "at", "start_beside").start()
+    try:
+        wait_for(lambda: known_good(d, good), 20, f"v1 known-good\n{d.log_text()[-3000:]}")
+        since = ""
+
+        def deploy() -> None:
+            nonlocal since
+            app.deploy(images["v3"])
+            since = f"{time.time():.9f}"
+
+        before = newest_incident(d)
+        w = walk(d, smtp, "at", ["start_beside"], deploy)
+        assert w.did == [("start_beside", "effect absent, held, approved")], w.found
+        assert f"runs image {docker.images.get(other).id.removeprefix('sha256:')[:12]}" in \
+            w.found[0][1], w.found
+        # The leftover killed and removed, then the target's candidate made, started, probed
+        # and removed, once each.
+        assert engine_effects_by_name(docker, app.name, since) == {
+            "candidate": {"create": 1, "start": 1, "kill 9": 2, "destroy": 2},
+            "failed": {"kill 15": 1, "kill 9": 1, "stop": 1, "rename": 1},
+            "app": {"create": 1, "start": 1},
+        }
+        assert app.image_id() == good and len(app.all_names()) == 2, app.all_names()
+        only_incident(d, w.incident, before)
+        assert_survived(d, smtp, w, DOCKER_TEST_FIRST_STEPS, "Docker test first, leftover")
     finally:
         d.stop()
 

@@ -303,10 +303,19 @@ class DockerExecutor:
                            f"is {'running' if running else 'not running'}; the target is "
                            f"{short(target)}")
         if name == "start_beside":
+            target = ctx.target_of(Component.DEPLOYMENT)
             c = await self._inspect(self.candidate)
             if c is None:
                 return absent(f"no container {self.candidate}")
-            if (c.get("State") or {}).get("Running"):
+            running = bool((c.get("State") or {}).get("Running"))
+            if c["Image"] != target:
+                # The step only makes candidates of the target: one of another release was left
+                # by an abandoned plan, and the step replaces it. Found done, the plan would
+                # probe the leftover and swap to the target untested.
+                return absent(f"{self.candidate} {'runs' if running else 'has'} image "
+                              f"{short(c['Image'])}, not the target {short(target)}: left by "
+                              "another plan")
+            if running:
                 return done(f"{self.candidate} runs image {short(c['Image'])}")
             return unknown(f"{self.candidate} exists but is not running")
         if name == "remove_beside":
