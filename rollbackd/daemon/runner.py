@@ -61,7 +61,9 @@ class Runner:
     reports_dir: Path
     fault_hook: Callable[[str, str], None] | None = None
     """Test-only: called with each step's name and "running" right after it is journaled
-    running, and with "effect" right after it did its work, before it is journaled done."""
+    running, and with "effect" right after it did its work, before it is journaled done; and
+    with the incident's end ("resolved", "held", "failed") and "close" right after that end is
+    written, before it commits with its mail."""
     guard: Callable[[], bool] | None = None
     """Several instances (rollbackd/daemon/cluster): True while this one owns the target. A step starts,
     and its outcome is journaled, only while it holds; once it fails nothing more is written."""
@@ -97,9 +99,12 @@ class Runner:
         checked = [s for s in plan.steps if s.component is not Component.USERS] or plan.steps
         checks = next((s.name for s in plan.steps if s.component is Component.VERIFY),
                       checked[-1].name)
+        # Resumed by recovery with every step found done, the incident may be verifying already.
+        state = {} if self._state(incident_id) == State.VERIFYING else {
+            "state": State.REMEDIATING.value}
         self.journal.incidents.update(
-            incident_id, state=State.REMEDIATING.value, plan_kind=plan.kind.value,
-            from_version=plan.current_version, to_version=plan.target_version or None,
+            incident_id, plan_kind=plan.kind.value, from_version=plan.current_version,
+            to_version=plan.target_version or None, **state,
         )
         done = {s.name for s in self.journal.steps.of(incident_id) if s.state == "done"}
         for seq, spec in enumerate(plan.steps):
@@ -240,30 +245,47 @@ class Runner:
 
     async def _resolved(self, incident_id: int, plan: Plan) -> None:
         now = now_utc()
-        self.journal.incidents.update(incident_id, "verified", "all probes pass"
-                                      if plan.kind is not PlanKind.LOCKDOWN else "lockdown checked",
-                                      state=State.RESOLVED.value, verified_at=now, closed_at=now)
-        marked_bad = None
-        if plan.current_version and Component.DEPLOYMENT in plan.targets:
-            marked_bad = plan.current_version
-            self.journal.ledger.mark_bad(self.target, marked_bad, f"rolled back by incident {incident_id}")
-        breaker = self.journal.breakers.get(self.target, plan.kind)
-        self.journal.breakers.save(self.target, plan.kind,
-                                   record_success(breaker, now, self.policy.breaker_reset))
+        # The incident's end, the ledger, the breaker and the mail commit together: a crash
+        # before the commit leaves every step done and the incident open, and the restart
+        # closes it (rollbackd/daemon/incidents/recovery.py) with the one mail.
+        with self.journal.database.tx():
+            self.journal.incidents.update(incident_id, "verified", "all probes pass"
+                                          if plan.kind is not PlanKind.LOCKDOWN
+                                          else "lockdown checked",
+                                          state=State.RESOLVED.value, verified_at=now,
+                                          closed_at=now)
+            self._closing(State.RESOLVED)
+            marked_bad = None
+            if plan.current_version and Component.DEPLOYMENT in plan.targets:
+                marked_bad = plan.current_version
+                self.journal.ledger.mark_bad(self.target, marked_bad,
+                                             f"rolled back by incident {incident_id}")
+            breaker = self.journal.breakers.get(self.target, plan.kind)
+            self.journal.breakers.save(self.target, plan.kind,
+                                       record_success(breaker, now, self.policy.breaker_reset))
+            inc = self.journal.incidents.get(incident_id)
+            assert inc is not None
+            steps = self.journal.steps.of(incident_id)
+            if plan.kind is PlanKind.LOCKDOWN:
+                details = [s.detail for s in steps
+                           if s.state == "done" and s.name != "capture_evidence"]
+                notice = notices.lockdown_done(self.target, incident_id, details)
+            else:
+                config = next((s.detail for s in steps
+                               if s.name == "restore_config" and s.state == "done"), None)
+                notice = notices.resolved(self.target, inc, plan, now, marked_bad, config)
+            self.outbox.send(notice)
         self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "success",
                                        self._trigger(incident_id))
+        if plan.kind is not PlanKind.LOCKDOWN:
+            self.metrics.recovered(self.target, plan.incident_class,
+                                   inc.onset_at or inc.detected_at)
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incidents.get(incident_id)
-        assert inc is not None
-        if plan.kind is PlanKind.LOCKDOWN:
-            details = [s.detail for s in self.journal.steps.of(incident_id)
-                       if s.state == "done" and s.name != "capture_evidence"]
-            self.outbox.send(notices.lockdown_done(self.target, incident_id, details))
-            return
-        self.metrics.recovered(self.target, plan.incident_class, inc.onset_at or inc.detected_at)
-        config = next((s.detail for s in self.journal.steps.of(incident_id)
-                       if s.name == "restore_config" and s.state == "done"), None)
-        self.outbox.send(notices.resolved(self.target, inc, plan, now, marked_bad, config))
+
+    def _closing(self, end: State) -> None:
+        """Test-only crash point: the incident's end is written, not yet committed."""
+        if self.fault_hook:
+            self.fault_hook(end.value, "close")
 
     def _trigger(self, incident_id: int) -> Trigger:
         # The desk journals a "drill" event on an incident opened while a drill breaks the
@@ -275,22 +297,27 @@ class Runner:
 
     def _held(self, incident_id: int, why: str) -> None:
         """Nothing was changed and a person must decide: no failed remediation, no breaker."""
-        self.journal.incidents.update(incident_id, "held", why, state=State.HELD.value,
-                                     held_reason=why)
+        with self.journal.database.tx():  # the hold and its mail, or neither (see _resolved)
+            self.journal.incidents.update(incident_id, "held", why, state=State.HELD.value,
+                                          held_reason=why)
+            self._closing(State.HELD)
+            inc = self.journal.incidents.get(incident_id)
+            assert inc is not None
+            self.outbox.send(notices.held(inc, self.journal.steps.of(incident_id)[-1]))
         write_report(self.journal, self.reports_dir, incident_id)
-        inc = self.journal.incidents.get(incident_id)
-        assert inc is not None
-        self.outbox.send(notices.held(inc, self.journal.steps.of(incident_id)[-1]))
 
     async def _failed(self, incident_id: int, plan: Plan, why: str) -> None:
-        breaker = self.journal.breakers.get(self.target, plan.kind)
-        breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
-                                 self.policy.window, self.policy.breaker_reset)
-        self.journal.breakers.save(self.target, plan.kind, breaker)
-        self.journal.incidents.update(incident_id, "failed", why, state=State.FAILED.value)
-        self.journal.incidents.update(incident_id, "escalated", "a person must take over",
-                                      state=State.ESCALATED.value)
+        with self.journal.database.tx():  # the failure, the breaker and the mail (see _resolved)
+            breaker = self.journal.breakers.get(self.target, plan.kind)
+            breaker = record_failure(breaker, now_utc(), self.policy.breaker_failures,
+                                     self.policy.window, self.policy.breaker_reset)
+            self.journal.breakers.save(self.target, plan.kind, breaker)
+            self.journal.incidents.update(incident_id, "failed", why, state=State.FAILED.value)
+            self.journal.incidents.update(incident_id, "escalated", "a person must take over",
+                                          state=State.ESCALATED.value)
+            self._closing(State.FAILED)
+            self.outbox.send(notices.plan_failed(self.target, incident_id, plan, why,
+                                                 breaker.mode))
         self.metrics.rollback_finished(self.target, plan.incident_class, self.backend, "failure",
                                        self._trigger(incident_id))
         write_report(self.journal, self.reports_dir, incident_id)
-        self.outbox.send(notices.plan_failed(self.target, incident_id, plan, why, breaker.mode))

@@ -109,6 +109,65 @@ def test_step_state_is_constrained(journal: Journal, backend: str) -> None:
             db.execute("UPDATE steps SET state = 'bogus' WHERE id = ?", (sid,))
 
 
+def test_a_nested_tx_commits_with_the_outer_one_or_not_at_all(journal: Journal) -> None:
+    """An incident's end and its mail are written by two repositories, each in its own tx():
+    inside an outer one they commit together, and an error before that commit leaves neither."""
+    inc = _incident(journal)
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash), journal.tx():
+        journal.incidents.update(inc, "verified", state="held")
+        journal.mail.enqueue("<m1>", inc, ["a@example.com"], "held", "body")
+        assert journal.db.in_transaction  # the inner blocks did not commit
+        raise Crash
+    assert not journal.db.in_transaction
+    assert journal.incidents.get(inc).state == "open"  # type: ignore[union-attr]
+    assert journal.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+    with journal.tx():
+        journal.incidents.update(inc, "verified", state="held")
+        journal.mail.enqueue("<m1>", inc, ["a@example.com"], "held", "body")
+    assert journal.incidents.get(inc).state == "held"  # type: ignore[union-attr]
+    assert journal.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+
+
+def test_an_inner_tx_that_fails_undoes_only_its_own_writes(journal: Journal,
+                                                           backend: str) -> None:
+    inc = _incident(journal)
+    with journal.tx():
+        journal.incidents.add_event(inc, "kept")
+        with pytest.raises(integrity_error(backend)):
+            journal.incidents.add_event(12345, "nope")  # foreign key: no such incident
+        journal.incidents.add_event(inc, "kept too")  # the transaction still takes writes
+    assert [e for _, e, _ in journal.incidents.timeline(inc)] == ["detected", "kept", "kept too"]
+    assert not journal.db.in_transaction
+
+
+async def test_a_tx_is_never_joined_from_another_task(journal: Journal) -> None:
+    """Only the task that opened a transaction joins it: another, running while the first
+    awaits inside it, gets the backend's error instead of writing into the first's commit."""
+    inc = _incident(journal)
+    opened, go_on = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        with journal.tx():
+            journal.incidents.add_event(inc, "first")
+            opened.set()
+            await go_on.wait()
+
+    task = asyncio.create_task(first())
+    await opened.wait()
+    with pytest.raises(Exception, match="within a transaction"):
+        with journal.tx():
+            journal.incidents.add_event(inc, "second")
+    go_on.set()
+    await task
+    assert [e for _, e, _ in journal.incidents.timeline(inc)] == ["detected", "first"]
+    assert not journal.db.in_transaction
+
+
 # -- steps and recovery --------------------------------------------------------------------------
 
 def test_step_lifecycle_and_no_rewrite(journal: Journal) -> None:

@@ -4,8 +4,9 @@ state directory, and check what the restart did (tests/reliability/test_kill9_*.
 The fault hook (`daemon.test_hooks = true`) SIGKILLs the daemon at one of two points of a step:
 ROLLBACKD_CRASH_AT_STEP=<step> right after it journaled <step> as running and before the step
 does anything; ROLLBACKD_CRASH_AFTER_STEP=<step> right after the step did its work and before it
-is journaled done. `walk` runs one chain of such crashes over a plan's steps; `assert_survived`
-checks the journal, the steps and the mail once the plan finished.
+is journaled done; and ROLLBACKD_CRASH_AT_CLOSE=<resolved|held|failed> right after the incident's
+end is written, before it commits with its mail. `walk` runs one chain of such crashes over a plan's
+steps; `assert_survived` checks the journal, the steps and the mail once the plan finished.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from tests.reliability.support import (
 )
 
 POINTS = {"at": "ROLLBACKD_CRASH_AT_STEP", "after": "ROLLBACKD_CRASH_AFTER_STEP"}
+CLOSE = {"close": "ROLLBACKD_CRASH_AT_CLOSE"}
+"""Not a step's point: the incident's end (resolved, held, failed) is written, not committed
+(test_kill9_close.py)."""
 SIGKILLED = -9
 CHECKLIST = ["capture_evidence", "notify", "backup_current", "record_incident", "verify_target"]
 both_points = pytest.mark.parametrize("point", list(POINTS))
@@ -55,11 +59,13 @@ def daemon_for(tmp_path: Path, text: str, point: str, first: str) -> DaemonProce
 
 
 def crash_next(d: DaemonProcess, point: str, step: str | None) -> None:
-    """The next start dies at `step` (None: it does not die)."""
-    for var in POINTS.values():
+    """The next start dies at `step` (None: it does not die); at point "close", `step` is the
+    incident's end."""
+    crash = {**POINTS, **CLOSE}
+    for var in crash.values():
         d.env.pop(var, None)
     if step is not None:
-        d.env[POINTS[point]] = step
+        d.env[crash[point]] = step
 
 
 def restart(d: DaemonProcess) -> None:

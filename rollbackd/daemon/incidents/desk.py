@@ -235,6 +235,19 @@ class IncidentDesk:
         evidence = {"probes": self.view.probe_evidence(), "version": version,
                     "failing": sorted(probes), **await self.view.component_evidence()}
         evidence["changes"] = await self.view.what_changed(version)
+        # The incident, its plan and its mail commit together: a crash cannot leave an incident
+        # whose "opened" mail is never queued (the next evaluation joins it, and says nothing).
+        with self.journal.database.tx():
+            incident_id = self._opened(decision, onset, evidence, state, confirmed)
+        self.metrics.incident_opened(self.target, decision.incident_class,
+                                     "drill" if self.drill is not None else "auto")
+        self.metrics.detected(self.target, decision.incident_class, onset)
+        log.info("target=%s incident=%d class=%s action=%s reason=%r", self.target, incident_id,
+                 decision.incident_class, decision.action, decision.reason)
+        return incident_id
+
+    def _opened(self, decision: Decision, onset: datetime | None, evidence: dict[str, Any],
+                state: State, confirmed: dict[str, str]) -> int:
         incident_id = self.journal.incidents.open(
             self.target, decision.incident_class, decision.reason, onset, evidence,
             state=state.value)
@@ -244,11 +257,6 @@ class IncidentDesk:
         self._changed()
         if self.drill is not None:  # the runner reads this event for the rollback's trigger
             self.journal.incidents.add_event(incident_id, "drill", f"opened during drill {self.drill}")
-        self.metrics.incident_opened(self.target, decision.incident_class,
-                                     "drill" if self.drill is not None else "auto")
-        self.metrics.detected(self.target, decision.incident_class, onset)
-        log.info("target=%s incident=%d class=%s action=%s reason=%r", self.target, incident_id,
-                 decision.incident_class, decision.action, decision.reason)
         if decision.plan is not None:
             self.journal.incidents.update(incident_id, "planned", ", ".join(
                 decision.plan.step_names), plan=json.dumps(plan_to_dict(decision.plan)))
@@ -356,10 +364,11 @@ class IncidentDesk:
             return State.DENIED
         if inc.state == State.HELD:
             left = self._left_behind(inc.id)
-            self._move(inc, State.ABANDONED, "abandoned", f"abandoned by {by}; {left}",
-                       closed_at=now_utc())
-            self.outbox.send(notices.closed(self.target, inc.id,
-                                            f"Incident {inc.id} was abandoned by {by}; {left}"))
+            with self.journal.database.tx():  # closed and its mail queued, or neither
+                self._move(inc, State.ABANDONED, "abandoned", f"abandoned by {by}; {left}",
+                           closed_at=now_utc())
+                self.outbox.send(notices.closed(
+                    self.target, inc.id, f"Incident {inc.id} was abandoned by {by}; {left}"))
             return State.ABANDONED
         raise Refused("bad_state", f"incident {inc.id} is {inc.state}, not waiting for "
                       "approval or held")
@@ -411,13 +420,14 @@ class IncidentDesk:
         if pending:
             raise Refused("bad_state", f"a lockdown of {self.target} is already waiting: "
                           f"incident {pending[0].id} (approve or deny it)")
-        incident_id = self.journal.incidents.open(
-            self.target, LOCKDOWN_CLASS, text, None, evidence,
-            state=State.AWAITING_APPROVAL.value, automatic=False)
-        self.journal.incidents.update(incident_id, "planned", ", ".join(plan.step_names),
-                                      plan=json.dumps(plan_to_dict(plan)))
-        self._changed()
-        self.outbox.send(notices.lockdown_requested(self.target, incident_id, text))
+        with self.journal.database.tx():  # the request and its mail, or neither
+            incident_id = self.journal.incidents.open(
+                self.target, LOCKDOWN_CLASS, text, None, evidence,
+                state=State.AWAITING_APPROVAL.value, automatic=False)
+            self.journal.incidents.update(incident_id, "planned", ", ".join(plan.step_names),
+                                          plan=json.dumps(plan_to_dict(plan)))
+            self._changed()
+            self.outbox.send(notices.lockdown_requested(self.target, incident_id, text))
         return incident_id
 
     def forget_drill(self, incident_id: int) -> None:
@@ -431,8 +441,9 @@ class IncidentDesk:
         inc = self.journal.incidents.open_for(self.target)
         if inc is None or State.ABANDONED not in TRANSITIONS[State(inc.state)]:
             return 0  # a running plan finishes first: its own end closes the incident
-        self._move(inc, State.ABANDONED, "closed", why, closed_at=now_utc())
-        self.outbox.send(notices.closed(self.target, inc.id, f"Incident {inc.id}: {why}"))
+        with self.journal.database.tx():  # closed and its mail queued, or neither
+            self._move(inc, State.ABANDONED, "closed", why, closed_at=now_utc())
+            self.outbox.send(notices.closed(self.target, inc.id, f"Incident {inc.id}: {why}"))
         return inc.id
 
     # -- the runner ----------------------------------------------------------------------------

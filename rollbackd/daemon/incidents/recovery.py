@@ -5,6 +5,11 @@ approval rules: on its own only if it was running on its own and nothing left in
 approval; otherwise it is held, saying the step was found done. Found absent -> held for a
 person, who resumes (`approve`, the step runs again) or abandons (`deny`). Partial or unknown ->
 held with what was found.
+
+A plan with no step running whose incident is still remediating or verifying was cut off before
+its end committed (the end, the ledger, the breaker and the mail are one transaction): every step
+done -> the plan goes on and closes the incident; its last step failed -> held. Each hold and its
+mail commit together, so the mail is queued once, whenever the daemon dies.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ def hold_interrupted(journal: Journal, outbox: Outbox, reports_dir: Path,
     """Hold, unasked, every incident (of `target`, or all) whose step a crash cut off: for
     incidents whose target has no executors to ask (removed from the config)."""
     held = []
-    for incident, step in journal.steps.recover_interrupted(target):
-        log.warning("incident=%d target=%s step=%s status=interrupted action=held",
-                    incident.id, incident.target, step.name)
-        write_report(journal, reports_dir, incident.id)
-        outbox.send(notices.held(incident, step))
-        held.append(incident.id)
+    with journal.database.tx():  # the holds and their mails, or none of them
+        for incident, step in journal.steps.recover_interrupted(target):
+            log.warning("incident=%d target=%s step=%s status=interrupted action=held",
+                        incident.id, incident.target, step.name)
+            outbox.send(notices.held(incident, step))
+            held.append(incident.id)
+    for incident_id in held:
+        write_report(journal, reports_dir, incident_id)
     return held
 
 
@@ -55,7 +62,8 @@ async def recover_interrupted(journal: Journal, outbox: Outbox, reports_dir: Pat
             continue  # no executor can be asked: held unasked below
         if await _recover(journal, outbox, reports_dir, desk, inc, step):
             held.append(inc.id)
-    return held + hold_interrupted(journal, outbox, reports_dir, target)
+    held += hold_interrupted(journal, outbox, reports_dir, target)
+    return held + close_cut_off(journal, outbox, reports_dir, desks, target)
 
 
 async def _recover(journal: Journal, outbox: Outbox, reports_dir: Path, desk: IncidentDesk,
@@ -72,31 +80,87 @@ async def _recover(journal: Journal, outbox: Outbox, reports_dir: Path, desk: In
                          "target then, whose records are not here")
     log.warning("incident=%d target=%s step=%s status=interrupted effect=%s found=%r",
                 inc.id, inc.target, step.name, effect.found, effect.what)
-    journal.steps.settle(step.id, effect.found is Found.DONE, _detail(effect))
-    if effect.found is Found.DONE:
-        journal.incidents.add_event(inc.id, "found_done", f"step {step.name} {FOUND_DONE}: {effect.what}")
+    with journal.database.tx():  # the step settled, and the incident held with its mail or resumed
+        journal.steps.settle(step.id, effect.found is Found.DONE, _detail(effect))
+        if effect.found is Found.DONE:
+            journal.incidents.add_event(inc.id, "found_done",
+                                        f"step {step.name} {FOUND_DONE}: {effect.what}")
+            assert plan is not None
+            wait = _why_wait(journal, desk, inc, plan)
+            if wait is None and not any(s.state == "running" for s in journal.steps.of(inc.id)):
+                journal.incidents.add_event(inc.id, "resumed", "the plan goes on by itself: it "
+                                            "was running by itself and no step left needs an "
+                                            "approval")
+                goes_on = True
+            else:
+                goes_on = False
+                _hold(journal, outbox, inc.id, step.id, effect,
+                      f"step {step.name} was interrupted by a daemon stop, and {FOUND_DONE} "
+                      f"({effect.what}); the rest of the plan waits for a person: {wait}")
+        elif effect.found is Found.ABSENT:
+            goes_on = False
+            _hold(journal, outbox, inc.id, step.id, effect,
+                  f"step {step.name} was interrupted (daemon stopped while it ran); its effect is "
+                  f"absent ({effect.what}); not run again automatically: a person must decide")
+        else:
+            goes_on = False
+            _hold(journal, outbox, inc.id, step.id, effect,
+                  f"step {step.name} was interrupted (daemon stopped while it ran); its effect is "
+                  f"unknown or partial: {effect.what}; not run again automatically: a person "
+                  "must look first")
+    if goes_on:
         assert plan is not None
-        wait = _why_wait(journal, desk, inc, plan)
-        if wait is None and not any(s.state == "running" for s in journal.steps.of(inc.id)):
-            journal.incidents.add_event(inc.id, "resumed", "the plan goes on by itself: it was running "
-                              "by itself and no step left needs an approval")
-            log.info("incident=%d target=%s action=resumed", inc.id, inc.target)
-            desk.go_on(inc.id, plan)
-            return False
-        why = (f"step {step.name} was interrupted by a daemon stop, and {FOUND_DONE} "
-               f"({effect.what}); the rest of the plan waits for a person: {wait}")
-    elif effect.found is Found.ABSENT:
-        why = (f"step {step.name} was interrupted (daemon stopped while it ran); its effect is "
-               f"absent ({effect.what}); not run again automatically: a person must decide")
-    else:
-        why = (f"step {step.name} was interrupted (daemon stopped while it ran); its effect is "
-               f"unknown or partial: {effect.what}; not run again automatically: a person "
-               "must look first")
-    held = journal.incidents.hold(inc.id, why)
+        log.info("incident=%d target=%s action=resumed", inc.id, inc.target)
+        desk.go_on(inc.id, plan)
+        return False
     write_report(journal, reports_dir, inc.id)
-    settled = next(s for s in journal.steps.of(inc.id) if s.id == step.id)
-    outbox.send(notices.held(held, settled, effect))
     return True
+
+
+def _hold(journal: Journal, outbox: Outbox, incident_id: int, step_id: int,
+          effect: Effect | None, why: str) -> None:
+    """Inside the caller's transaction: the incident held, saying why, and its mail queued."""
+    held = journal.incidents.hold(incident_id, why)
+    step = next(s for s in journal.steps.of(incident_id) if s.id == step_id)
+    outbox.send(notices.held(held, step, effect))
+
+
+def close_cut_off(journal: Journal, outbox: Outbox, reports_dir: Path,
+                  desks: Mapping[str, IncidentDesk], target: str | None = None) -> list[int]:
+    """Plans a crash cut off with no step running, before their incident's end committed:
+    every step done -> the plan goes on, which closes the incident and mails it once; the last
+    step failed (or held) -> held, with the mail of that step. Returns the incidents held."""
+    held = []
+    for inc in journal.steps.unclosed(target):
+        desk = desks.get(inc.target)
+        if desk is not None and desk.busy:
+            continue  # resumed above: the plan running now ends the incident itself
+        plan = desk.stored_plan(inc.id) if desk is not None else None
+        steps = journal.steps.of(inc.id)
+        done = {s.name for s in steps if s.state == "done"}
+        if desk is not None and plan is not None and done >= set(plan.step_names):
+            log.warning("incident=%d target=%s status=unclosed action=close reason=%r", inc.id,
+                        inc.target, "every step is done; the daemon stopped before the end")
+            journal.incidents.add_event(inc.id, "resumed", "every step was done when the daemon "
+                                        "stopped, before the incident's end was journaled")
+            desk.go_on(inc.id, plan)  # nothing left to run: the runner closes it
+            continue
+        if not steps or steps[-1].state != "failed":
+            # Between two steps: the effect of the next is known to be absent, but whether it may
+            # run needs the approval rules; left as it is (a person sees it in `incidents`).
+            log.warning("incident=%d target=%s status=unclosed action=none reason=%r", inc.id,
+                        inc.target, "the daemon stopped between two steps")
+            continue
+        last = steps[-1]
+        log.warning("incident=%d target=%s step=%s status=unclosed action=held", inc.id,
+                    inc.target, last.name)
+        with journal.database.tx():
+            _hold(journal, outbox, inc.id, last.id, None,
+                  f"step {last.name} failed: {last.detail}; the daemon stopped before the "
+                  "incident was closed: a person must decide")
+        write_report(journal, reports_dir, inc.id)
+        held.append(inc.id)
+    return held
 
 
 def _detail(effect: Effect) -> str:

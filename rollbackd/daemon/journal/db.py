@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -36,6 +38,8 @@ class Database:
 
     def __init__(self, conn: Any) -> None:
         self.conn = cast(sqlite3.Connection, conn)
+        self._depth = 0
+        self._owner: object = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -43,11 +47,50 @@ class Database:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: BEGIN IMMEDIATE takes the write lock up front (on PostgreSQL
-        an advisory lock), so writers take turns instead of failing halfway."""
+        an advisory lock), so writers take turns instead of failing halfway.
+
+        Reentrant: a `tx()` inside another of the same task joins it, so several repositories'
+        writes (an incident's state and its mail) commit together or not at all. The inner block
+        is a savepoint: an error it raises undoes its own writes, and the outer block decides
+        whether to go on. The outermost block alone commits."""
+        if self._depth and self._owner == _whose():
+            yield from self._nested()
+            return
+        # From another task (or thread) while one is open, BEGIN fails as it always did: a
+        # transaction is never joined across an await.
         self.conn.execute("BEGIN IMMEDIATE")
+        self._depth, self._owner = 1, _whose()
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:  # a COMMIT that failed leaves nothing half-written
+                self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth, self._owner = 0, None
+
+    def _nested(self) -> Iterator[sqlite3.Connection]:
+        self._depth += 1
+        name = f"tx{self._depth}"
+        self.conn.execute(f"SAVEPOINT {name}")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            with suppress(Exception):  # a lost connection: the outermost ROLLBACK says so
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.conn.execute(f"RELEASE SAVEPOINT {name}")
             raise
-        self.conn.execute("COMMIT")
+        else:
+            self.conn.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._depth -= 1
+
+
+def _whose() -> object:
+    """Who runs this: the asyncio task, or the thread outside one."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        task = None
+    return task if task is not None else threading.get_ident()

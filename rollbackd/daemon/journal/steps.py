@@ -80,6 +80,19 @@ class Steps:
             found.append((inc, next(s for s in self.of(incident_id) if s.id == step_id)))
         return found
 
+    def unclosed(self, target: str | None = None) -> list[Incident]:
+        """Incidents in the middle of a plan (remediating, verifying) with no step `running`: at
+        start-up, plans a crash cut off between two steps, or after a step's outcome and before
+        the incident's end committed. `target`: only that target's."""
+        sql = ("SELECT * FROM incidents i WHERE i.state IN ('remediating', 'verifying')"
+               " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.incident_id = i.id"
+               " AND s.state = 'running')")
+        args: list[str] = []
+        if target is not None:
+            sql += " AND i.target = ?"
+            args.append(target)
+        return [Incident.from_row(r) for r in self.db.execute(sql + " ORDER BY i.id", args)]
+
     def settle(self, step_id: int, done: bool, detail: str) -> None:
         """A step a crash cut off, once its effect was checked: found done, or interrupted."""
         with self.db.tx() as db:
