@@ -215,10 +215,12 @@ class Daemon:
     def _fault_hook(self) -> Any:
         # Test settings only: die as kill -9 would, right after the step is journaled running
         # (AT), or right after it did its work and before it is journaled done (AFTER), or right
-        # after the incident's end (resolved, held, failed) is written, before it commits with
-        # its mail (CLOSE).
+        # after it is journaled done and before the next step starts (BETWEEN), or right after
+        # the incident's end (resolved, held, failed) is written, before it commits with its
+        # mail (CLOSE).
         crash = {"running": os.environ.get("ROLLBACKD_CRASH_AT_STEP"),
                  "effect": os.environ.get("ROLLBACKD_CRASH_AFTER_STEP"),
+                 "done": os.environ.get("ROLLBACKD_CRASH_BETWEEN_STEPS"),
                  "close": os.environ.get("ROLLBACKD_CRASH_AT_CLOSE")}
         if not (self.config.daemon.test_hooks and any(crash.values())):
             return None

@@ -167,6 +167,8 @@ class Runner:
             self.fault_hook(spec.name, "effect")
         self._still_owner()
         self.journal.steps.finished(step_id, ok, duration, detail)
+        if self.fault_hook and ok:
+            self.fault_hook(spec.name, "done")
         log.info("target=%s incident=%d step=%s status=%s duration=%.2fs detail=%r",
                  self.target, ctx.incident_id, spec.name, "done" if ok else "failed",
                  duration, detail)

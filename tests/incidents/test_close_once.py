@@ -201,3 +201,58 @@ async def test_a_state_change_and_its_mail_commit_together(
         assert journal.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize("approved", [False, True], ids=["by-itself", "on-approval"])
+async def test_a_crash_between_two_steps_goes_on_or_holds_once_after_the_restart(
+        tmp_path: Path, mail_server: MailServer, approved: bool) -> None:
+    """Killed after git_checkout was journaled done and before verify started: the next step
+    never ran, so the plan goes on under the rules of a step found done (by itself if it ran by
+    itself), or is held once, saying where it stopped and why it waits."""
+    mail_server.start()
+    path, runs = tmp_path / "journal.sqlite3", Counter[str]()
+    journal = Journal(path)
+    m = wired(journal, tmp_path, mail_server.port, "resolved", runs)
+    inc = waiting_rollback(journal)
+    if approved:
+        journal.incidents.add_event(inc, "approved", "by alice")
+    plan = m.desk.stored_plan(inc)
+    assert plan is not None
+    nxt = plan.step_names[plan.step_names.index("git_checkout") + 1]
+
+    def crash(name: str, point: str) -> None:
+        if (name, point) == ("git_checkout", "done"):
+            raise Crash
+
+    m.runner.fault_hook = crash
+    with pytest.raises(Crash):
+        await m.runner.execute(inc, plan)
+    assert [s.state for s in journal.steps.of(inc)][-1] == "done"
+    journal.close()
+
+    journal = Journal(path)  # the restart
+    try:
+        m = wired(journal, tmp_path, mail_server.port, "resolved", runs)
+        desks = {"web": m.desk}
+        held = await recover_interrupted(journal, m.outbox, tmp_path / "reports", desks)
+        if m.desk.task is not None:
+            assert await m.desk.task is True
+        assert held == ([inc] if approved else [])
+        found = journal.incidents.get(inc)
+        assert found is not None and found.state == ("held" if approved else "resolved")
+        assert await recover_interrupted(journal, m.outbox, tmp_path / "reports", desks) == []
+        assert runs == {"git_checkout": 1}  # not run again
+        if approved:
+            assert found.held_reason is not None
+            assert f"between steps git_checkout and {nxt}" in found.held_reason
+            assert "person's approval" in found.held_reason
+            assert events(journal, inc) == {"opened": 1, "held": 1}
+        else:
+            assert [s.name for s in journal.steps.of(inc)] == plan.step_names
+            assert events(journal, inc) == {"opened": 1, "resolved": 1}
+        assert await m.outbox.flush(now=FAR_FUTURE) == 2
+        per = Counter((r, str(d.msg["Message-ID"])) for d in mail_server.deliveries
+                      for r in d.rcpts)
+        assert set(per.values()) == {1}
+    finally:
+        journal.close()

@@ -42,6 +42,8 @@ POINTS = {"at": "ROLLBACKD_CRASH_AT_STEP", "after": "ROLLBACKD_CRASH_AFTER_STEP"
 CLOSE = {"close": "ROLLBACKD_CRASH_AT_CLOSE"}
 """Not a step's point: the incident's end (resolved, held, failed) is written, not committed
 (test_kill9_close.py)."""
+BETWEEN = {"between": "ROLLBACKD_CRASH_BETWEEN_STEPS"}
+"""After the named step is journaled done, before the next one starts (test_kill9_close.py)."""
 SIGKILLED = -9
 CHECKLIST = ["capture_evidence", "notify", "backup_current", "record_incident", "verify_target"]
 both_points = pytest.mark.parametrize("point", list(POINTS))
@@ -61,7 +63,7 @@ def daemon_for(tmp_path: Path, text: str, point: str, first: str) -> DaemonProce
 def crash_next(d: DaemonProcess, point: str, step: str | None) -> None:
     """The next start dies at `step` (None: it does not die); at point "close", `step` is the
     incident's end."""
-    crash = {**POINTS, **CLOSE}
+    crash = {**POINTS, **CLOSE, **BETWEEN}
     for var in crash.values():
         d.env.pop(var, None)
     if step is not None:

@@ -132,3 +132,47 @@ def test_a_kill_before_the_end_commits_ends_the_incident_once_on_restart(
         assert integrity_ok(d)
     finally:
         d.stop()
+
+
+def test_a_kill_between_two_steps_goes_on_by_itself_once_on_restart(
+        workspace: Workspace, smtp: SmtpSink, tmp_path: Path) -> None:
+    """Killed after git_checkout is journaled done and before install_dependencies starts (an
+    automatic plan, nothing destructive left): the restart goes on from the next step, runs no
+    step twice and resolves the incident with one resolved mail."""
+    ws = workspace
+    restarts = tmp_path / "restarts"
+    ws.start()
+    text = ws.config_toml(smtp.port, extra="test_hooks = true",
+                          restart_argv=counted(ws.restart_argv(), restarts))
+    d = daemon_for(tmp_path, text, "between", "git_checkout").start()
+    try:
+        good = ws.head()
+        wait_for(lambda: known_good(d, good), 20, "v1 known-good")
+        ws.deploy_broken()
+        assert wait_exit(d, 60, f"the kill after git_checkout\n{d.log_text()[-3000:]}") \
+            == SIGKILLED
+        inc = open_incident(d)
+        incident_id = int(inc["id"])  # type: ignore[call-overload]
+        assert inc["state"] == "remediating"
+        assert last_step(d)[1:] == ("git_checkout", "done")
+        assert ws.head() == good  # checked out, not yet restarted
+        assert runs(restarts) == 0
+
+        crash_next(d, "between", None)
+        restart(d)
+        wait_for(lambda: open_incident(d)["state"] == "resolved", 60,
+                 f"resolved after the restart\n{d.log_text()[-3000:]}")
+        wait_for(lambda: mail_events(d, incident_id)["resolved"] and not unsent(d), 30,
+                 f"the resolved mail sent\n{d.log_text()[-3000:]}")
+        counts = step_counts(d, incident_id)
+        assert list(counts) == GIT_STEPS
+        assert all(c == Counter({"done": 1}) for c in counts.values()), counts
+        assert runs(restarts) == 1
+        wait_healthy(ws)
+        assert mail_events(d, incident_id) == {"opened": 1, "resolved": 1}
+        assert_no_mail_lost(d, smtp)
+        assert integrity_ok(d)
+        assert d.stop() == 0
+        assert_no_mail_lost(d, smtp)
+    finally:
+        d.stop()

@@ -171,8 +171,10 @@ FOUND_SAYS = {"done": "its effect is there: it is journaled done and will not ru
                          "which runs it again"}
 
 
-def held(inc: Incident, step: StepRecord, effect: Effect | None = None) -> Notice:
-    """A step a crash interrupted: the incident waits for a person."""
+def held(inc: Incident, step: StepRecord, effect: Effect | None = None,
+         between: bool = False) -> Notice:
+    """A step a crash interrupted (or, `between`, the gap after it, before the next step
+    started): the incident waits for a person."""
     found = "" if effect is None else (
         f"Checked after the restart, step {step.name} was found {effect.found.upper()}: "
         f"{effect.what}.\nSo {FOUND_SAYS[effect.found.value]}.\n\n")
@@ -180,7 +182,7 @@ def held(inc: Incident, step: StepRecord, effect: Effect | None = None) -> Notic
             f"the rest of the plan:\n\n    rollbackctl approve {inc.id}\n\nTo abandon it:"
             f"\n\n    rollbackctl deny {inc.id}\n")
     return Notice(NoticeKind.HELD, _subject(inc.target, f"incident {inc.id} HELD for a person"),
-                  body, inc.id, key=str(step.id))
+                  body, inc.id, key=f"{step.id}.next" if between else str(step.id))
 
 
 def closed(target: str, incident_id: int, why: str) -> Notice:

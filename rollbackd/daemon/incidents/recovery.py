@@ -8,8 +8,10 @@ held with what was found.
 
 A plan with no step running whose incident is still remediating or verifying was cut off before
 its end committed (the end, the ledger, the breaker and the mail are one transaction): every step
-done -> the plan goes on and closes the incident; its last step failed -> held. Each hold and its
-mail commit together, so the mail is queued once, whenever the daemon dies.
+done -> the plan goes on and closes the incident; its last step failed -> held. Cut off between
+two steps (the next one never started, so its effect is absent): the plan goes on under the same
+approval rules as a step found done, or is held saying why it waits. Each hold and its mail
+commit together, so the mail is queued once, whenever the daemon dies.
 """
 
 from __future__ import annotations
@@ -145,11 +147,13 @@ def close_cut_off(journal: Journal, outbox: Outbox, reports_dir: Path,
                                         "stopped, before the incident's end was journaled")
             desk.go_on(inc.id, plan)  # nothing left to run: the runner closes it
             continue
+        if steps and steps[-1].state == "done":
+            if _between_steps(journal, outbox, reports_dir, desk, inc, plan, steps[-1]):
+                held.append(inc.id)
+            continue
         if not steps or steps[-1].state != "failed":
-            # Between two steps: the effect of the next is known to be absent, but whether it may
-            # run needs the approval rules; left as it is (a person sees it in `incidents`).
             log.warning("incident=%d target=%s status=unclosed action=none reason=%r", inc.id,
-                        inc.target, "the daemon stopped between two steps")
+                        inc.target, "no step of the plan ran")
             continue
         last = steps[-1]
         log.warning("incident=%d target=%s step=%s status=unclosed action=held", inc.id,
@@ -161,6 +165,39 @@ def close_cut_off(journal: Journal, outbox: Outbox, reports_dir: Path,
         write_report(journal, reports_dir, inc.id)
         held.append(inc.id)
     return held
+
+
+def _between_steps(journal: Journal, outbox: Outbox, reports_dir: Path,
+                   desk: IncidentDesk | None, inc: Incident, plan: Plan | None,
+                   last: StepRecord) -> bool:
+    """A plan cut off after `last` was journaled done and before the next step started: the
+    next step's effect is absent (it never ran), so the plan goes on if it may by itself, as
+    after a step found done; else held, saying why. True if held."""
+    nxt = next((n for n in plan.step_names if n not in
+                {s.name for s in journal.steps.of(inc.id) if s.state == "done"}), None) \
+        if plan is not None else None
+    where = f"between steps {last.name} and {nxt or 'the next'}"
+    if desk is None or plan is None:
+        wait: str | None = "no executor of the target can run the rest (removed from the config)" \
+            if desk is None else "the incident has no stored plan"
+    else:
+        wait = _why_wait(journal, desk, inc, plan)
+    log.warning("incident=%d target=%s status=unclosed where=%r action=%s", inc.id, inc.target,
+                where, "resumed" if wait is None else "held")
+    if wait is None:
+        assert desk is not None and plan is not None
+        journal.incidents.add_event(inc.id, "resumed", f"the daemon stopped {where}; "
+                                    f"{nxt} had not started, and the plan goes on by itself: it "
+                                    "was running by itself and no step left needs an approval")
+        desk.go_on(inc.id, plan)
+        return False
+    with journal.database.tx():
+        held = journal.incidents.hold(
+            inc.id, f"the daemon stopped {where} ({nxt} had not started); the rest of the plan "
+            f"waits for a person: {wait}")
+        outbox.send(notices.held(held, last, between=True))
+    write_report(journal, reports_dir, inc.id)
+    return True
 
 
 def _detail(effect: Effect) -> str:
