@@ -75,18 +75,21 @@ class ReleaseLedger:
             return version
         # Taken before asking: a move between the two shows as a changed stamp next time.
         stamp = executor.version_stamp() if isinstance(executor, StampsVersion) else None
-        if max_age > 0 and stamp is not None and stamp == self._stamp \
-                and now - self._asked_at < RECHECK:
-            if self._dirty or now - self._dirty_at >= DIRTY_EVERY:
-                await self._look_for_edits(executor)
-            self._version = (now, version)
-            return version
-        version = await executor.current_version()
-        moved = version != self._version[1]
-        self._stamp, self._asked_at = stamp, now
-        if moved or self._dirty or now - self._dirty_at >= DIRTY_EVERY or max_age == 0:
+        if (max_age > 0 and version is not None and stamp is not None and stamp == self._stamp
+                and now - self._asked_at < RECHECK):
+            self._version, moved = (now, version), False
+        else:
+            version = await executor.current_version()
+            moved = version != self._version[1]
+            # Kept before any other await: a read meanwhile sees this answer, not the one it
+            # replaces (one that wrote back a stale None after looking for edits held the demo's
+            # version unknown for a minute on a loaded machine). A version the deployment could
+            # not tell is asked again at the next read.
+            self._stamp = stamp if version is not None else None
+            self._asked_at, self._version = now, (time.monotonic(), version)
+        if moved or max_age == 0 or self._dirty \
+                or time.monotonic() - self._dirty_at >= DIRTY_EVERY:
             await self._look_for_edits(executor)
-        self._version = (time.monotonic(), version)
         return version
 
     async def _look_for_edits(self, executor: Executor) -> None:

@@ -122,3 +122,50 @@ async def test_an_edit_made_between_looks_keeps_the_release_from_known_good(
     assert entries[bad].known_good_at is not None
 
 
+
+
+async def test_a_version_git_could_not_tell_is_asked_again_at_the_next_read(
+        repo: tuple[Path, str, str], tmp_path: Path) -> None:  # noqa: F811
+    """A failed `git rev-parse` (git busy, a lock) must not be kept behind a stamp that stands:
+    the demo on a loaded machine waited 40 s for a version the ledger never asked again."""
+    path, _good, bad = repo
+    ex = counted(path)
+    real = ex.current_version
+    answers: list[str | None] = [None]
+
+    async def once_unknown() -> str | None:
+        return answers.pop() if answers else await real()
+
+    ex.current_version = once_unknown  # type: ignore[method-assign]
+    led = ledger(ex, tmp_path)
+    assert await led.current_version(1e-9) is None
+    assert await led.current_version(1e-9) == bad
+
+
+async def test_a_read_while_another_looks_for_edits_never_writes_back_a_stale_version(
+        repo: tuple[Path, str, str], tmp_path: Path) -> None:  # noqa: F811
+    """The evaluation and the demo read at once; the first is still in `git status` when the
+    second comes. Neither may leave the version unknown behind a stamp that stands."""
+    import asyncio
+
+    path, _good, bad = repo
+    gate = asyncio.Event()
+
+    class Slow(Counted):
+        async def local_changes(self) -> list[str] | None:
+            self.looked += 1
+            await gate.wait()
+            return await GitServiceExecutor.local_changes(self)
+
+    ex = Slow(executor(path).settings)
+    led = ledger(ex, tmp_path)
+    first = asyncio.create_task(led.current_version(1e-9))
+    while ex.looked == 0:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(led.current_version(1e-9))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await first == bad and await second == bad
+    assert led.version == bad
+    assert await led.current_version(1e-9) == bad
+    assert ex.asked == 1

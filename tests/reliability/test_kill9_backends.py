@@ -206,7 +206,7 @@ TEST_FIRST_FOUND = {
 hold asks a person to look at a half-done step; each asks whether to run it (again)."""
 
 
-def test_first_toml(app: DockerApp, smtp: SmtpSink, tmp_path: Path) -> str:
+def docker_test_first_toml(app: DockerApp, smtp: SmtpSink, tmp_path: Path) -> str:
     """tests/deploy/test_docker_rollback.py's test-first configuration: a release slower than
     300 ms is perf_degraded, whose plan tries the known-good image on the spare port first."""
     return docker_toml(app, smtp, tmp_path, health={"max_latency": "300ms"}, deployment={
@@ -219,7 +219,7 @@ def test_docker_test_first_rollback_survives_kill9_at_every_step(
         app: DockerApp, images: dict[str, str], docker: docker.DockerClient, smtp: SmtpSink,
         tmp_path: Path, point: str) -> None:
     good = app.deploy(images["v1"])
-    d = daemon_for(tmp_path, test_first_toml(app, smtp, tmp_path), point,
+    d = daemon_for(tmp_path, docker_test_first_toml(app, smtp, tmp_path), point,
                    DOCKER_TEST_FIRST_STEPS[0]).start()
     try:
         wait_for(lambda: known_good(d, good), 20, f"v1 known-good\n{d.log_text()[-3000:]}")
@@ -268,7 +268,7 @@ def test_docker_test_first_kill9_at_start_beside_beside_a_leftover_candidate(
     app.runner.run(other, name=f"{app.name}.candidate", restart_policy={"Name": "no"},
                    environment={"PORT": str(app.spare_port)},
                    labels={"org.rollbackd.candidate-of": app.name})
-    d = daemon_for(tmp_path, test_first_toml(app, smtp, tmp_path), "at", "start_beside").start()
+    d = daemon_for(tmp_path, docker_test_first_toml(app, smtp, tmp_path), "at", "start_beside").start()
     try:
         wait_for(lambda: known_good(d, good), 20, f"v1 known-good\n{d.log_text()[-3000:]}")
         since = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Any, ClassVar
@@ -26,6 +27,8 @@ from rollbackd.daemon.rollback.receipts import command_effect, run_recorded
 from rollbackd.daemon.rollback.release_config import STEP as CONFIG_STEP
 from rollbackd.daemon.rollback.release_config import ReleaseConfig
 from rollbackd.policies.plans import Capabilities, Capability, Component, StepSpec
+
+log = logging.getLogger("rollbackd.deploy")
 
 CANDIDATE_STEPS = ("start_candidate", "probe_candidate", "stop_candidate")
 
@@ -93,7 +96,13 @@ class GitServiceExecutor:
         return [line for line in res.output.splitlines() if line.strip()]
 
     async def current_version(self) -> str | None:
-        return await self._git("rev-parse", "--verify", "HEAD", check=False) or None
+        res = await run_argv(["git", "-C", str(self.settings.repo), "rev-parse", "--verify",
+                              "HEAD"], timeout=30, check=False)
+        if res.returncode != 0:  # said, not hidden: no version means no known-good clock
+            log.warning("repo=%s status=version-unknown reason=%r", self.settings.repo,
+                        res.failure(2))
+            return None
+        return res.output.strip() or None
 
     def version_stamp(self) -> tuple[object, ...] | None:
         """HEAD's text and a stat of every file that can move it: HEAD, the ref HEAD names and
