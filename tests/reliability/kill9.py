@@ -46,6 +46,8 @@ BETWEEN = {"between": "ROLLBACKD_CRASH_BETWEEN_STEPS"}
 """After the named step is journaled done, before the next one starts (test_kill9_close.py)."""
 SIGKILLED = -9
 CHECKLIST = ["capture_evidence", "notify", "backup_current", "record_incident", "verify_target"]
+GIT_STEPS = [*CHECKLIST, "git_checkout", "install_dependencies", "restart_service", "verify"]
+"""The git + service deployment rollback's steps, in order."""
 both_points = pytest.mark.parametrize("point", list(POINTS))
 
 

@@ -68,6 +68,16 @@ def newest_incident(d: DaemonProcess) -> int:
     return int(rows[0]["id"] or 0)
 
 
+def assert_swapped(app: DockerApp, good: str, failed: str) -> None:
+    """Two containers and no more: the known-good one under the app's name, answering, and the
+    failed one kept stopped as `<name>.failed.<ts>`."""
+    names = app.all_names()
+    assert len(names) == 2 and names[0] == app.name and ".failed." in names[1], names
+    assert app.image_id() == good and app.image_id(names[1]) == failed
+    assert app.container(names[1]).status == "exited"
+    assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"
+
+
 def only_incident(d: DaemonProcess, incident_id: int, before: int) -> None:
     """The walk's incident is the only one since the fault (`before`: the newest incident
     then): no restart opened a second beside it. One a slow first probe run opened before the
@@ -177,11 +187,7 @@ def test_docker_deployment_rollback_survives_kill9_at_every_step(
         # One rename (the failed container kept), one creation and one start of the known-good
         # one: none repeated, nothing removed, the stopped container not stopped again.
         assert engine_effects(docker, app.name, since) == {"create": 1, "rename": 1, "start": 1}
-        names = app.all_names()
-        assert len(names) == 2 and names[0] == app.name and ".failed." in names[1], names
-        assert app.image_id() == good and app.image_id(names[1]) == bad
-        assert app.container(names[1]).status == "exited"
-        assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"
+        assert_swapped(app, good, bad)
         only_incident(d, w.incident, before)
         assert_survived(d, smtp, w, DOCKER_STEPS, "Docker")
     finally:
@@ -243,11 +249,7 @@ def test_docker_test_first_rollback_survives_kill9_at_every_step(
             "failed": {"kill 15": 1, "kill 9": 1, "stop": 1, "rename": 1},
             "app": {"create": 1, "start": 1},
         }
-        names = app.all_names()  # no candidate left behind
-        assert len(names) == 2 and names[0] == app.name and ".failed." in names[1], names
-        assert app.image_id() == good and app.image_id(names[1]) == slow
-        assert app.container(names[1]).status == "exited"
-        assert httpx.get(app.url, timeout=5).text.strip() == "ok v1"
+        assert_swapped(app, good, slow)  # no candidate left behind
         only_incident(d, w.incident, before)
         assert_survived(d, smtp, w, DOCKER_TEST_FIRST_STEPS, "Docker test first")
     finally:

@@ -31,6 +31,7 @@ from tests.conftest import DaemonProcess, SmtpSink, known_good, wait_for
 from tests.recovery.support import wait_healthy
 from tests.reliability.kill9 import (
     CHECKLIST,
+    GIT_STEPS,
     SIGKILLED,
     crash_next,
     daemon_for,
@@ -52,7 +53,6 @@ from tests.reliability.support import (
 
 pytestmark = pytest.mark.e2e
 
-GIT_STEPS = [*CHECKLIST, "git_checkout", "install_dependencies", "restart_service", "verify"]
 CASES = {
     # outcome: (the state the restart leaves, the end's mail, the steps journaled, restarts run)
     "resolved": ("resolved", "resolved", GIT_STEPS, 1),

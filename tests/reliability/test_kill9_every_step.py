@@ -53,6 +53,7 @@ from tests.recovery.support import (
 )
 from tests.reliability.kill9 import (
     CHECKLIST,
+    GIT_STEPS,
     approve,
     assert_survived,
     both_points,
@@ -67,7 +68,6 @@ pytestmark = pytest.mark.e2e
 
 # -- git: deployment_rollback ------------------------------------------------------------------
 
-GIT_STEPS = [*CHECKLIST, "git_checkout", "install_dependencies", "restart_service", "verify"]
 
 
 @both_points
